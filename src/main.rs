@@ -1,0 +1,2 @@
+//! The `cryo` command line.
+fn main() {}

@@ -1,0 +1,134 @@
+//! Process-level syscalls that are not ptrace: pidfds, clone3 with set_tid, prctl, robust
+//! lists, signals, uname.
+
+use super::{check, SysError, SysResult};
+use std::os::fd::{FromRawFd, OwnedFd};
+
+/// pidfd_open(2).
+pub fn pidfd_open(pid: i32) -> SysResult<OwnedFd> {
+    // SAFETY: plain syscall with integer arguments.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let fd = check("pidfd_open", fd)?;
+    // SAFETY: the kernel returned a new fd that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// pidfd_getfd(2): a duplicate of fd `target_fd` of the process behind `pidfd`.
+pub fn pidfd_getfd(pidfd: &OwnedFd, target_fd: i32) -> SysResult<OwnedFd> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain syscall with integer arguments.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), target_fd, 0) };
+    let fd = check("pidfd_getfd", fd)?;
+    // SAFETY: the kernel returned a new fd that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// get_robust_list(2) of another task: (head, len).
+pub fn get_robust_list(tid: i32) -> SysResult<(u64, u64)> {
+    let mut head: u64 = 0;
+    let mut len: usize = 0;
+    // SAFETY: head and len are valid out-pointers of the sizes the kernel writes.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_get_robust_list,
+            tid,
+            &mut head as *mut u64,
+            &mut len as *mut usize,
+        )
+    };
+    check("get_robust_list", ret)?;
+    Ok((head, len as u64))
+}
+
+/// PR_SET_CHILD_SUBREAPER on the calling process.
+pub fn set_child_subreaper() -> SysResult<()> {
+    // SAFETY: prctl with integer arguments.
+    let ret = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    check("prctl(PR_SET_CHILD_SUBREAPER)", ret as libc::c_long).map(drop)
+}
+
+/// kill(2).
+pub fn kill(pid: i32, sig: i32) -> SysResult<()> {
+    // SAFETY: plain syscall.
+    let ret = unsafe { libc::kill(pid, sig) };
+    check("kill", ret as libc::c_long).map(drop)
+}
+
+/// The kernel release string (uname -r).
+pub fn kernel_release() -> String {
+    // SAFETY: utsname is plain data; uname fills it.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: u is a valid out-pointer.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return String::from("unknown");
+    }
+    // SAFETY: the kernel NUL-terminates release.
+    let c = unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) };
+    c.to_string_lossy().into_owned()
+}
+
+/// `struct clone_args` for clone3(2).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// Forks the calling (single-threaded) process with clone3, asking for PID `pid`
+/// (`set_tid`). Returns Ok(0) in the child and Ok(child pid) in the parent, like fork.
+///
+/// The caller must be single-threaded at this point (it behaves like fork(2)).
+pub fn fork_with_pid(pid: i32) -> SysResult<i32> {
+    let tid = [pid];
+    let args = CloneArgs {
+        exit_signal: libc::SIGCHLD as u64,
+        set_tid: tid.as_ptr() as u64,
+        set_tid_size: 1,
+        ..Default::default()
+    };
+    // SAFETY: clone3 without CLONE_VM behaves like fork: the child gets a copy of the address
+    // space and continues from here with its own stack copy; args and tid outlive the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    check("clone3(set_tid)", ret).map(|r| r as i32)
+}
+
+/// Forks with the ns_last_pid fallback: writes `pid - 1` to /proc/sys/kernel/ns_last_pid and
+/// forks; fails with EEXIST if the kernel handed out a different PID.
+pub fn fork_with_pid_fallback(pid: i32) -> SysResult<i32> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/proc/sys/kernel/ns_last_pid")
+        .map_err(|e| SysError::from_errno("open(ns_last_pid)", e.raw_os_error().unwrap_or(0)))?;
+    write!(f, "{}", pid - 1)
+        .map_err(|e| SysError::from_errno("write(ns_last_pid)", e.raw_os_error().unwrap_or(0)))?;
+    // SAFETY: fork in a single-threaded caller.
+    let ret = unsafe { libc::fork() };
+    let ret = check("fork", ret as libc::c_long)? as i32;
+    if ret != 0 && ret != pid {
+        // Someone else took the PID between our write and our fork.
+        // SAFETY: the child is ours and not yet doing anything useful.
+        unsafe {
+            libc::kill(ret, libc::SIGKILL);
+            libc::waitpid(ret, std::ptr::null_mut(), 0);
+        }
+        return Err(SysError::from_errno("fork(ns_last_pid)", libc::EEXIST));
+    }
+    Ok(ret)
+}
