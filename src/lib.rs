@@ -11,6 +11,7 @@ pub mod infect;
 pub mod restore;
 pub mod sys;
 
+
 /// The prost messages generated from `images/*.proto`.
 #[allow(missing_docs, clippy::all)]
 pub mod proto {

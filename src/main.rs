@@ -1,2 +1,194 @@
-//! The `cryo` command line.
-fn main() {}
+//! The `cryo` command line: parses criu-compatible flags, sets up logging, and calls the
+//! library. The only place that uses `anyhow`.
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use cryo::dump::{dump, DumpOpts};
+use cryo::restore::{restore, RestoreOpts, RestoreOutcome};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Checkpoint/restore for Linux processes.
+#[derive(Parser)]
+#[command(name = "cryo", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+/// Logging flags shared by the subcommands (criu's names).
+#[derive(Args, Clone)]
+struct LogArgs {
+    /// Verbosity 0-4 (0: errors only ... 4: debug); `-v` alone means 4.
+    #[arg(short = 'v', long = "verbosity", value_name = "LEVEL", num_args = 0..=1,
+          default_missing_value = "4", default_value = "2",
+          value_parser = clap::value_parser!(u8).range(0..=4))]
+    verbosity: u8,
+    /// Write the log to FILE (relative to the images directory, as in criu) instead of stderr.
+    #[arg(short = 'o', long = "log-file", value_name = "FILE")]
+    log_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Freeze a process and write its state to an images directory; it is killed afterwards
+    /// unless --leave-running.
+    Dump {
+        /// PID of the process to dump.
+        #[arg(short = 't', long = "tree", value_name = "PID")]
+        pid: i32,
+        /// Images directory (created 0700 if missing).
+        #[arg(short = 'D', long = "images-dir", value_name = "DIR")]
+        dir: PathBuf,
+        /// Leave the process running after the dump.
+        #[arg(short = 'R', long = "leave-running")]
+        leave_running: bool,
+        /// The process is a shell job: allow its terminal fds (restore gives it cryo's terminal).
+        #[arg(short = 'j', long = "shell-job")]
+        shell_job: bool,
+        /// Replace a checkpoint that is already in DIR.
+        #[arg(long)]
+        overwrite: bool,
+        #[command(flatten)]
+        log: LogArgs,
+    },
+    /// Restore the process saved in an images directory, with its original PID.
+    Restore {
+        /// Images directory.
+        #[arg(short = 'D', long = "images-dir", value_name = "DIR")]
+        dir: PathBuf,
+        /// Return as soon as the process runs instead of waiting for it to exit.
+        #[arg(short = 'd', long = "restore-detached")]
+        detach: bool,
+        /// Write the PID of the restored process to FILE.
+        #[arg(long = "pidfile", value_name = "FILE")]
+        pidfile: Option<PathBuf>,
+        /// Restore a shell job: terminal fds get cryo's terminal.
+        #[arg(short = 'j', long = "shell-job")]
+        shell_job: bool,
+        #[command(flatten)]
+        log: LogArgs,
+    },
+    /// Check whether this kernel has what cryo needs.
+    Check {
+        #[command(flatten)]
+        log: LogArgs,
+    },
+    /// Print a checkpoint in readable form.
+    Show {
+        /// Images directory.
+        #[arg(short = 'D', long = "images-dir", value_name = "DIR")]
+        dir: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn init_logging(log: &LogArgs, dir: Option<&Path>) -> Result<()> {
+    let level = match log.verbosity {
+        0 | 1 => tracing::Level::ERROR,
+        2 => tracing::Level::WARN,
+        3 => tracing::Level::INFO,
+        _ => tracing::Level::DEBUG,
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_target(false);
+    match &log.log_file {
+        Some(f) => {
+            let path = match dir {
+                Some(d) if f.is_relative() => d.join(f),
+                _ => f.clone(),
+            };
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("creating {}", parent.display()))?;
+            }
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .with_context(|| format!("opening log file {}", path.display()))?;
+            builder
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(file))
+                .init();
+        }
+        None => builder.with_writer(std::io::stderr).init(),
+    }
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Dump {
+            pid,
+            dir,
+            leave_running,
+            shell_job,
+            overwrite,
+            log,
+        } => {
+            init_logging(&log, Some(&dir))?;
+            let opts = DumpOpts {
+                pid,
+                dir: dir.clone(),
+                leave_running,
+                shell_job,
+                overwrite,
+            };
+            dump(&opts).with_context(|| format!("dump of pid {pid} into {} failed", dir.display()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Restore {
+            dir,
+            detach,
+            pidfile,
+            shell_job,
+            log,
+        } => {
+            init_logging(&log, Some(&dir))?;
+            let opts = RestoreOpts {
+                dir: dir.clone(),
+                detach,
+                pidfile,
+                shell_job,
+            };
+            match restore(&opts)
+                .with_context(|| format!("restore from {} failed", dir.display()))?
+            {
+                RestoreOutcome::Detached { .. } => Ok(ExitCode::SUCCESS),
+                RestoreOutcome::Exited { code, .. } => Ok(ExitCode::from(code.clamp(0, 255) as u8)),
+            }
+        }
+        Cmd::Check { log } => {
+            init_logging(&log, None)?;
+            let checks = cryo::check::run_checks();
+            print!("{}", cryo::check::render(&checks));
+            let ok = checks.iter().all(|c| c.ok || !c.required);
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Cmd::Show { dir, json } => {
+            let text = cryo::image::show::render(&dir, json)
+                .with_context(|| format!("reading checkpoint {}", dir.display()))?;
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("cryo: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

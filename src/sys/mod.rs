@@ -6,6 +6,7 @@
 pub mod mem;
 pub mod proc_ctl;
 pub mod ptrace;
+pub mod task;
 
 use std::fmt;
 

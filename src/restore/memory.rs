@@ -1,0 +1,384 @@
+//! Rebuilding the address space of a restore child from outside: clear the inherited
+//! mappings, move the vdso/vvar to their saved addresses, map every saved VMA at its address
+//! (files from their paths), read the saved pages straight into place from the page store
+//! (one remote `pread64` per stored run, no copy through cryo), fix protections, and set the
+//! mm fields with PR_SET_MM_MAP.
+
+use super::layout::{find_hole, overlaps};
+use super::remote_ctx::{Ctx, Le, TRAMPOLINE_LEN};
+use super::{ProcessImage, RestoreError};
+use crate::proto::{Vma, VmaKind};
+use std::collections::HashMap;
+
+/// `PR_SET_MM` / `PR_SET_MM_MAP`.
+const PR_SET_MM: u64 = 35;
+const PR_SET_MM_MAP: u64 = 14;
+/// `RSEQ_FLAG_UNREGISTER`.
+const RSEQ_FLAG_UNREGISTER: u64 = 1;
+
+/// One line of /proc/PID/maps, as much as restore needs of it.
+struct CurMap {
+    start: u64,
+    end: u64,
+    name: String,
+}
+
+fn current_maps(pid: i32) -> Result<Vec<CurMap>, RestoreError> {
+    let path = format!("/proc/{pid}/maps");
+    let text = std::fs::read_to_string(&path).map_err(|source| RestoreError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut it = line.splitn(6, ' ');
+        let range = it.next().unwrap_or("");
+        let name = it.nth(4).unwrap_or("").trim().to_string();
+        let Some((s, e)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (u64::from_str_radix(s, 16), u64::from_str_radix(e, 16)) else {
+            continue;
+        };
+        out.push(CurMap { start, end, name });
+    }
+    Ok(out)
+}
+
+fn special_kind(name: &str) -> Option<VmaKind> {
+    match name {
+        "[vdso]" => Some(VmaKind::VmaVdso),
+        "[vvar]" => Some(VmaKind::VmaVvar),
+        "[vvar_vclock]" => Some(VmaKind::VmaVvarVclock),
+        _ => None,
+    }
+}
+
+/// Whether a saved VMA is one the kernel provides (moved, not mapped).
+pub fn is_special(v: &Vma) -> bool {
+    matches!(
+        v.kind(),
+        VmaKind::VmaVdso | VmaKind::VmaVvar | VmaKind::VmaVvarVclock | VmaKind::VmaVsyscall
+    )
+}
+
+/// Picks the trampoline address: free in cryo's own layout (which the child inherits) and in
+/// the target's.
+pub fn choose_trampoline(img: &ProcessImage) -> Result<u64, RestoreError> {
+    let mut busy: Vec<(u64, u64)> = img.mm.vmas.iter().map(|v| (v.start, v.end)).collect();
+    busy.extend(
+        current_maps(std::process::id() as i32)?
+            .iter()
+            .map(|m| (m.start, m.end)),
+    );
+    find_hole(&busy, TRAMPOLINE_LEN).ok_or_else(|| RestoreError::Invalid {
+        pid: img.pid(),
+        what: "no free address range for the restore trampoline".into(),
+    })
+}
+
+/// Unregisters the rseq area the child inherited from cryo (it points into memory that is
+/// about to disappear).
+pub fn drop_inherited_rseq(ctx: &mut Ctx) -> Result<(), RestoreError> {
+    let pid = ctx.pid();
+    let conf = crate::sys::ptrace::get_rseq(pid).map_err(|source| RestoreError::Sys {
+        pid,
+        what: "reading the inherited rseq registration".into(),
+        source,
+    })?;
+    if conf.rseq_abi_pointer != 0 {
+        ctx.sys(
+            || "rseq(unregister inherited)".into(),
+            libc::SYS_rseq,
+            [
+                conf.rseq_abi_pointer,
+                conf.rseq_abi_size as u64,
+                RSEQ_FLAG_UNREGISTER,
+                conf.signature as u64,
+                0,
+                0,
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// Unmaps everything the child inherited except the trampoline and the kernel's special
+/// mappings, then moves those specials to the addresses the target had them at.
+pub fn clear_and_move_specials(ctx: &mut Ctx, img: &ProcessImage) -> Result<(), RestoreError> {
+    let pid = ctx.pid();
+    let tramp = (ctx.tramp, ctx.tramp + TRAMPOLINE_LEN);
+    let cur = current_maps(pid)?;
+    for m in &cur {
+        if m.start >= 0xffff_ffff_ff60_0000 || special_kind(&m.name).is_some() {
+            continue;
+        }
+        if overlaps((m.start, m.end), tramp) {
+            continue;
+        }
+        let (s, e) = (m.start, m.end);
+        ctx.sys(
+            || format!("munmap({s:#x}-{e:#x}) of an inherited mapping"),
+            libc::SYS_munmap,
+            [s, e - s, 0, 0, 0, 0],
+        )?;
+    }
+
+    // Pair the child's specials with the target's by kind.
+    let mut moves: Vec<(u64, u64, u64)> = Vec::new(); // (cur_start, len, dst)
+    let mut unmap: Vec<(u64, u64)> = Vec::new();
+    for m in cur.iter() {
+        let Some(kind) = special_kind(&m.name) else {
+            continue;
+        };
+        match img.mm.vmas.iter().find(|v| v.kind() == kind) {
+            Some(v) => {
+                if v.end - v.start != m.end - m.start {
+                    return Err(RestoreError::Invalid {
+                        pid,
+                        what: format!(
+                            "{} is {} bytes here but was {} bytes at dump: checkpoint from another kernel",
+                            m.name,
+                            m.end - m.start,
+                            v.end - v.start
+                        ),
+                    });
+                }
+                moves.push((m.start, m.end - m.start, v.start));
+            }
+            None => unmap.push((m.start, m.end)),
+        }
+    }
+    for (s, e) in unmap {
+        ctx.sys(
+            || format!("munmap({s:#x}-{e:#x}) of a special mapping the target lacked"),
+            libc::SYS_munmap,
+            [s, e - s, 0, 0, 0, 0],
+        )?;
+    }
+    // Two phases, so that no move lands on a special that has not moved yet.
+    let mut busy: Vec<(u64, u64)> = img.mm.vmas.iter().map(|v| (v.start, v.end)).collect();
+    busy.push(tramp);
+    busy.extend(moves.iter().map(|&(s, l, _)| (s, s + l)));
+    let mut staged = Vec::new();
+    for &(s, len, dst) in &moves {
+        if s == dst {
+            continue;
+        }
+        let tmp = find_hole(&busy, len).ok_or_else(|| RestoreError::Invalid {
+            pid,
+            what: "no free range to stage the vdso move".into(),
+        })?;
+        busy.push((tmp, tmp + len));
+        mremap(ctx, s, len, tmp)?;
+        staged.push((tmp, len, dst));
+    }
+    for (tmp, len, dst) in staged {
+        mremap(ctx, tmp, len, dst)?;
+    }
+    Ok(())
+}
+
+fn mremap(ctx: &mut Ctx, from: u64, len: u64, to: u64) -> Result<(), RestoreError> {
+    let flags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
+    let got = ctx.sys(
+        || format!("mremap({from:#x}, {len:#x}) to {to:#x}"),
+        libc::SYS_mremap,
+        [from, len, len, flags, to, 0],
+    )?;
+    if got != to {
+        return Err(RestoreError::Invalid {
+            pid: ctx.pid(),
+            what: format!("mremap to {to:#x} landed at {got:#x}"),
+        });
+    }
+    Ok(())
+}
+
+/// Whether restore writes page contents into this VMA.
+fn takes_pages(v: &Vma) -> bool {
+    !is_special(v) && v.kind() != VmaKind::VmaFileShared
+}
+
+/// Maps every saved VMA at its address. VMAs that receive page contents are mapped writable
+/// for now; [`fix_protections`] sets the saved protections afterwards.
+pub fn map_vmas(ctx: &mut Ctx, img: &ProcessImage) -> Result<(), RestoreError> {
+    let mut file_fds: HashMap<(String, bool), u64> = HashMap::new();
+    let result = map_vmas_inner(ctx, img, &mut file_fds);
+    for (_, fd) in file_fds {
+        let _ = ctx.sys(|| "close".into(), libc::SYS_close, [fd, 0, 0, 0, 0, 0]);
+    }
+    result
+}
+
+fn map_vmas_inner(
+    ctx: &mut Ctx,
+    img: &ProcessImage,
+    file_fds: &mut HashMap<(String, bool), u64>,
+) -> Result<(), RestoreError> {
+    for v in img.mm.vmas.iter().filter(|v| !is_special(v)) {
+        let len = v.end - v.start;
+        let mut prot = v.prot as u64;
+        if takes_pages(v) {
+            prot |= (libc::PROT_READ | libc::PROT_WRITE) as u64;
+        }
+        let mut flags = v.flags as u64 | libc::MAP_FIXED as u64;
+        let (fd, off) = match v.kind() {
+            VmaKind::VmaFilePrivate | VmaKind::VmaFileShared => {
+                let path = v.file.as_ref().map(|f| f.path.clone()).unwrap_or_default();
+                let rw = v.kind() == VmaKind::VmaFileShared && v.prot & libc::PROT_WRITE as u32 != 0;
+                let key = (path.clone(), rw);
+                let fd = match file_fds.get(&key) {
+                    Some(fd) => *fd,
+                    None => {
+                        let p = ctx.put_path(0, &path)?;
+                        let oflags = if rw { libc::O_RDWR } else { libc::O_RDONLY } | libc::O_CLOEXEC;
+                        let fd = ctx.sys(
+                            || format!("open({path}) for a mapping at {:#x}", v.start),
+                            libc::SYS_openat,
+                            [libc::AT_FDCWD as u64, p, oflags as u64, 0, 0, 0],
+                        )?;
+                        file_fds.insert(key, fd);
+                        fd
+                    }
+                };
+                (fd, v.pgoff)
+            }
+            _ => {
+                flags |= libc::MAP_ANONYMOUS as u64;
+                (u64::MAX, 0)
+            }
+        };
+        let (start, end) = (v.start, v.end);
+        let got = ctx.sys(
+            || format!("mmap({start:#x}-{end:#x}) {}", v.name),
+            libc::SYS_mmap,
+            [start, len, prot, flags, fd, off],
+        )?;
+        if got != v.start {
+            return Err(RestoreError::Invalid {
+                pid: ctx.pid(),
+                what: format!("mmap at {start:#x} landed at {got:#x}"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Reads every stored page run from the page store straight into place: the child opens the
+/// page store and `pread64`s each run to its address.
+pub fn fill_pages(ctx: &mut Ctx, img: &ProcessImage, pages_path: &str) -> Result<(), RestoreError> {
+    if img.pagemap.is_empty() {
+        return Ok(());
+    }
+    let p = ctx.put_path(0, pages_path)?;
+    let fd = ctx.sys(
+        || format!("open({pages_path})"),
+        libc::SYS_openat,
+        [
+            libc::AT_FDCWD as u64,
+            p,
+            (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
+            0,
+            0,
+            0,
+        ],
+    )?;
+    let res = (|| {
+        for run in &img.pagemap {
+            let total = run.nr_pages * crate::sys::PAGE_SIZE;
+            let mut done = 0u64;
+            while done < total {
+                let (addr, off) = (run.vaddr + done, run.offset + done);
+                let n = ctx.sys(
+                    || format!("pread64 of {} bytes into {addr:#x} from {pages_path}@{off:#x}", total - done),
+                    libc::SYS_pread64,
+                    [fd, addr, total - done, off, 0, 0],
+                )?;
+                if n == 0 {
+                    return Err(RestoreError::Invalid {
+                        pid: ctx.pid(),
+                        what: format!("{pages_path} ends before offset {off:#x}"),
+                    });
+                }
+                done += n;
+            }
+        }
+        Ok(())
+    })();
+    let _ = ctx.sys(|| "close".into(), libc::SYS_close, [fd, 0, 0, 0, 0, 0]);
+    res
+}
+
+/// Puts back the saved protections of VMAs that were mapped writable for filling.
+pub fn fix_protections(ctx: &mut Ctx, img: &ProcessImage) -> Result<(), RestoreError> {
+    let rw = (libc::PROT_READ | libc::PROT_WRITE) as u32;
+    for v in img.mm.vmas.iter().filter(|v| takes_pages(v)) {
+        if v.prot & rw == rw {
+            continue;
+        }
+        let (s, e, prot) = (v.start, v.end, v.prot);
+        ctx.sys(
+            || format!("mprotect({s:#x}-{e:#x}, {prot:#x})"),
+            libc::SYS_mprotect,
+            [s, e - s, prot as u64, 0, 0, 0],
+        )?;
+    }
+    Ok(())
+}
+
+/// PR_SET_MM_MAP: code/data/brk/stack/arg/env boundaries, auxv and the exe file.
+pub fn set_mm_fields(ctx: &mut Ctx, img: &ProcessImage) -> Result<(), RestoreError> {
+    let mm = &img.mm;
+    let exe = mm.exe.as_ref().map(|f| f.path.clone()).unwrap_or_default();
+    let mut exe_fd = u64::MAX;
+    if !exe.is_empty() {
+        let p = ctx.put_path(0, &exe)?;
+        exe_fd = ctx.sys(
+            || format!("open({exe}) as exe"),
+            libc::SYS_openat,
+            [
+                libc::AT_FDCWD as u64,
+                p,
+                (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
+                0,
+                0,
+                0,
+            ],
+        )?;
+    }
+    let res = (|| {
+        let mut auxv = Le::default();
+        for a in &mm.auxv {
+            auxv = auxv.u64(*a);
+        }
+        let auxv_addr = ctx.put(4096, &auxv.0)?;
+        let map = Le::default()
+            .u64(mm.start_code)
+            .u64(mm.end_code)
+            .u64(mm.start_data)
+            .u64(mm.end_data)
+            .u64(mm.start_brk)
+            .u64(mm.brk)
+            .u64(mm.start_stack)
+            .u64(mm.arg_start)
+            .u64(mm.arg_end)
+            .u64(mm.env_start)
+            .u64(mm.env_end)
+            .u64(auxv_addr)
+            .u32(auxv.0.len() as u32)
+            .u32(exe_fd as u32);
+        let map_len = map.0.len() as u64;
+        let map_addr = ctx.put(2048, &map.0)?;
+        ctx.sys(
+            || "prctl(PR_SET_MM, PR_SET_MM_MAP)".into(),
+            libc::SYS_prctl,
+            [PR_SET_MM, PR_SET_MM_MAP, map_addr, map_len, 0, 0],
+        )
+        .map(drop)
+    })();
+    if exe_fd != u64::MAX {
+        let _ = ctx.sys(|| "close".into(), libc::SYS_close, [exe_fd, 0, 0, 0, 0, 0]);
+    }
+    res
+}

@@ -1,0 +1,191 @@
+//! Syscalls a freshly forked restore child runs on itself before the restorer takes it over
+//! (fd table, cwd, umask, rlimits, name, tracing), and small process helpers for the parent.
+
+use super::{check, SysError, SysResult};
+use std::ffi::CString;
+use std::os::fd::RawFd;
+
+fn cstr(call: &'static str, s: &str) -> SysResult<CString> {
+    CString::new(s).map_err(|_| SysError::from_errno(call, libc::EINVAL))
+}
+
+/// open(2) with raw flags and mode; returns the new fd.
+pub fn open(path: &str, flags: i32, mode: u32) -> SysResult<RawFd> {
+    let c = cstr("open", path)?;
+    // SAFETY: c is a valid NUL-terminated string for the duration of the call.
+    let fd = unsafe { libc::open(c.as_ptr(), flags, mode as libc::c_uint) };
+    check("open", fd as libc::c_long).map(|f| f as RawFd)
+}
+
+/// dup2(2) (a no-op when `old == new`, except that it checks `old` is open).
+pub fn dup2(old: RawFd, new: RawFd) -> SysResult<()> {
+    // SAFETY: plain syscall on integers.
+    let r = unsafe { libc::dup2(old, new) };
+    check("dup2", r as libc::c_long).map(drop)
+}
+
+/// fcntl(F_DUPFD_CLOEXEC): a copy of `fd` at the lowest number >= `min`.
+pub fn dup_above(fd: RawFd, min: RawFd) -> SysResult<RawFd> {
+    // SAFETY: plain syscall on integers.
+    let r = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min) };
+    check("fcntl(F_DUPFD_CLOEXEC)", r as libc::c_long).map(|f| f as RawFd)
+}
+
+/// Sets or clears FD_CLOEXEC.
+pub fn set_cloexec(fd: RawFd, on: bool) -> SysResult<()> {
+    let flag = if on { libc::FD_CLOEXEC } else { 0 };
+    // SAFETY: plain syscall on integers.
+    let r = unsafe { libc::fcntl(fd, libc::F_SETFD, flag) };
+    check("fcntl(F_SETFD)", r as libc::c_long).map(drop)
+}
+
+/// close(2), ignoring the result.
+pub fn close(fd: RawFd) {
+    // SAFETY: closing an fd number the caller owns; errors are irrelevant here.
+    unsafe { libc::close(fd) };
+}
+
+/// lseek(2) to an absolute offset.
+pub fn seek(fd: RawFd, pos: u64) -> SysResult<()> {
+    // SAFETY: plain syscall on integers.
+    let r = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_SET) };
+    check("lseek", r as libc::c_long).map(drop)
+}
+
+/// The fds open in the calling process (from /proc/self/fd).
+pub fn own_fds() -> Vec<RawFd> {
+    let mut v: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort_unstable();
+    v
+}
+
+/// chdir(2).
+pub fn chdir(path: &str) -> SysResult<()> {
+    let c = cstr("chdir", path)?;
+    // SAFETY: c is a valid C string.
+    let r = unsafe { libc::chdir(c.as_ptr()) };
+    check("chdir", r as libc::c_long).map(drop)
+}
+
+/// chroot(2).
+pub fn chroot(path: &str) -> SysResult<()> {
+    let c = cstr("chroot", path)?;
+    // SAFETY: c is a valid C string.
+    let r = unsafe { libc::chroot(c.as_ptr()) };
+    check("chroot", r as libc::c_long).map(drop)
+}
+
+/// umask(2).
+pub fn umask(mask: u32) {
+    // SAFETY: umask cannot fail.
+    unsafe { libc::umask(mask as libc::mode_t) };
+}
+
+/// prlimit64(2) on the calling process.
+pub fn set_rlimit(resource: u32, cur: u64, max: u64) -> SysResult<()> {
+    let new = libc::rlimit64 {
+        rlim_cur: cur,
+        rlim_max: max,
+    };
+    // SAFETY: new is a valid rlimit64; old may be NULL.
+    let r = unsafe { libc::prlimit64(0, resource as _, &new, std::ptr::null_mut()) };
+    check("prlimit64", r as libc::c_long).map(drop)
+}
+
+/// The calling process's rlimit.
+pub fn get_rlimit(resource: u32) -> SysResult<(u64, u64)> {
+    let mut old = libc::rlimit64 {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: old is a valid out-pointer.
+    let r = unsafe { libc::prlimit64(0, resource as _, std::ptr::null(), &mut old) };
+    check("prlimit64", r as libc::c_long)?;
+    Ok((old.rlim_cur, old.rlim_max))
+}
+
+/// PR_SET_NAME.
+pub fn set_comm(name: &str) -> SysResult<()> {
+    let c = cstr("prctl(PR_SET_NAME)", name)?;
+    // SAFETY: c is a valid C string; the kernel copies at most 16 bytes.
+    let r = unsafe { libc::prctl(libc::PR_SET_NAME, c.as_ptr(), 0, 0, 0) };
+    check("prctl(PR_SET_NAME)", r as libc::c_long).map(drop)
+}
+
+/// PR_SET_PDEATHSIG.
+pub fn set_pdeathsig(sig: i32) -> SysResult<()> {
+    // SAFETY: prctl with integer arguments.
+    let r = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) };
+    check("prctl(PR_SET_PDEATHSIG)", r as libc::c_long).map(drop)
+}
+
+/// PTRACE_TRACEME followed by raise(SIGSTOP): hands the calling process to its parent.
+pub fn trace_me_and_stop() -> SysResult<()> {
+    // SAFETY: PTRACE_TRACEME takes no pointers.
+    let r = unsafe { libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) };
+    check("ptrace(PTRACE_TRACEME)", r)?;
+    // SAFETY: raise with a valid signal number.
+    let r = unsafe { libc::raise(libc::SIGSTOP) };
+    check("raise(SIGSTOP)", r as libc::c_long).map(drop)
+}
+
+/// _exit(2): leaves the process without running destructors or atexit handlers (used by a
+/// forked child that failed).
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and is async-signal-safe.
+    unsafe { libc::_exit(code) }
+}
+
+/// write(2) of the whole buffer, best effort (used for the child's error report).
+pub fn write_all(fd: RawFd, mut buf: &[u8]) {
+    while !buf.is_empty() {
+        // SAFETY: buf is a valid slice for the duration of the call.
+        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            return;
+        }
+        buf = &buf[n as usize..];
+    }
+}
+
+/// pipe2(O_CLOEXEC): (read end, write end).
+pub fn pipe() -> SysResult<(RawFd, RawFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: fds is a valid array of two ints.
+    let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    check("pipe2", r as libc::c_long)?;
+    Ok((fds[0], fds[1]))
+}
+
+/// isatty(3).
+pub fn is_tty(fd: RawFd) -> bool {
+    // SAFETY: isatty only inspects the fd.
+    unsafe { libc::isatty(fd) == 1 }
+}
+
+/// Reads `fd` to its end as (lossy) UTF-8, best effort; the fd stays open.
+pub fn read_to_string(fd: RawFd) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        // SAFETY: buf is a valid writable buffer of buf.len() bytes.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n as usize]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// fcntl(F_SETFL).
+pub fn set_status_flags(fd: RawFd, flags: i32) -> SysResult<()> {
+    // SAFETY: plain syscall on integers.
+    let r = unsafe { libc::fcntl(fd, libc::F_SETFL, flags) };
+    check("fcntl(F_SETFL)", r as libc::c_long).map(drop)
+}
