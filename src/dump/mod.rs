@@ -1,1 +1,3 @@
 //! dump (in progress).
+
+pub mod proc;
