@@ -87,6 +87,8 @@ pub fn collect_vmas(pid: i32, maps: &[MapEntry]) -> Result<(Vec<Vma>, Vec<PageRu
         };
         if stores_pages(kind) {
             let entries = proc::read_pagemap(pid, m.start, m.end)?;
+            // Runs never cross a VMA boundary.
+            let first_run = runs.len();
             for (i, e) in entries.iter().enumerate() {
                 // A private file page that is present but still the file's own page comes back
                 // from the file; a copied-on-write one is anonymous (or swapped) and is stored.
@@ -100,8 +102,9 @@ pub fn collect_vmas(pid: i32, maps: &[MapEntry]) -> Result<(Vec<Vma>, Vec<PageRu
                     continue;
                 }
                 let addr = m.start + i as u64 * PAGE_SIZE;
+                let in_this_vma = runs.len() > first_run;
                 match runs.last_mut() {
-                    Some(r) if r.vaddr + r.nr_pages * PAGE_SIZE == addr && r.prot == m.prot => {
+                    Some(r) if in_this_vma && r.vaddr + r.nr_pages * PAGE_SIZE == addr => {
                         r.nr_pages += 1
                     }
                     _ => runs.push(PageRunReq {
