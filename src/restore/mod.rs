@@ -197,7 +197,7 @@ impl ProcessImage {
                 ));
             }
             if f.kind() == FdKind::FdReg && f.mode & libc::S_IFMT == libc::S_IFREG {
-                check_file_same(pid, &f.path, f.size, 0)?;
+                check_open_file(pid, f)?;
             }
         }
         if !self.core.root.is_empty() && self.core.root != "/" {
@@ -207,7 +207,37 @@ impl ProcessImage {
     }
 }
 
-/// Refuses a file that is missing or whose size (and mtime, when given) changed since dump.
+/// An open regular file may have grown or shrunk since the dump (a log file of a process left
+/// running, say): that is reported. One that is now shorter than the saved offset (without
+/// O_APPEND) is refused, since the process would read or write at a place that no longer
+/// holds what it did.
+fn check_open_file(pid: i32, f: &FdEntry) -> Result<(), RestoreError> {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(&f.path).map_err(|source| RestoreError::Io {
+        path: f.path.clone(),
+        source,
+    })?;
+    if md.size() != f.size {
+        tracing::warn!(pid, fd = f.fd, path = %f.path, was = f.size, now = md.size(), "file size changed since the dump");
+    }
+    let append = f.flags as i32 & libc::O_APPEND != 0;
+    if !append && md.size() < f.pos {
+        return Err(RestoreError::Invalid {
+            pid,
+            what: format!(
+                "fd {}: {} is now {} bytes, shorter than its saved offset {}",
+                f.fd,
+                f.path,
+                md.size(),
+                f.pos
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Refuses a mapped file that is missing or whose size or mtime changed since the dump: the
+/// pages cryo did not store come from that file.
 fn check_file_same(pid: i32, path: &str, size: u64, mtime_ns: i64) -> Result<(), RestoreError> {
     use std::os::unix::fs::MetadataExt;
     let md = std::fs::metadata(path).map_err(|source| RestoreError::Io {

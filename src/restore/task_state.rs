@@ -46,11 +46,20 @@ pub fn restore_itimers(ctx: &mut Ctx, img: &ProcessImage) -> Result<(), RestoreE
         if t.value_us == 0 && t.interval_us == 0 {
             continue;
         }
+        // A periodic ITIMER_REAL that has fired but whose SIGALRM was not dequeued yet reads
+        // as value 0: the kernel re-arms it only when that signal is dequeued. The signal is
+        // re-queued with the pending ones; arm the timer one interval ahead, which is where
+        // the kernel would have put it.
+        let value_us = if t.value_us == 0 {
+            t.interval_us
+        } else {
+            t.value_us
+        };
         let v = Le::default()
             .u64(t.interval_us / 1_000_000)
             .u64(t.interval_us % 1_000_000)
-            .u64(t.value_us / 1_000_000)
-            .u64(t.value_us % 1_000_000);
+            .u64(value_us / 1_000_000)
+            .u64(value_us % 1_000_000);
         let p = ctx.put(0, &v.0)?;
         let which = t.which;
         ctx.sys(
