@@ -372,7 +372,7 @@ fn to_text(c: &Checkpoint) -> String {
         "  shell job   {}",
         if inv.shell_job { "yes" } else { "no" }
     );
-    let _ = writeln!(s, "  files       {}", inv.manifest.len() + 1);
+    let _ = writeln!(s, "  files       {} + inventory.img", inv.manifest.len());
     let width = inv
         .manifest
         .iter()
@@ -503,12 +503,16 @@ fn process_text(s: &mut String, p: &Process) {
         for t in &core.posix_timers {
             let _ = writeln!(
                 s,
-                "    id {:<4} {:<24} {} {} (tid {})  value {} ns  interval {} ns  overrun {}",
+                "    id {:<4} {:<24} {} {}{}  value {} ns  interval {} ns  overrun {}",
                 t.id,
                 clock_name(t.clock_id),
                 notify_name(t.sigev_notify),
                 signal_name(t.sigev_signo as u32),
-                t.notify_tid,
+                if t.sigev_notify == libc::SIGEV_THREAD_ID {
+                    format!(" (tid {})", t.notify_tid)
+                } else {
+                    String::new()
+                },
                 t.value_ns,
                 t.interval_ns,
                 t.overrun
@@ -555,6 +559,7 @@ fn process_text(s: &mut String, p: &Process) {
                     .map(|f| f.path.as_str())
                     .filter(|p| !p.is_empty())
                     .unwrap_or(&v.name);
+                let path = if path.is_empty() { "-" } else { path };
                 let _ = writeln!(
                     s,
                     "    {:>33}  {}  {:<14} {:>10}  {}",
