@@ -1,0 +1,578 @@
+//! The byte-level format: the 16-byte file header and the length-prefixed, checksummed record
+//! framing of metadata files (see the diagrams in the parent module). Pure functions over
+//! bytes and readers; no knowledge of directories or manifests.
+
+use std::io::{self, Read};
+use std::path::Path;
+
+use super::{ImageError, ImageType, FORMAT_MAJOR, FORMAT_MINOR};
+
+/// The magic every image file starts with.
+pub const MAGIC: [u8; 4] = *b"CRYO";
+/// Length of the file header.
+pub const HEADER_LEN: usize = 16;
+/// The longest record payload a reader accepts (and a writer writes), in bytes.
+pub const MAX_RECORD_LEN: u32 = 16 << 20;
+/// The page size of the page store, and the length of its header block.
+pub const PAGE_SIZE: u64 = 4096;
+/// The length field of the end record.
+pub(crate) const END_MARKER: u32 = 0xFFFF_FFFF;
+/// Length of a record's (or the end record's) length + checksum prefix.
+const RECORD_PREFIX_LEN: u64 = 8;
+
+/// The header of a file of type `ty` in the current format version.
+pub(crate) fn encode_header(ty: ImageType) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[0..4].copy_from_slice(&MAGIC);
+    h[4..8].copy_from_slice(&ty.code().to_le_bytes());
+    // The version constants are small; the header fields are u16.
+    h[8..10].copy_from_slice(&(FORMAT_MAJOR as u16).to_le_bytes());
+    h[10..12].copy_from_slice(&(FORMAT_MINOR as u16).to_le_bytes());
+    h
+}
+
+/// Checks a file header (`bytes` holds the first up to 16 bytes of the file) against the
+/// expected image type.
+pub(crate) fn check_header(
+    path: &Path,
+    bytes: &[u8],
+    expected: ImageType,
+) -> Result<(), ImageError> {
+    let magic_len = bytes.len().min(MAGIC.len());
+    if bytes[..magic_len] != MAGIC[..magic_len] {
+        let mut found = [0u8; 4];
+        found[..magic_len].copy_from_slice(&bytes[..magic_len]);
+        return Err(ImageError::NotCryoImage {
+            path: path.to_owned(),
+            found,
+        });
+    }
+    if bytes.len() < HEADER_LEN {
+        return Err(ImageError::Truncated {
+            path: path.to_owned(),
+            offset: 0,
+            what: "file header",
+        });
+    }
+    let u16_at = |i: usize| u16::from_le_bytes([bytes[i], bytes[i + 1]]);
+    let u32_at =
+        |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+    let (major, minor) = (u32::from(u16_at(8)), u32::from(u16_at(10)));
+    if major != FORMAT_MAJOR {
+        return Err(ImageError::UnsupportedVersion {
+            path: path.to_owned(),
+            major,
+            minor,
+        });
+    }
+    let ty = u32_at(4);
+    if ty != expected.code() {
+        return Err(ImageError::WrongType {
+            path: path.to_owned(),
+            expected,
+            found: ty,
+        });
+    }
+    if minor > FORMAT_MINOR {
+        tracing::warn!(
+            path = %path.display(),
+            major,
+            minor,
+            "image written by a newer cryo (format minor {minor}); reading it as {FORMAT_MAJOR}.{FORMAT_MINOR}"
+        );
+    } else if u32_at(12) != 0 {
+        return Err(ImageError::BadHeader {
+            path: path.to_owned(),
+            offset: 12,
+            value: u64::from(u32_at(12)),
+        });
+    }
+    Ok(())
+}
+
+/// Encodes a metadata file: header, one record per message, end record.
+pub(crate) fn encode_records<M: prost::Message>(
+    path: &Path,
+    ty: ImageType,
+    records: &[M],
+) -> Result<Vec<u8>, ImageError> {
+    let count = u32::try_from(records.len())
+        .ok()
+        .filter(|&n| n != END_MARKER)
+        .ok_or_else(|| ImageError::BadRequest {
+            path: path.to_owned(),
+            reason: "too many records for one image file",
+        })?;
+    let payload_len: usize = records.iter().map(|r| r.encoded_len() + 8).sum();
+    let mut out = Vec::with_capacity(HEADER_LEN + payload_len + 8);
+    out.extend_from_slice(&encode_header(ty));
+    for record in records {
+        let offset = out.len() as u64;
+        let len = record.encoded_len();
+        let len32 = u32::try_from(len)
+            .ok()
+            .filter(|&l| l <= MAX_RECORD_LEN)
+            .ok_or_else(|| ImageError::RecordTooLarge {
+                path: path.to_owned(),
+                offset,
+                len: len as u64,
+            })?;
+        out.extend_from_slice(&len32.to_le_bytes());
+        out.extend_from_slice(&[0; 4]);
+        let start = out.len();
+        // Encoding into a Vec cannot run out of room: a Vec grows.
+        record
+            .encode(&mut out)
+            .map_err(|_| ImageError::RecordTooLarge {
+                path: path.to_owned(),
+                offset,
+                len: len as u64,
+            })?;
+        let crc = crc32c::crc32c(&out[start..]);
+        out[start - 4..start].copy_from_slice(&crc.to_le_bytes());
+    }
+    out.extend_from_slice(&END_MARKER.to_le_bytes());
+    out.extend_from_slice(&count.to_le_bytes());
+    Ok(out)
+}
+
+/// What a full scan of a metadata file found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ScanSummary {
+    /// Number of records.
+    pub records: u32,
+    /// crc32c of the whole file.
+    pub file_crc: u32,
+    /// The format minor version in the header.
+    pub minor: u32,
+}
+
+/// A reader that counts the bytes it hands out and checksums them.
+struct CrcReader<R> {
+    inner: R,
+    offset: u64,
+    crc: u32,
+}
+
+impl<R: Read> CrcReader<R> {
+    fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        self.inner.read_exact(buf)?;
+        self.offset += buf.len() as u64;
+        self.crc = crc32c::crc32c_append(self.crc, buf);
+        Ok(())
+    }
+}
+
+/// Reads a metadata file of `len` bytes from `reader` and checks its header (against `ty`)
+/// and framing: every record's length (before allocating) and checksum, the end record and
+/// its count, nothing after it. Calls `on_record(offset, payload)` for every record, in order.
+///
+/// `reader` must yield exactly the file from its first byte; `len` is its size. A reader that
+/// ends early is reported as truncation at the offset where the data stopped.
+pub(crate) fn scan_records<R: Read>(
+    reader: R,
+    len: u64,
+    path: &Path,
+    ty: ImageType,
+    mut on_record: impl FnMut(u64, &[u8]) -> Result<(), ImageError>,
+) -> Result<ScanSummary, ImageError> {
+    let mut r = CrcReader {
+        inner: reader,
+        offset: 0,
+        crc: 0,
+    };
+    let short = |path: &Path, offset: u64, what: &'static str| ImageError::Truncated {
+        path: path.to_owned(),
+        offset,
+        what,
+    };
+    let read_err = |path: &Path, offset: u64, what: &'static str, e: io::Error| {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            short(path, offset, what)
+        } else {
+            ImageError::io(path, "read", e)
+        }
+    };
+
+    // The header; a short file is still checked for its magic first, so that a tiny foreign
+    // file is reported as foreign.
+    let head_len = len.min(HEADER_LEN as u64) as usize;
+    let mut head = [0u8; HEADER_LEN];
+    r.read_exact(&mut head[..head_len])
+        .map_err(|e| read_err(path, 0, "file header", e))?;
+    check_header(path, &head[..head_len], ty)?;
+
+    let mut payload = Vec::new();
+    let mut records: u64 = 0;
+    loop {
+        let offset = r.offset;
+        let left = len - offset;
+        if left == 0 {
+            return Err(short(path, offset, "end record missing"));
+        }
+        if left < RECORD_PREFIX_LEN {
+            return Err(short(path, offset, "record header cut short"));
+        }
+        let mut prefix = [0u8; RECORD_PREFIX_LEN as usize];
+        r.read_exact(&mut prefix)
+            .map_err(|e| read_err(path, offset, "record header cut short", e))?;
+        let rec_len = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
+        let stored = u32::from_le_bytes([prefix[4], prefix[5], prefix[6], prefix[7]]);
+        if rec_len == END_MARKER {
+            if u64::from(stored) != records {
+                return Err(ImageError::RecordCount {
+                    path: path.to_owned(),
+                    offset,
+                    stored,
+                    found: u32::try_from(records).unwrap_or(u32::MAX),
+                });
+            }
+            if r.offset < len {
+                return Err(ImageError::TrailingData {
+                    path: path.to_owned(),
+                    offset: r.offset,
+                    len: len - r.offset,
+                });
+            }
+            return Ok(ScanSummary {
+                records: stored,
+                file_crc: r.crc,
+                minor: u32::from(u16::from_le_bytes([head[10], head[11]])),
+            });
+        }
+        if rec_len > MAX_RECORD_LEN {
+            return Err(ImageError::RecordTooLarge {
+                path: path.to_owned(),
+                offset,
+                len: u64::from(rec_len),
+            });
+        }
+        if u64::from(rec_len) > len - r.offset {
+            return Err(short(path, offset, "record runs past the end of the file"));
+        }
+        payload.resize(rec_len as usize, 0);
+        r.read_exact(&mut payload)
+            .map_err(|e| read_err(path, offset, "record runs past the end of the file", e))?;
+        let computed = crc32c::crc32c(&payload);
+        if computed != stored {
+            return Err(ImageError::RecordChecksum {
+                path: path.to_owned(),
+                offset,
+                stored,
+                computed,
+            });
+        }
+        on_record(offset, &payload)?;
+        records += 1;
+    }
+}
+
+/// Scans a metadata file held in memory and decodes its records as `M`.
+#[cfg(test)]
+pub(crate) fn decode_records<M: prost::Message + Default>(
+    path: &Path,
+    ty: ImageType,
+    bytes: &[u8],
+) -> Result<Vec<M>, ImageError> {
+    let mut out = Vec::new();
+    scan_records(bytes, bytes.len() as u64, path, ty, |offset, payload| {
+        out.push(decode_payload::<M>(path, offset, payload)?);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Decodes one record payload as `M`.
+pub(crate) fn decode_payload<M: prost::Message + Default>(
+    path: &Path,
+    offset: u64,
+    payload: &[u8],
+) -> Result<M, ImageError> {
+    M::decode(payload).map_err(|source| ImageError::Decode {
+        path: path.to_owned(),
+        offset,
+        message: std::any::type_name::<M>(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{FdEntry, FdKind, PstreeEntry};
+    use std::path::PathBuf;
+
+    fn path() -> PathBuf {
+        PathBuf::from("/ckpt/fds-42.img")
+    }
+
+    fn small_file() -> Vec<u8> {
+        let recs = vec![
+            FdEntry {
+                fd: 0,
+                kind: FdKind::FdChr as i32,
+                path: "/dev/null".into(),
+                ..Default::default()
+            },
+            FdEntry {
+                fd: 3,
+                path: "/tmp/x".into(),
+                pos: 17,
+                ..Default::default()
+            },
+        ];
+        encode_records(&path(), ImageType::Fds, &recs).unwrap()
+    }
+
+    #[test]
+    fn header_layout() {
+        let h = encode_header(ImageType::Mm);
+        assert_eq!(&h[0..4], b"CRYO");
+        assert_eq!(u32::from_le_bytes(h[4..8].try_into().unwrap()), 5);
+        assert_eq!(u16::from_le_bytes(h[8..10].try_into().unwrap()), 1);
+        assert_eq!(u16::from_le_bytes(h[10..12].try_into().unwrap()), 0);
+        assert_eq!(&h[12..16], &[0; 4]);
+    }
+
+    #[test]
+    fn record_layout() {
+        let rec = PstreeEntry {
+            pid: 7,
+            ..Default::default()
+        };
+        let bytes = encode_records(&path(), ImageType::Pstree, std::slice::from_ref(&rec)).unwrap();
+        let payload = prost::Message::encode_to_vec(&rec);
+        assert_eq!(bytes.len(), 16 + 8 + payload.len() + 8);
+        assert_eq!(
+            u32::from_le_bytes(bytes[16..20].try_into().unwrap()) as usize,
+            payload.len()
+        );
+        assert_eq!(
+            u32::from_le_bytes(bytes[20..24].try_into().unwrap()),
+            crc32c::crc32c(&payload)
+        );
+        assert_eq!(&bytes[24..24 + payload.len()], &payload[..]);
+        let end = &bytes[24 + payload.len()..];
+        assert_eq!(end, &[0xff, 0xff, 0xff, 0xff, 1, 0, 0, 0]);
+    }
+
+    #[test]
+    fn round_trip_empty_and_some() {
+        let empty: Vec<FdEntry> = Vec::new();
+        let bytes = encode_records(&path(), ImageType::Fds, &empty).unwrap();
+        assert_eq!(bytes.len(), 24);
+        let back: Vec<FdEntry> = decode_records(&path(), ImageType::Fds, &bytes).unwrap();
+        assert!(back.is_empty());
+
+        let bytes = small_file();
+        let back: Vec<FdEntry> = decode_records(&path(), ImageType::Fds, &bytes).unwrap();
+        assert_eq!(back.len(), 2);
+        assert_eq!(back[1].path, "/tmp/x");
+        assert_eq!(back[1].pos, 17);
+    }
+
+    /// Every single-byte corruption of a small file is refused, except a newer minor version,
+    /// which the header accepts by design (the manifest checksum catches that one; see the
+    /// directory-level test).
+    #[test]
+    fn corruption_at_every_byte_is_refused() {
+        let good = small_file();
+        for pos in 0..good.len() {
+            if (10..12).contains(&pos) {
+                continue;
+            }
+            for pattern in [0x01u8, 0x80, 0xff] {
+                let mut bad = good.clone();
+                bad[pos] ^= pattern;
+                let res: Result<Vec<FdEntry>, _> = decode_records(&path(), ImageType::Fds, &bad);
+                assert!(
+                    res.is_err(),
+                    "corruption {pattern:#x} at byte {pos} accepted"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn truncation_at_every_length_is_refused() {
+        let good = small_file();
+        for len in 0..good.len() {
+            let res: Result<Vec<FdEntry>, _> =
+                decode_records(&path(), ImageType::Fds, &good[..len]);
+            match res {
+                Err(ImageError::Truncated { offset, .. }) => assert!(offset <= len as u64),
+                other => panic!("truncated to {len}: {other:?}"),
+            }
+        }
+        // An extra byte is refused too.
+        let mut long = good.clone();
+        long.push(0);
+        let res: Result<Vec<FdEntry>, _> = decode_records(&path(), ImageType::Fds, &long);
+        assert!(matches!(res, Err(ImageError::TrailingData { len: 1, .. })));
+    }
+
+    #[test]
+    fn foreign_files_are_not_cryo_images() {
+        let mut elf = vec![0x7f, b'E', b'L', b'F', 2, 1, 1, 0];
+        elf.resize(64, 0);
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let random: Vec<u8> = (0..100)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        for bytes in [
+            &elf[..],
+            &random[..],
+            &b"CR"[..0],
+            &b"CRYX"[..],
+            &b"\x7fEL"[..],
+        ] {
+            let err = decode_records::<FdEntry>(&path(), ImageType::Fds, bytes).unwrap_err();
+            if bytes.is_empty() {
+                assert!(matches!(err, ImageError::Truncated { .. }), "{err}");
+            } else {
+                assert!(err.to_string().contains("not a cryo image"), "{err}");
+                assert!(err.to_string().contains("/ckpt/fds-42.img"), "{err}");
+            }
+        }
+    }
+
+    #[test]
+    fn versions_and_types() {
+        let good = small_file();
+        let mut newer_major = good.clone();
+        newer_major[8] = 2;
+        let err = decode_records::<FdEntry>(&path(), ImageType::Fds, &newer_major).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ImageError::UnsupportedVersion {
+                    major: 2,
+                    minor: 0,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("2.0"), "{err}");
+
+        let mut older_major = good.clone();
+        older_major[8] = 0;
+        assert!(matches!(
+            decode_records::<FdEntry>(&path(), ImageType::Fds, &older_major),
+            Err(ImageError::UnsupportedVersion { major: 0, .. })
+        ));
+
+        // A newer minor is accepted, even with the reserved field in use.
+        let mut newer_minor = good.clone();
+        newer_minor[10] = 3;
+        newer_minor[12] = 1;
+        assert_eq!(
+            decode_records::<FdEntry>(&path(), ImageType::Fds, &newer_minor)
+                .unwrap()
+                .len(),
+            2
+        );
+
+        // ... but not the reserved field in the current minor.
+        let mut reserved = good.clone();
+        reserved[15] = 1;
+        assert!(matches!(
+            decode_records::<FdEntry>(&path(), ImageType::Fds, &reserved),
+            Err(ImageError::BadHeader { offset: 12, .. })
+        ));
+
+        let err = decode_records::<FdEntry>(&path(), ImageType::Mm, &good).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ImageError::WrongType {
+                    expected: ImageType::Mm,
+                    found: 8,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn record_length_over_the_limit_is_refused_before_allocating() {
+        for claimed in [MAX_RECORD_LEN + 1, END_MARKER - 1] {
+            let mut bytes = encode_header(ImageType::Fds).to_vec();
+            bytes.extend_from_slice(&claimed.to_le_bytes());
+            bytes.extend_from_slice(&0u32.to_le_bytes());
+            bytes.extend_from_slice(&[0; 32]);
+            let err = decode_records::<FdEntry>(&path(), ImageType::Fds, &bytes).unwrap_err();
+            assert!(
+                matches!(err, ImageError::RecordTooLarge { offset: 16, len, .. } if len == u64::from(claimed)),
+                "{err}"
+            );
+        }
+        // Within the limit but past the end of the file: truncation, still before allocating.
+        let mut bytes = encode_header(ImageType::Fds).to_vec();
+        bytes.extend_from_slice(&MAX_RECORD_LEN.to_le_bytes());
+        bytes.extend_from_slice(&[0; 12]);
+        let err = decode_records::<FdEntry>(&path(), ImageType::Fds, &bytes).unwrap_err();
+        assert!(
+            matches!(err, ImageError::Truncated { offset: 16, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn writer_refuses_an_oversized_record() {
+        let huge = FdEntry {
+            path: "x".repeat(MAX_RECORD_LEN as usize),
+            ..Default::default()
+        };
+        let err = encode_records(&path(), ImageType::Fds, &[huge]).unwrap_err();
+        assert!(
+            matches!(err, ImageError::RecordTooLarge { offset: 16, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_payload_is_a_decode_error_with_offset() {
+        // A payload that passes its checksum but is not a valid message (truncated varint).
+        let payload = [0x08u8, 0x80];
+        let mut bytes = encode_header(ImageType::Fds).to_vec();
+        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+        bytes.extend_from_slice(&payload);
+        bytes.extend_from_slice(&END_MARKER.to_le_bytes());
+        bytes.extend_from_slice(&1u32.to_le_bytes());
+        let err = decode_records::<FdEntry>(&path(), ImageType::Fds, &bytes).unwrap_err();
+        assert!(
+            matches!(err, ImageError::Decode { offset: 16, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("FdEntry"), "{err}");
+    }
+
+    #[test]
+    fn random_mutations_never_panic() {
+        let good = small_file();
+        let mut x: u64 = 0x1234_5678_9abc_def1;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..2000 {
+            let mut bad = good.clone();
+            for _ in 0..(next() % 4 + 1) {
+                let pos = (next() as usize) % bad.len();
+                bad[pos] = next() as u8;
+            }
+            let cut = (next() as usize) % (bad.len() + 1);
+            let _ = decode_records::<FdEntry>(&path(), ImageType::Fds, &bad[..cut]);
+        }
+    }
+}

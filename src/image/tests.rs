@@ -1,0 +1,1123 @@
+//! Directory-level tests: writer, reader, manifest, page stores, `show`.
+
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::Path;
+
+use crate::proto::{
+    Creds, FdEntry, FdKind, FileId, Inventory, ItimerVal, MmState, PageRun, PosixTimer,
+    ProcessCore, PstreeEntry, Rlimit, SigAction, TaskCore, UserRegs, Vma, VmaKind,
+};
+
+use super::format::encode_records;
+use super::*;
+
+const ROOT: i32 = 100;
+const CHILD: i32 = 101;
+
+fn pstree() -> Vec<PstreeEntry> {
+    vec![
+        PstreeEntry {
+            pid: ROOT,
+            ppid: 0,
+            pgid: ROOT,
+            sid: ROOT,
+            threads: vec![ROOT, 102],
+        },
+        PstreeEntry {
+            pid: CHILD,
+            ppid: ROOT,
+            pgid: ROOT,
+            sid: ROOT,
+            threads: vec![CHILD],
+        },
+    ]
+}
+
+fn core(pid: i32) -> ProcessCore {
+    ProcessCore {
+        pid,
+        sigactions: vec![
+            SigAction {
+                signo: 2,
+                handler: 0x40_1000,
+                flags: 0x0400_0000,
+                restorer: 0x7f00_0000_1000,
+                mask: 0,
+            },
+            SigAction {
+                signo: 13,
+                handler: 1,
+                ..Default::default()
+            },
+            SigAction {
+                signo: 15,
+                handler: 0,
+                ..Default::default()
+            },
+        ],
+        itimers: vec![ItimerVal {
+            which: 0,
+            interval_us: 500_000,
+            value_us: 250_000,
+        }],
+        posix_timers: vec![PosixTimer {
+            id: 0,
+            clock_id: 1,
+            sigev_notify: 0,
+            sigev_signo: 10,
+            interval_ns: 1_000_000,
+            value_ns: 300,
+            ..Default::default()
+        }],
+        rlimits: vec![
+            Rlimit {
+                resource: 7,
+                cur: 1024,
+                max: 4096,
+            },
+            Rlimit {
+                resource: 9,
+                cur: u64::MAX,
+                max: u64::MAX,
+            },
+        ],
+        umask: 0o022,
+        cwd: "/srv/work".into(),
+        root: "/".into(),
+        creds: Some(Creds {
+            uids: vec![0; 4],
+            gids: vec![0; 4],
+            groups: vec![],
+        }),
+        personality: 0,
+        exe: "/usr/bin/sleeper".into(),
+        exit_signal: 17,
+        shared_pending: vec![],
+    }
+}
+
+fn tasks(pid: i32) -> Vec<TaskCore> {
+    let tids = if pid == ROOT {
+        vec![ROOT, 102]
+    } else {
+        vec![pid]
+    };
+    tids.into_iter()
+        .map(|tid| TaskCore {
+            tid,
+            regs: Some(UserRegs {
+                rip: 0x40_1234 + tid as u64,
+                rsp: 0x7ffd_0000_0000,
+                ..Default::default()
+            }),
+            xsave: vec![0xab; 64],
+            sigmask: 1 << 9,
+            comm: "sleeper".into(),
+            ..Default::default()
+        })
+        .collect()
+}
+
+fn mm() -> MmState {
+    MmState {
+        vmas: vec![
+            Vma {
+                start: 0x40_0000,
+                end: 0x40_2000,
+                prot: 5,
+                flags: 2,
+                kind: VmaKind::VmaFilePrivate as i32,
+                pgoff: 0x1000,
+                file: Some(FileId {
+                    path: "/usr/bin/sleeper".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            Vma {
+                start: 0x7f00_0000_0000,
+                end: 0x7f00_0000_4000,
+                prot: 3,
+                flags: 0x22,
+                kind: VmaKind::VmaAnon as i32,
+                ..Default::default()
+            },
+        ],
+        brk: 0x60_0000,
+        start_brk: 0x60_0000,
+        auxv: vec![6, 4096, 0, 0],
+        ..Default::default()
+    }
+}
+
+fn fds() -> Vec<FdEntry> {
+    vec![
+        FdEntry {
+            fd: 0,
+            kind: FdKind::FdChr as i32,
+            path: "/dev/null".into(),
+            flags: libc::O_RDWR as u32,
+            ..Default::default()
+        },
+        FdEntry {
+            fd: 3,
+            kind: FdKind::FdReg as i32,
+            path: "/srv/work/log".into(),
+            flags: (libc::O_WRONLY | libc::O_APPEND) as u32,
+            cloexec: true,
+            pos: 4242,
+            ..Default::default()
+        },
+    ]
+}
+
+/// Page data for a run: every byte depends on the page's address.
+fn page_data(vaddr: u64, nr_pages: u64) -> Vec<u8> {
+    (0..nr_pages * PAGE_SIZE)
+        .map(|i| ((vaddr / PAGE_SIZE + i / PAGE_SIZE) as u8) ^ (i as u8).wrapping_mul(31))
+        .collect()
+}
+
+fn inventory() -> Inventory {
+    Inventory {
+        tool_version: "cryo 0.1.0".into(),
+        kernel: "6.18.0-test".into(),
+        root_pid: ROOT,
+        pids: vec![ROOT, CHILD],
+        dump_time_unix_ms: 1_700_000_000_123,
+        ..Default::default()
+    }
+}
+
+/// Writes a complete two-process checkpoint; returns the page runs of each process.
+fn write_checkpoint(dir: &Path) -> Vec<(i32, Vec<PageRun>)> {
+    let mut w = ImageWriter::create(dir, false).unwrap();
+    w.write(ImageType::Pstree, None, &pstree()).unwrap();
+    let mut all_runs = Vec::new();
+    for pid in [ROOT, CHILD] {
+        w.write(ImageType::Core, Some(pid), &[core(pid)]).unwrap();
+        w.write(ImageType::Tasks, Some(pid), &tasks(pid)).unwrap();
+        w.write(ImageType::Mm, Some(pid), &[mm()]).unwrap();
+        w.write(ImageType::Fds, Some(pid), &fds()).unwrap();
+        let mut pages = w.create_pages(pid).unwrap();
+        assert_eq!(pages.offset().unwrap(), 4096);
+        let mut runs = Vec::new();
+        for (vaddr, n) in [(0x40_0000u64, 2u64), (0x7f00_0000_0000, 3)] {
+            runs.push(pages.append_run(vaddr, &page_data(vaddr, n)).unwrap());
+        }
+        assert_eq!(
+            pages.checksum(runs[1].offset, 3 * PAGE_SIZE).unwrap(),
+            runs[1].crc32c
+        );
+        w.finish_pages(pages).unwrap();
+        w.write(ImageType::Pagemap, Some(pid), &runs).unwrap();
+        all_runs.push((pid, runs));
+    }
+    w.commit(inventory()).unwrap();
+    all_runs
+}
+
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn file_names() {
+    assert_eq!(ImageType::Mm.file_name(Some(123)), "mm-123.img");
+    assert_eq!(ImageType::Pstree.file_name(Some(5)), "pstree.img");
+    assert_eq!(ImageType::Inventory.file_name(None), "inventory.img");
+    for ty in ImageType::ALL {
+        assert_eq!(ImageType::from_code(ty.code()), Some(ty));
+        let pid = ty.per_process().then_some(4711);
+        assert_eq!(
+            ImageType::parse_file_name(&ty.file_name(pid)),
+            Some((ty, pid))
+        );
+    }
+    for bad in [
+        "mm-0.img",
+        "mm-007.img",
+        "mm--1.img",
+        "mm-+1.img",
+        "mm.img",
+        "core-1.imgx",
+        "x-1.img",
+        "mm-99999999999.img",
+        "pstree-1.img",
+        "inventory.img.tmp",
+        "../mm-1.img",
+    ] {
+        assert_eq!(ImageType::parse_file_name(bad), None, "{bad}");
+    }
+}
+
+#[test]
+fn round_trip_every_file_type() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ckpt");
+    let runs = write_checkpoint(&dir);
+
+    let r = ImageReader::open(&dir).unwrap();
+    assert_eq!(r.dir(), dir);
+    let inv = r.inventory();
+    assert_eq!(
+        (inv.format_major, inv.format_minor),
+        (FORMAT_MAJOR, FORMAT_MINOR)
+    );
+    assert_eq!(inv.root_pid, ROOT);
+    assert_eq!(inv.kernel, "6.18.0-test");
+    // Every file but the inventory is in the manifest, sorted by name.
+    let mut expected: Vec<String> = names_in(&dir)
+        .into_iter()
+        .filter(|n| n != INVENTORY_FILE)
+        .collect();
+    expected.sort();
+    let listed: Vec<String> = inv.manifest.iter().map(|e| e.name.clone()).collect();
+    assert_eq!(listed, expected);
+    assert_eq!(listed.len(), 1 + 2 * 6);
+    for e in &inv.manifest {
+        let size = fs::metadata(dir.join(&e.name)).unwrap().len();
+        assert_eq!(e.size, size, "{}", e.name);
+        assert_eq!(e.pages, e.name.starts_with("pages-"));
+        if !e.pages {
+            assert_eq!(
+                e.crc32c,
+                crc32c::crc32c(&fs::read(dir.join(&e.name)).unwrap())
+            );
+        }
+    }
+
+    assert_eq!(
+        r.read::<PstreeEntry>(ImageType::Pstree, None).unwrap(),
+        pstree()
+    );
+    for (pid, runs) in &runs {
+        let p = Some(*pid);
+        assert_eq!(
+            r.read_one::<ProcessCore>(ImageType::Core, p).unwrap(),
+            core(*pid)
+        );
+        assert_eq!(
+            r.read::<TaskCore>(ImageType::Tasks, p).unwrap(),
+            tasks(*pid)
+        );
+        assert_eq!(r.read_one::<MmState>(ImageType::Mm, p).unwrap(), mm());
+        assert_eq!(r.read::<FdEntry>(ImageType::Fds, p).unwrap(), fds());
+        let back: Vec<PageRun> = r.read(ImageType::Pagemap, p).unwrap();
+        assert_eq!(&back, runs);
+        assert_eq!(back[0].offset, 4096);
+        assert_eq!(back[1].offset, 3 * 4096);
+        r.verify_pages(*pid, &back).unwrap();
+        let store = fs::read(r.pages_path(*pid)).unwrap();
+        assert_eq!(store.len(), 4096 + 5 * 4096);
+        assert_eq!(&store[..4], b"CRYO");
+        for run in &back {
+            let at = run.offset as usize;
+            assert_eq!(
+                &store[at..at + (run.nr_pages * PAGE_SIZE) as usize],
+                &page_data(run.vaddr, run.nr_pages)[..]
+            );
+        }
+    }
+    r.verify_all_pages().unwrap();
+    assert!(r.has(ImageType::Mm, Some(ROOT)));
+    assert!(!r.has(ImageType::Mm, Some(999)));
+    // read_one on a multi-record file.
+    let err = r
+        .read_one::<TaskCore>(ImageType::Tasks, Some(ROOT))
+        .unwrap_err();
+    assert!(
+        matches!(err, ImageError::RecordNumber { found: 2, .. }),
+        "{err}"
+    );
+    // Files not in the manifest, and calls that do not apply.
+    let err = r.read::<FdEntry>(ImageType::Fds, Some(999)).unwrap_err();
+    assert!(matches!(err, ImageError::NotInManifest { .. }), "{err}");
+    assert!(err.to_string().contains("fds-999.img"), "{err}");
+    assert!(matches!(
+        r.read::<Inventory>(ImageType::Inventory, None),
+        Err(ImageError::BadRequest { .. })
+    ));
+    assert!(matches!(
+        r.read::<PageRun>(ImageType::Pages, Some(ROOT)),
+        Err(ImageError::BadRequest { .. })
+    ));
+    assert!(matches!(
+        r.read::<MmState>(ImageType::Mm, None),
+        Err(ImageError::BadRequest { .. })
+    ));
+    // No runs and no page store: nothing to check. Runs but no page store: an error.
+    r.verify_pages(999, &[]).unwrap();
+    assert!(matches!(
+        r.verify_pages(999, &runs[0].1),
+        Err(ImageError::NotInManifest { .. })
+    ));
+}
+
+#[test]
+fn empty_checkpoint_round_trips() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = ImageWriter::create(tmp.path(), false).unwrap();
+    w.commit(Inventory::default()).unwrap();
+    let r = ImageReader::open(tmp.path()).unwrap();
+    assert!(r.inventory().manifest.is_empty());
+    assert_eq!(r.inventory().format_major, FORMAT_MAJOR);
+}
+
+#[test]
+fn permissions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("a/b/ckpt");
+    write_checkpoint(&dir);
+    for d in [tmp.path().join("a"), tmp.path().join("a/b"), dir.clone()] {
+        let mode = fs::metadata(&d).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o700, "{}", d.display());
+    }
+    for name in names_in(&dir) {
+        let mode = fs::metadata(dir.join(&name)).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o600, "{name}");
+    }
+}
+
+#[test]
+fn each_corrupted_byte_of_a_file_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ckpt");
+    write_checkpoint(&dir);
+    let reader = ImageReader::open(&dir).unwrap();
+
+    // The inventory: covered by its record checksum and the version cross-check.
+    let inv_path = dir.join(INVENTORY_FILE);
+    let inv_good = fs::read(&inv_path).unwrap();
+    for pos in 0..inv_good.len() {
+        for pattern in [0x01u8, 0x80, 0xff] {
+            let mut bad = inv_good.clone();
+            bad[pos] ^= pattern;
+            fs::write(&inv_path, &bad).unwrap();
+            let err = ImageReader::open(&dir).unwrap_err();
+            assert!(
+                err.to_string().contains(INVENTORY_FILE),
+                "byte {pos}: {err}"
+            );
+        }
+    }
+    fs::write(&inv_path, &inv_good).unwrap();
+
+    let name = "fds-101.img";
+    let path = dir.join(name);
+    let good = fs::read(&path).unwrap();
+    assert!(good.len() < 200);
+    for pos in 0..good.len() {
+        for pattern in [0x01u8, 0x80, 0xff] {
+            let mut bad = good.clone();
+            bad[pos] ^= pattern;
+            fs::write(&path, &bad).unwrap();
+            // Caught by open ...
+            let err = ImageReader::open(&dir).unwrap_err();
+            assert!(err.to_string().contains(name), "byte {pos}: {err}");
+            // ... and by a reader opened before the corruption.
+            let err = reader
+                .read::<FdEntry>(ImageType::Fds, Some(CHILD))
+                .unwrap_err();
+            assert!(err.to_string().contains(name), "byte {pos}: {err}");
+        }
+    }
+    fs::write(&path, &good).unwrap();
+    ImageReader::open(&dir).unwrap();
+}
+
+#[test]
+fn each_truncation_of_a_file_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ckpt");
+    write_checkpoint(&dir);
+    for name in ["fds-101.img", INVENTORY_FILE] {
+        let path = dir.join(name);
+        let good = fs::read(&path).unwrap();
+        for len in 0..good.len() {
+            fs::write(&path, &good[..len]).unwrap();
+            let err = ImageReader::open(&dir).unwrap_err();
+            assert!(err.to_string().contains(name), "{name} cut to {len}: {err}");
+            if name == INVENTORY_FILE {
+                assert!(matches!(err, ImageError::Truncated { .. }), "{err}");
+            } else {
+                assert!(matches!(err, ImageError::SizeMismatch { .. }), "{err}");
+            }
+        }
+        fs::write(&path, &good).unwrap();
+    }
+    ImageReader::open(&dir).unwrap();
+}
+
+#[test]
+fn foreign_files_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ckpt");
+    write_checkpoint(&dir);
+    let inv = dir.join(INVENTORY_FILE);
+    let good = fs::read(&inv).unwrap();
+    let mut elf = vec![0x7f, b'E', b'L', b'F', 2, 1, 1, 0];
+    elf.resize(64, 0);
+    fs::write(&inv, &elf).unwrap();
+    let err = ImageReader::open(&dir).unwrap_err();
+    assert!(err.to_string().contains("not a cryo image"), "{err}");
+    assert!(err.to_string().contains("inventory.img"), "{err}");
+
+    // A metadata file of the wrong type (the right size and crc do not help).
+    fs::write(&inv, &good).unwrap();
+    let mm_path = dir.join("mm-100.img");
+    let mm_good = fs::read(&mm_path).unwrap();
+    let mut wrong_type = mm_good.clone();
+    wrong_type[4] = ImageType::Fds.code() as u8;
+    fs::write(&mm_path, &wrong_type).unwrap();
+    let err = ImageReader::open(&dir).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ImageError::WrongType {
+                expected: ImageType::Mm,
+                found: 8,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    fs::write(&mm_path, &mm_good).unwrap();
+
+    // No checkpoint at all.
+    let empty = tmp.path().join("empty");
+    fs::create_dir(&empty).unwrap();
+    let err = ImageReader::open(&empty).unwrap_err();
+    assert!(err.to_string().contains("inventory.img"), "{err}");
+}
+
+#[test]
+fn newer_major_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ckpt");
+    write_checkpoint(&dir);
+    let good = ImageReader::open(&dir).unwrap().inventory().clone();
+    let inv = dir.join(INVENTORY_FILE);
+    let mut bytes = fs::read(&inv).unwrap();
+    bytes[8] = 2;
+    fs::write(&inv, &bytes).unwrap();
+    let err = ImageReader::open(&dir).unwrap_err();
+    assert!(
+        matches!(err, ImageError::UnsupportedVersion { major: 2, .. }),
+        "{err}"
+    );
+
+    // A newer minor is read (with a warning) when header and record agree, refused otherwise.
+    let mut newer = good.clone();
+    newer.format_minor = 1;
+    let mut bytes = encode_records(&inv, ImageType::Inventory, &[newer]).unwrap();
+    fs::write(&inv, &bytes).unwrap();
+    let err = ImageReader::open(&dir).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ImageError::UnsupportedVersion {
+                major: 1,
+                minor: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    bytes[10] = 1;
+    fs::write(&inv, &bytes).unwrap();
+    let r = ImageReader::open(&dir).unwrap();
+    assert_eq!(r.inventory().format_minor, 1);
+
+    // The version inside the inventory record is checked too.
+    let mut newer = inventory();
+    newer.format_major = 2;
+    let bytes = encode_records(&inv, ImageType::Inventory, &[newer]).unwrap();
+    fs::write(&inv, &bytes).unwrap();
+    let err = ImageReader::open(&dir).unwrap_err();
+    assert!(
+        matches!(err, ImageError::UnsupportedVersion { major: 2, .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn manifest_mismatches_name_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ckpt");
+    write_checkpoint(&dir);
+    let path = dir.join("mm-100.img");
+    let good = fs::read(&path).unwrap();
+
+    let mut longer = good.clone();
+    longer.push(0);
+    fs::write(&path, &longer).unwrap();
+    let err = ImageReader::open(&dir).unwrap_err();
+    assert!(matches!(err, ImageError::SizeMismatch { .. }), "{err}");
+    assert!(err.to_string().contains("mm-100.img"), "{err}");
+
+    // Same size, different content that is itself well formed: only the manifest crc knows.
+    let mut other = mm();
+    other.brk += 0x1000;
+    let bytes = encode_records(&path, ImageType::Mm, &[other]).unwrap();
+    assert_eq!(bytes.len(), good.len());
+    fs::write(&path, &bytes).unwrap();
+    let err = ImageReader::open(&dir).unwrap_err();
+    assert!(matches!(err, ImageError::ChecksumMismatch { .. }), "{err}");
+    assert!(err.to_string().contains("mm-100.img"), "{err}");
+
+    // A page store whose size changed.
+    fs::write(&path, &good).unwrap();
+    let pages = dir.join("pages-101.img");
+    let f = fs::OpenOptions::new().append(true).open(&pages).unwrap();
+    f.set_len(f.metadata().unwrap().len() + 4096).unwrap();
+    let err = ImageReader::open(&dir).unwrap_err();
+    assert!(matches!(err, ImageError::SizeMismatch { .. }), "{err}");
+    assert!(err.to_string().contains("pages-101.img"), "{err}");
+    f.set_len(f.metadata().unwrap().len() - 4096).unwrap();
+
+    // A page store header that is not zero-padded.
+    let mut store = fs::read(&pages).unwrap();
+    store[100] = 1;
+    fs::write(&pages, &store).unwrap();
+    let err = ImageReader::open(&dir).unwrap_err();
+    assert!(
+        matches!(err, ImageError::BadHeader { offset: 100, .. }),
+        "{err}"
+    );
+    store[100] = 0;
+    store[4] = 1;
+    fs::write(&pages, &store).unwrap();
+    let err = ImageReader::open(&dir).unwrap_err();
+    assert!(matches!(err, ImageError::WrongType { .. }), "{err}");
+    store[4] = ImageType::Pages.code() as u8;
+    fs::write(&pages, &store).unwrap();
+
+    // A missing file, and extra files (ignored).
+    ImageReader::open(&dir).unwrap();
+    fs::write(dir.join("notes.txt"), b"hello").unwrap();
+    fs::write(dir.join("mm-555.img"), b"junk").unwrap();
+    ImageReader::open(&dir).unwrap();
+    fs::remove_file(dir.join("fds-100.img")).unwrap();
+    let err = ImageReader::open(&dir).unwrap_err();
+    assert!(matches!(err, ImageError::Missing { .. }), "{err}");
+    assert!(err.to_string().contains("fds-100.img"), "{err}");
+}
+
+#[test]
+fn bad_manifests_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ckpt");
+    write_checkpoint(&dir);
+    let inv_path = dir.join(INVENTORY_FILE);
+    let good = ImageReader::open(&dir).unwrap().inventory().clone();
+    type Change = Box<dyn Fn(&mut Inventory)>;
+    let cases: Vec<(&str, Change)> = vec![
+        (
+            "traversal",
+            Box::new(|i| i.manifest[0].name = "../mm-100.img".into()),
+        ),
+        (
+            "foreign name",
+            Box::new(|i| i.manifest[0].name = "passwd".into()),
+        ),
+        (
+            "inventory",
+            Box::new(|i| i.manifest[0].name = INVENTORY_FILE.into()),
+        ),
+        (
+            "duplicate",
+            Box::new(|i| {
+                let e = i.manifest[0].clone();
+                i.manifest.push(e);
+            }),
+        ),
+        (
+            "pages flag",
+            Box::new(|i| {
+                let e = i.manifest.iter_mut().find(|e| e.pages).unwrap();
+                e.pages = false;
+            }),
+        ),
+        (
+            "pages crc",
+            Box::new(|i| {
+                let e = i.manifest.iter_mut().find(|e| e.pages).unwrap();
+                e.crc32c = 1;
+            }),
+        ),
+    ];
+    for (what, change) in cases {
+        let mut inv = good.clone();
+        change(&mut inv);
+        fs::write(
+            &inv_path,
+            encode_records(&inv_path, ImageType::Inventory, &[inv]).unwrap(),
+        )
+        .unwrap();
+        let err = ImageReader::open(&dir).unwrap_err();
+        assert!(
+            matches!(err, ImageError::BadManifest { .. }),
+            "{what}: {err}"
+        );
+    }
+    // Two inventory records.
+    fs::write(
+        &inv_path,
+        encode_records(
+            &inv_path,
+            ImageType::Inventory,
+            &[good.clone(), good.clone()],
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let err = ImageReader::open(&dir).unwrap_err();
+    assert!(
+        matches!(err, ImageError::RecordNumber { found: 2, .. }),
+        "{err}"
+    );
+    fs::write(
+        &inv_path,
+        encode_records(&inv_path, ImageType::Inventory, &[good]).unwrap(),
+    )
+    .unwrap();
+    ImageReader::open(&dir).unwrap();
+}
+
+#[test]
+fn page_run_checks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ckpt");
+    let runs = write_checkpoint(&dir);
+    let r = ImageReader::open(&dir).unwrap();
+    let good = runs[0].1.clone();
+    let pages_path = r.pages_path(ROOT);
+    assert_eq!(pages_path, dir.join("pages-100.img"));
+
+    // A flipped byte in the second run's data.
+    let mut store = fs::read(&pages_path).unwrap();
+    let at = good[1].offset as usize + 5000;
+    store[at] ^= 0x40;
+    fs::write(&pages_path, &store).unwrap();
+    let err = r.verify_pages(ROOT, &good).unwrap_err();
+    assert!(
+        matches!(err, ImageError::PageRunChecksum { offset, vaddr, .. }
+            if offset == good[1].offset && vaddr == good[1].vaddr),
+        "{err}"
+    );
+    let msg = err.to_string();
+    assert!(msg.contains("pages-100.img"), "{msg}");
+    assert!(msg.contains(&format!("{:#x}", good[1].offset)), "{msg}");
+    assert!(msg.contains("0x7f0000000000"), "{msg}");
+    store[at] ^= 0x40;
+    fs::write(&pages_path, &store).unwrap();
+    r.verify_pages(ROOT, &good).unwrap();
+
+    let with = |f: &dyn Fn(&mut Vec<PageRun>)| {
+        let mut v = good.clone();
+        f(&mut v);
+        r.verify_pages(ROOT, &v).unwrap_err()
+    };
+    let bad_run = |e: &ImageError, what: &str| {
+        assert!(
+            matches!(e, ImageError::BadPageRun { reason, .. } if reason.contains(what)),
+            "{what}: {e}"
+        );
+        assert!(e.to_string().contains("pages-100.img"), "{e}");
+    };
+    bad_run(&with(&|v| v[0].offset += 1), "offset not page aligned");
+    bad_run(&with(&|v| v[0].vaddr += 8), "address not page aligned");
+    bad_run(&with(&|v| v[0].offset = 0), "header block");
+    bad_run(&with(&|v| v[1].nr_pages = 4), "past the end");
+    bad_run(&with(&|v| v[1].nr_pages = 0), "empty");
+    bad_run(&with(&|v| v[1].nr_pages = u64::MAX / 2), "overflows");
+    let err = with(&|v| v[1].offset = v[0].offset + PAGE_SIZE);
+    assert!(
+        matches!(err, ImageError::PageRunOverlap { space, .. } if space.contains("page store")),
+        "{err}"
+    );
+    let err = with(&|v| v[1].vaddr = v[0].vaddr + PAGE_SIZE);
+    assert!(
+        matches!(err, ImageError::PageRunOverlap { space, .. } if space.contains("addresses")),
+        "{err}"
+    );
+    let err = with(&|v| v.swap(0, 1));
+    assert!(matches!(err, ImageError::PageRunOverlap { .. }), "{err}");
+    // A run whose crc does not match although the data is intact.
+    let err = with(&|v| v[0].crc32c ^= 1);
+    assert!(matches!(err, ImageError::PageRunChecksum { .. }), "{err}");
+}
+
+#[test]
+fn verify_pages_across_chunk_boundaries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ckpt");
+    let mut w = ImageWriter::create(&dir, false).unwrap();
+    let mut pages = w.create_pages(7).unwrap();
+    // Runs of odd sizes with a hole between some of them; stored out of address order.
+    let layout = [
+        (0x9000_0000u64, 5u64),
+        (0x1000_0000, 1),
+        (0x2000_0000, 7),
+        (0x3000_0000, 2),
+    ];
+    let mut runs = Vec::new();
+    for (i, (vaddr, n)) in layout.iter().enumerate() {
+        runs.push(pages.append_run(*vaddr, &page_data(*vaddr, *n)).unwrap());
+        if i == 1 {
+            pages.append(&[0u8; 3 * PAGE_SIZE as usize]).unwrap();
+        }
+    }
+    w.finish_pages(pages).unwrap();
+    runs.sort_by_key(|r| r.vaddr);
+    w.write(ImageType::Pagemap, Some(7), &runs).unwrap();
+    w.commit(Inventory::default()).unwrap();
+    let r = ImageReader::open(&dir).unwrap();
+    for chunk in [4096, 8192, 3 * 4096, 5 * 4096, 64 << 10, 4 << 20] {
+        r.verify_pages_chunked(7, &runs, chunk).unwrap();
+    }
+    // A flipped byte in each page is found with every chunk size.
+    let path = r.pages_path(7);
+    let good = fs::read(&path).unwrap();
+    for run in &runs {
+        for page in 0..run.nr_pages {
+            let mut bad = good.clone();
+            bad[(run.offset + page * PAGE_SIZE + 17) as usize] ^= 1;
+            fs::write(&path, &bad).unwrap();
+            for chunk in [4096, 3 * 4096, 64 << 10] {
+                let err = r.verify_pages_chunked(7, &runs, chunk).unwrap_err();
+                assert!(
+                    matches!(err, ImageError::PageRunChecksum { vaddr, .. } if vaddr == run.vaddr),
+                    "{err}"
+                );
+            }
+        }
+    }
+    fs::write(&path, &good).unwrap();
+    r.verify_all_pages().unwrap();
+}
+
+#[test]
+fn create_refuses_an_existing_checkpoint_and_overwrite_replaces_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ckpt");
+    write_checkpoint(&dir);
+    fs::write(dir.join("notes.txt"), b"keep me").unwrap();
+    let before = names_in(&dir);
+
+    let err = ImageWriter::create(&dir, false).unwrap_err();
+    assert!(
+        matches!(&err, ImageError::Exists { name, .. } if name == INVENTORY_FILE),
+        "{err}"
+    );
+    assert_eq!(names_in(&dir), before);
+
+    // Leftovers of an interrupted dump (no inventory) are refused too.
+    fs::remove_file(dir.join(INVENTORY_FILE)).unwrap();
+    let err = ImageWriter::create(&dir, false).unwrap_err();
+    assert!(matches!(err, ImageError::Exists { .. }), "{err}");
+
+    let mut w = ImageWriter::create(&dir, true).unwrap();
+    assert_eq!(names_in(&dir), ["notes.txt"]);
+    w.write(ImageType::Pstree, None, &pstree()[..1]).unwrap();
+    w.commit(inventory()).unwrap();
+    assert_eq!(names_in(&dir), ["inventory.img", "notes.txt", "pstree.img"]);
+    let r = ImageReader::open(&dir).unwrap();
+    assert_eq!(r.inventory().manifest.len(), 1);
+    assert_eq!(
+        r.read::<PstreeEntry>(ImageType::Pstree, None)
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(fs::read(dir.join("notes.txt")).unwrap(), b"keep me");
+
+    // A path that is a file.
+    let err = ImageWriter::create(&dir.join("notes.txt"), false).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ImageError::NotADirectory { .. } | ImageError::Io { .. }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn uncommitted_writer_removes_only_its_own_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ckpt");
+    fs::create_dir(&dir).unwrap();
+    fs::write(dir.join("notes.txt"), b"keep me").unwrap();
+    {
+        let mut w = ImageWriter::create(&dir, false).unwrap();
+        w.write(ImageType::Pstree, None, &pstree()).unwrap();
+        w.write(ImageType::Mm, Some(ROOT), &[mm()]).unwrap();
+        let mut pages = w.create_pages(ROOT).unwrap();
+        pages.append(&page_data(0, 2)).unwrap();
+        // Someone else's file appears meanwhile; it has a cryo name but is not ours.
+        fs::write(dir.join("fds-100.img"), b"not ours").unwrap();
+        let err = w.write(ImageType::Fds, Some(ROOT), &fds()).unwrap_err();
+        assert!(matches!(err, ImageError::Io { .. }), "{err}");
+        assert!(names_in(&dir).len() > 2);
+        drop(pages);
+    }
+    assert_eq!(names_in(&dir), ["fds-100.img", "notes.txt"]);
+    assert_eq!(fs::read(dir.join("fds-100.img")).unwrap(), b"not ours");
+
+    // A writer that made its directory removes it too (when empty) ...
+    let fresh = tmp.path().join("x/y");
+    {
+        let mut w = ImageWriter::create(&fresh, false).unwrap();
+        w.write(ImageType::Pstree, None, &pstree()).unwrap();
+    }
+    assert!(!tmp.path().join("x").exists());
+
+    // ... and a failed commit leaves nothing behind either.
+    let mut w = ImageWriter::create(&fresh, false).unwrap();
+    w.write(ImageType::Pstree, None, &pstree()).unwrap();
+    let _pages = w.create_pages(ROOT).unwrap();
+    let err = w.commit(inventory()).unwrap_err();
+    assert!(matches!(err, ImageError::PagesState { .. }), "{err}");
+    assert!(!tmp.path().join("x").exists());
+}
+
+#[test]
+fn writer_refuses_misuse() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut w = ImageWriter::create(tmp.path(), false).unwrap();
+    assert_eq!(w.dir(), tmp.path());
+    w.write(ImageType::Mm, Some(1), &[mm()]).unwrap();
+    assert!(matches!(
+        w.write(ImageType::Mm, Some(1), &[mm()]),
+        Err(ImageError::AlreadyWritten { .. })
+    ));
+    assert!(matches!(
+        w.write(ImageType::Mm, None, &[mm()]),
+        Err(ImageError::BadRequest { .. })
+    ));
+    assert!(matches!(
+        w.write(ImageType::Mm, Some(-3), &[mm()]),
+        Err(ImageError::BadRequest { .. })
+    ));
+    assert!(matches!(
+        w.write(ImageType::Pstree, Some(1), &pstree()),
+        Err(ImageError::BadRequest { .. })
+    ));
+    assert!(matches!(
+        w.write(ImageType::Inventory, None, &[inventory()]),
+        Err(ImageError::BadRequest { .. })
+    ));
+    assert!(matches!(
+        w.write(ImageType::Pages, Some(1), &[mm()]),
+        Err(ImageError::BadRequest { .. })
+    ));
+    let mut pages = w.create_pages(1).unwrap();
+    assert!(matches!(
+        pages.append(&[0u8; 100]),
+        Err(ImageError::PartialPage { .. })
+    ));
+    assert!(matches!(
+        w.create_pages(1),
+        Err(ImageError::AlreadyWritten { .. })
+    ));
+    // A page store that does not end on a page boundary.
+    use std::io::Write;
+    pages.file.write_all(&[1, 2, 3]).unwrap();
+    let path = pages.path.clone();
+    let err = w.finish_pages(pages).unwrap_err();
+    assert!(
+        matches!(err, ImageError::PagesSize { size: 4099, .. }),
+        "{err}"
+    );
+    // A PagesFile from elsewhere.
+    let stray = PagesFile {
+        file: fs::File::open(&path).unwrap(),
+        path: tmp.path().join("pages-2.img"),
+    };
+    assert!(matches!(
+        w.finish_pages(stray),
+        Err(ImageError::PagesState { .. })
+    ));
+}
+
+#[test]
+fn symlinked_image_files_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ckpt");
+    write_checkpoint(&dir);
+    for name in ["fds-100.img", "pages-100.img", INVENTORY_FILE] {
+        let path = dir.join(name);
+        let copy = tmp.path().join(format!("copy-{name}"));
+        fs::rename(&path, &copy).unwrap();
+        symlink(&copy, &path).unwrap();
+        let err = ImageReader::open(&dir).unwrap_err();
+        assert!(
+            matches!(&err, ImageError::NotRegularFile { path: p, .. } if p.ends_with(name)),
+            "{err}"
+        );
+        fs::remove_file(&path).unwrap();
+        fs::rename(&copy, &path).unwrap();
+    }
+    // A directory in place of a file.
+    let path = dir.join("mm-101.img");
+    let copy = tmp.path().join("mm-copy");
+    fs::rename(&path, &copy).unwrap();
+    fs::create_dir(&path).unwrap();
+    let err = ImageReader::open(&dir).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ImageError::NotRegularFile {
+                what: "a directory",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    fs::remove_dir(&path).unwrap();
+    fs::rename(&copy, &path).unwrap();
+    ImageReader::open(&dir).unwrap();
+
+    // The writer never writes through a symlink planted at one of its names, and leaves it.
+    let dir2 = tmp.path().join("ckpt2");
+    let mut w = ImageWriter::create(&dir2, false).unwrap();
+    let target = tmp.path().join("victim");
+    fs::write(&target, b"precious").unwrap();
+    symlink(&target, dir2.join("mm-100.img")).unwrap();
+    assert!(w.write(ImageType::Mm, Some(ROOT), &[mm()]).is_err());
+    drop(w);
+    assert_eq!(fs::read(&target).unwrap(), b"precious");
+    assert!(fs::symlink_metadata(dir2.join("mm-100.img"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+}
+
+#[test]
+fn show_renders_text_and_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ckpt");
+    write_checkpoint(&dir);
+    let text = show::render(&dir, false).unwrap();
+    for needle in [
+        "format      1.0",
+        "cryo 0.1.0",
+        "6.18.0-test",
+        "2023-11-14 22:13:20.123 UTC",
+        "root pid    100",
+        "pages-100.img",
+        "(page store)",
+        "process 101",
+        "/usr/bin/sleeper",
+        "/srv/work",
+        "0x401298", // rip of tid 100
+        "0x7ffd00000000",
+        "SIGUSR1",
+        "SIGINT",
+        "SIG_IGN",
+        "ITIMER_REAL",
+        "CLOCK_MONOTONIC",
+        "RLIMIT_NOFILE",
+        "400000-402000",
+        "r-xp",
+        "rw-p",
+        "file_private",
+        "O_WRONLY|O_APPEND|O_CLOEXEC",
+        "4242",
+        "/srv/work/log",
+        "2 runs, 5 pages, 20480 bytes stored",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+    }
+    // Default actions and unlimited rlimits are not listed.
+    assert!(!text.contains("SIGTERM"), "{text}");
+    assert!(!text.contains("RLIMIT_AS"), "{text}");
+
+    let json: serde_json::Value = serde_json::from_str(&show::render(&dir, true).unwrap()).unwrap();
+    assert_eq!(json["inventory"]["root_pid"], 100);
+    assert_eq!(json["inventory"]["format"], "1.0");
+    assert_eq!(json["inventory"]["files"].as_array().unwrap().len(), 13);
+    assert_eq!(json["pstree"][1]["ppid"], 100);
+    assert_eq!(json["pstree"][0]["threads"], serde_json::json!([100, 102]));
+    let p = &json["processes"][0];
+    assert_eq!(p["pid"], 100);
+    assert_eq!(p["exe"], "/usr/bin/sleeper");
+    assert_eq!(p["threads"][1]["tid"], 102);
+    assert_eq!(p["threads"][0]["rip"], "0x401298");
+    assert_eq!(p["sigactions"].as_array().unwrap().len(), 2);
+    assert_eq!(p["rlimits"][0]["resource"], "RLIMIT_NOFILE");
+    assert_eq!(p["vmas"][0]["start"], "0x400000");
+    assert_eq!(p["vmas"][0]["pgoff"], "0x1000");
+    assert_eq!(p["fds"][1]["pos"], 4242);
+    assert_eq!(p["pages"]["pages"], 5);
+    assert_eq!(p["pages"]["bytes"], 20480);
+    assert_eq!(p["pages"]["store_size"], 6 * 4096);
+
+    // A checkpoint with only an inventory still renders.
+    let bare = tmp.path().join("bare");
+    ImageWriter::create(&bare, false)
+        .unwrap()
+        .commit(inventory())
+        .unwrap();
+    let text = show::render(&bare, false).unwrap();
+    assert!(
+        text.contains("(no pstree.img)") && text.contains("(no core-100.img)"),
+        "{text}"
+    );
+    serde_json::from_str::<serde_json::Value>(&show::render(&bare, true).unwrap()).unwrap();
+    // And a broken one is an error naming the file.
+    fs::write(bare.join(INVENTORY_FILE), b"junk").unwrap();
+    let err = show::render(&bare, false).unwrap_err();
+    assert!(err.to_string().contains("inventory.img"), "{err}");
+}
+
+#[test]
+fn errors_are_send_and_sync() {
+    fn check<T: std::error::Error + Send + Sync + 'static>() {}
+    check::<ImageError>();
+}
+
+/// Throughput of `verify_pages` (run with `cargo test --release --lib verify_pages_throughput
+/// -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn verify_pages_throughput() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ckpt");
+    let mut w = ImageWriter::create(&dir, false).unwrap();
+    let mut pages = w.create_pages(1).unwrap();
+    let total_pages = 256 * 256; // 256 MiB
+    let data = page_data(0, 16);
+    let mut runs = Vec::new();
+    let mut vaddr = 0x1000_0000u64;
+    for _ in 0..total_pages / 16 {
+        runs.push(pages.append_run(vaddr, &data).unwrap());
+        vaddr += 32 * PAGE_SIZE;
+    }
+    w.finish_pages(pages).unwrap();
+    w.commit(Inventory::default()).unwrap();
+    let r = ImageReader::open(&dir).unwrap();
+    r.verify_pages(1, &runs).unwrap();
+    for chunk in [256 << 10, 1 << 20, 4 << 20, 16 << 20] {
+        let start = std::time::Instant::now();
+        r.verify_pages_chunked(1, &runs, chunk).unwrap();
+        let secs = start.elapsed().as_secs_f64();
+        let bytes = (total_pages as u64 * PAGE_SIZE) as f64;
+        println!(
+            "verify_pages: chunk {} KiB, {} runs, {} MiB in {:.3} s = {:.2} GB/s",
+            chunk >> 10,
+            runs.len(),
+            bytes as u64 >> 20,
+            secs,
+            bytes / secs / 1e9
+        );
+    }
+}

@@ -1,0 +1,412 @@
+//! Writing a checkpoint directory: metadata files, page stores, and the inventory written
+//! last and atomically. An uncommitted writer removes what it created when dropped, and only
+//! that. It never reads back or interprets process state.
+
+use std::collections::BTreeSet;
+use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
+use std::io::{self, Seek, Write};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::proto::{Inventory, ManifestEntry, PageRun};
+
+use super::format::{encode_header, encode_records, PAGE_SIZE};
+use super::{ImageError, ImageType, FORMAT_MAJOR, FORMAT_MINOR, INVENTORY_FILE};
+
+/// The name the inventory is written under before it is renamed into place.
+pub(crate) const INVENTORY_TMP: &str = "inventory.img.tmp";
+/// Chunk size for reading page data back.
+const READ_CHUNK: usize = 1 << 20;
+
+/// Writes one checkpoint directory. Files are added with [`ImageWriter::write`] and
+/// [`ImageWriter::create_pages`]; [`ImageWriter::commit`] writes the inventory last. Dropping a
+/// writer that was not committed removes every file (and directory) it created, and nothing
+/// else.
+#[derive(Debug)]
+pub struct ImageWriter {
+    dir: PathBuf,
+    /// Files this writer created, in creation order.
+    created: Vec<PathBuf>,
+    /// Directories this writer created, outermost first.
+    created_dirs: Vec<PathBuf>,
+    /// Names already used in this checkpoint.
+    names: BTreeSet<String>,
+    /// Page stores created but not yet handed back with `finish_pages`.
+    open_pages: BTreeSet<String>,
+    manifest: Vec<ManifestEntry>,
+    committed: bool,
+}
+
+/// A page store being written: `pages-PID.img`, open for writing and positioned after its
+/// header block. The dumper appends page data at the end (write, or splice into `file`), notes
+/// each run's offset and crc32c in a `PageRun`, and hands the file back with
+/// [`ImageWriter::finish_pages`].
+#[derive(Debug)]
+pub struct PagesFile {
+    /// The open file, positioned at the end of the data written so far.
+    pub file: File,
+    /// Its path.
+    pub path: PathBuf,
+}
+
+impl PagesFile {
+    /// The current file position (where the next appended page goes).
+    pub fn offset(&mut self) -> io::Result<u64> {
+        self.file.stream_position()
+    }
+
+    /// Appends whole pages at the current position and returns the offset they start at.
+    pub fn append(&mut self, data: &[u8]) -> Result<u64, ImageError> {
+        let offset = self
+            .offset()
+            .map_err(|e| ImageError::io(&self.path, "seek", e))?;
+        if offset % PAGE_SIZE != 0 || data.len() as u64 % PAGE_SIZE != 0 {
+            return Err(ImageError::PartialPage {
+                path: self.path.clone(),
+                offset,
+                len: data.len() as u64,
+            });
+        }
+        self.file
+            .write_all(data)
+            .map_err(|e| ImageError::io(&self.path, "write pages", e))?;
+        Ok(offset)
+    }
+
+    /// Appends the pages of one run starting at `vaddr` and returns its page map record.
+    pub fn append_run(&mut self, vaddr: u64, data: &[u8]) -> Result<PageRun, ImageError> {
+        let offset = self.append(data)?;
+        Ok(PageRun {
+            vaddr,
+            nr_pages: data.len() as u64 / PAGE_SIZE,
+            offset,
+            crc32c: crc32c::crc32c(data),
+        })
+    }
+
+    /// The crc32c of `len` bytes at `offset`, read back from the file in large chunks: for
+    /// data that reached the file without passing through our memory (splice).
+    pub fn checksum(&self, offset: u64, len: u64) -> Result<u32, ImageError> {
+        let mut buf = vec![0u8; READ_CHUNK.min(len as usize)];
+        let mut crc = 0;
+        let mut pos = offset;
+        let end = offset
+            .checked_add(len)
+            .ok_or_else(|| ImageError::PartialPage {
+                path: self.path.clone(),
+                offset,
+                len,
+            })?;
+        while pos < end {
+            let n = ((end - pos) as usize).min(buf.len());
+            self.file
+                .read_exact_at(&mut buf[..n], pos)
+                .map_err(|e| ImageError::io(&self.path, "read pages back", e))?;
+            crc = crc32c::crc32c_append(crc, &buf[..n]);
+            pos += n as u64;
+        }
+        Ok(crc)
+    }
+}
+
+/// Creates a new image file: 0600, never through a symlink, never over an existing file. Open
+/// for reading too, so that page data can be checksummed back.
+pub(crate) fn create_file(path: &Path) -> Result<File, ImageError> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| ImageError::io(path, "create", e))
+}
+
+/// Whether `name` is a file cryo writes into a checkpoint directory.
+fn is_cryo_file(name: &str) -> bool {
+    name == INVENTORY_TMP || ImageType::parse_file_name(name).is_some()
+}
+
+/// The file name for a type and pid, if the combination is valid.
+pub(crate) fn checked_name(
+    dir: &Path,
+    ty: ImageType,
+    pid: Option<i32>,
+) -> Result<String, ImageError> {
+    let name = ty.file_name(pid);
+    let reason = match (ty.per_process(), pid) {
+        (true, None) => Some("this image type needs a pid"),
+        (true, Some(p)) if p <= 0 => Some("pid must be positive"),
+        (false, Some(_)) => Some("this image type takes no pid"),
+        _ => None,
+    };
+    match reason {
+        Some(reason) => Err(ImageError::BadRequest {
+            path: dir.join(name),
+            reason,
+        }),
+        None => Ok(name),
+    }
+}
+
+impl ImageWriter {
+    /// Creates the directory `dir` (0700, parents too) if missing and prepares to write a
+    /// checkpoint into it.
+    ///
+    /// If `dir` already holds a checkpoint (`inventory.img`) or any other cryo image file
+    /// (the leftovers of an interrupted dump), this refuses with [`ImageError::Exists`] unless
+    /// `overwrite` is set; then those files (and only those) are removed first, the inventory
+    /// before the rest.
+    pub fn create(dir: &Path, overwrite: bool) -> Result<Self, ImageError> {
+        let mut missing = Vec::new();
+        let mut p = Some(dir);
+        while let Some(d) = p.filter(|d| !d.as_os_str().is_empty()) {
+            match fs::symlink_metadata(d) {
+                Ok(_) => break,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => missing.push(d.to_owned()),
+                Err(e) => return Err(ImageError::io(d, "stat", e)),
+            }
+            p = d.parent();
+        }
+        missing.reverse();
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| ImageError::io(dir, "create directory", e))?;
+        let writer = ImageWriter {
+            dir: dir.to_owned(),
+            created: Vec::new(),
+            created_dirs: missing,
+            names: BTreeSet::new(),
+            open_pages: BTreeSet::new(),
+            manifest: Vec::new(),
+            committed: false,
+        };
+        // The mode given to mkdir is filtered by the umask; make it exact for what we made.
+        for d in &writer.created_dirs {
+            fs::set_permissions(d, Permissions::from_mode(0o700))
+                .map_err(|e| ImageError::io(d, "chmod", e))?;
+        }
+        let meta = fs::metadata(dir).map_err(|e| ImageError::io(dir, "stat", e))?;
+        if !meta.is_dir() {
+            return Err(ImageError::NotADirectory {
+                path: dir.to_owned(),
+            });
+        }
+
+        let mut found = Vec::new();
+        for entry in fs::read_dir(dir).map_err(|e| ImageError::io(dir, "read directory", e))? {
+            let entry = entry.map_err(|e| ImageError::io(dir, "read directory", e))?;
+            if let Some(name) = entry.file_name().to_str().filter(|n| is_cryo_file(n)) {
+                found.push(name.to_owned());
+            }
+        }
+        // The inventory first: once it is gone, what remains no longer looks like a checkpoint.
+        found.sort_by_key(|n| (n != INVENTORY_FILE, n.clone()));
+        if let Some(first) = found.first() {
+            if !overwrite {
+                return Err(ImageError::Exists {
+                    dir: dir.to_owned(),
+                    name: first.clone(),
+                });
+            }
+            tracing::info!(dir = %dir.display(), files = found.len(), "removing the old checkpoint");
+            for name in &found {
+                let path = dir.join(name);
+                fs::remove_file(&path).map_err(|e| ImageError::io(&path, "remove old file", e))?;
+            }
+            sync_dir(dir)?;
+        }
+        Ok(writer)
+    }
+
+    /// The checkpoint directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn claim_name(
+        &mut self,
+        ty: ImageType,
+        pid: Option<i32>,
+    ) -> Result<(String, PathBuf), ImageError> {
+        let name = checked_name(&self.dir, ty, pid)?;
+        let path = self.dir.join(&name);
+        if self.names.contains(&name) {
+            return Err(ImageError::AlreadyWritten { path });
+        }
+        Ok((name, path))
+    }
+
+    /// Writes a metadata file (0600, `O_EXCL | O_NOFOLLOW`) holding `records` and remembers
+    /// it for the manifest. Not for the inventory (see [`ImageWriter::commit`]) or page stores
+    /// (see [`ImageWriter::create_pages`]).
+    pub fn write<M: prost::Message>(
+        &mut self,
+        ty: ImageType,
+        pid: Option<i32>,
+        records: &[M],
+    ) -> Result<(), ImageError> {
+        let (name, path) = self.claim_name(ty, pid)?;
+        let reason = match ty {
+            ImageType::Inventory => Some("the inventory is written by commit"),
+            ImageType::Pages => Some("page stores are written through create_pages"),
+            _ => None,
+        };
+        if let Some(reason) = reason {
+            return Err(ImageError::BadRequest { path, reason });
+        }
+        let bytes = encode_records(&path, ty, records)?;
+        let mut file = create_file(&path)?;
+        self.created.push(path.clone());
+        self.names.insert(name.clone());
+        file.write_all(&bytes)
+            .map_err(|e| ImageError::io(&path, "write", e))?;
+        let crc = crc32c::crc32c(&bytes);
+        tracing::debug!(path = %path.display(), records = records.len(), bytes = bytes.len(), crc, "wrote image");
+        self.manifest.push(ManifestEntry {
+            name,
+            size: bytes.len() as u64,
+            crc32c: crc,
+            pages: false,
+        });
+        Ok(())
+    }
+
+    /// Creates `pages-PID.img` with its header block; the returned file is positioned at
+    /// offset 4096, where the first page goes.
+    pub fn create_pages(&mut self, pid: i32) -> Result<PagesFile, ImageError> {
+        let (name, path) = self.claim_name(ImageType::Pages, Some(pid))?;
+        let mut file = create_file(&path)?;
+        self.created.push(path.clone());
+        self.names.insert(name.clone());
+        let mut block = vec![0u8; PAGE_SIZE as usize];
+        block[..super::HEADER_LEN].copy_from_slice(&encode_header(ImageType::Pages));
+        file.write_all(&block)
+            .map_err(|e| ImageError::io(&path, "write header", e))?;
+        self.open_pages.insert(name);
+        tracing::debug!(pid, path = %path.display(), "created page store");
+        Ok(PagesFile { file, path })
+    }
+
+    /// Records a page store in the manifest, with its size taken from the file. The size must
+    /// be the header block plus whole pages.
+    pub fn finish_pages(&mut self, pages: PagesFile) -> Result<(), ImageError> {
+        let name = pages
+            .path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .filter(|n| self.open_pages.contains(*n) && self.dir.join(n) == pages.path)
+            .map(str::to_owned)
+            .ok_or_else(|| ImageError::PagesState {
+                path: pages.path.clone(),
+                reason: "not an unfinished page store of this checkpoint",
+            })?;
+        let size = pages
+            .file
+            .metadata()
+            .map_err(|e| ImageError::io(&pages.path, "stat", e))?
+            .len();
+        if size < PAGE_SIZE || size % PAGE_SIZE != 0 {
+            return Err(ImageError::PagesSize {
+                path: pages.path,
+                size,
+            });
+        }
+        self.open_pages.remove(&name);
+        tracing::debug!(path = %pages.path.display(), size, "finished page store");
+        self.manifest.push(ManifestEntry {
+            name,
+            size,
+            crc32c: 0,
+            pages: true,
+        });
+        Ok(())
+    }
+
+    /// Fills `inventory.manifest` (and the format version), makes every file durable, then
+    /// writes `inventory.img` under a temporary name, fsyncs it, renames it into place and
+    /// fsyncs the directory. On error nothing that looks like a checkpoint is left behind.
+    pub fn commit(mut self, mut inventory: Inventory) -> Result<(), ImageError> {
+        if let Some(name) = self.open_pages.iter().next() {
+            return Err(ImageError::PagesState {
+                path: self.dir.join(name),
+                reason: "page store created but not finished before commit",
+            });
+        }
+        for path in &self.created {
+            let file = OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(path)
+                .map_err(|e| ImageError::io(path, "open for fsync", e))?;
+            file.sync_all()
+                .map_err(|e| ImageError::io(path, "fsync", e))?;
+        }
+
+        let mut manifest = std::mem::take(&mut self.manifest);
+        manifest.sort_by(|a, b| a.name.cmp(&b.name));
+        inventory.format_major = FORMAT_MAJOR;
+        inventory.format_minor = FORMAT_MINOR;
+        inventory.manifest = manifest;
+
+        let tmp = self.dir.join(INVENTORY_TMP);
+        let bytes = encode_records(&tmp, ImageType::Inventory, std::slice::from_ref(&inventory))?;
+        let mut file = create_file(&tmp)?;
+        self.created.push(tmp.clone());
+        file.write_all(&bytes)
+            .map_err(|e| ImageError::io(&tmp, "write", e))?;
+        file.sync_all()
+            .map_err(|e| ImageError::io(&tmp, "fsync", e))?;
+        drop(file);
+        let final_path = self.dir.join(INVENTORY_FILE);
+        fs::rename(&tmp, &final_path)
+            .map_err(|e| ImageError::io(&final_path, "rename into place", e))?;
+        if let Some(last) = self.created.last_mut() {
+            *last = final_path.clone();
+        }
+        sync_dir(&self.dir)?;
+        self.committed = true;
+        tracing::info!(
+            dir = %self.dir.display(),
+            files = inventory.manifest.len() + 1,
+            root_pid = inventory.root_pid,
+            "checkpoint committed"
+        );
+        Ok(())
+    }
+}
+
+/// fsyncs a directory (its entries).
+fn sync_dir(dir: &Path) -> Result<(), ImageError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| ImageError::io(dir, "fsync directory", e))
+}
+
+impl Drop for ImageWriter {
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        if !self.created.is_empty() {
+            tracing::warn!(dir = %self.dir.display(), files = self.created.len(), "checkpoint not committed; removing its files");
+        }
+        for path in self.created.iter().rev() {
+            match fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot remove image file")
+                }
+            }
+        }
+        // Directories we made, innermost first; only if empty (remove_dir refuses otherwise).
+        for d in self.created_dirs.iter().rev() {
+            if let Err(e) = fs::remove_dir(d) {
+                tracing::debug!(path = %d.display(), error = %e, "leaving directory in place");
+            }
+        }
+    }
+}
