@@ -260,7 +260,11 @@ fn snapshot(pid: i32) -> Snapshot {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
     let status_sig = status
         .lines()
-        .filter(|l| l.starts_with("Sig") || l.starts_with("ShdPnd") || l.starts_with("Umask"))
+        .filter(|l| {
+            (l.starts_with("Sig") && !l.starts_with("SigQ"))
+                || l.starts_with("ShdPnd")
+                || l.starts_with("Umask")
+        })
         .map(String::from)
         .collect();
     // crc32c of every readable, writable mapping, the rseq area masked out (the kernel
@@ -542,6 +546,44 @@ fn infect_query_dump_cure() {
     let again = p.dump_pages(&reqs[..1], &mut store).expect("second dump");
     assert_eq!(again[0].offset, 4096 + total * 4096);
 
+    // Small batches (many blob commands, resumed in the middle of requests) give the same runs.
+    let fresh = |name: &str| {
+        std::fs::File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join(name))
+            .expect("page store")
+    };
+    p.set_batch_limits(4096, 5);
+    let mut small = fresh("small.img");
+    let batched = p.dump_pages(&reqs, &mut small).expect("batched dump");
+    let key = |r: &cryo::proto::PageRun| (r.vaddr, r.nr_pages, r.crc32c, r.offset);
+    assert_eq!(
+        batched.iter().map(key).collect::<Vec<_>>(),
+        runs.iter()
+            .map(|r| (r.vaddr, r.nr_pages, r.crc32c, r.offset - 4096))
+            .collect::<Vec<_>>()
+    );
+    verify_dump(pid, &reqs, &batched, &dir.path().join("small.img"), 0);
+    // Many small requests (3 pages each), 100 per command.
+    p.set_batch_limits(100, 7);
+    let split: Vec<PageRunReq> = reqs
+        .iter()
+        .flat_map(|r| {
+            (0..r.nr_pages).step_by(3).map(move |k| PageRunReq {
+                vaddr: r.vaddr + k * 4096,
+                nr_pages: (r.nr_pages - k).min(3),
+                prot: r.prot,
+            })
+        })
+        .collect();
+    assert!(split.len() > 5000);
+    let mut pieces = fresh("pieces.img");
+    let split_runs = p.dump_pages(&split, &mut pieces).expect("split dump");
+    verify_dump(pid, &split, &split_runs, &dir.path().join("pieces.img"), 0);
+
     // Malformed requests are refused without touching the task.
     let bad = [PageRunReq {
         vaddr: ms + 1,
@@ -597,6 +639,40 @@ fn blob_crash_is_cured_and_not_delivered() {
 }
 
 #[test]
+fn signal_during_run_is_held_back_and_requeued() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(bin) = workload_binary(dir.path()) else {
+        return;
+    };
+    let w = Workload::start(&bin, 1);
+    let pid = w.pid();
+    seize(pid);
+    let before = snapshot(pid);
+    let mut p = Parasite::infect(pid, &before.maps).expect("infect");
+    // SIGTRAP (ignored by the workload, unblocked while the blob runs) sent to the process:
+    // the next run sees it and must hold it back, the cure must queue it again.
+    proc_ctl::kill(pid, libc::SIGTRAP).expect("kill");
+    assert_eq!(p.umask().expect("umask"), 0o027);
+    assert_eq!(p.sigactions().expect("sigactions").len(), 62);
+    p.cure().expect("cure");
+    let mut after = snapshot(pid);
+    let shd = after
+        .status_sig
+        .iter_mut()
+        .find(|l| l.starts_with("ShdPnd:"))
+        .expect("ShdPnd");
+    assert_eq!(
+        shd.as_str(),
+        "ShdPnd:\t0000000000000010",
+        "SIGTRAP pending again"
+    );
+    *shd = "ShdPnd:\t0000000000000000".to_string();
+    assert_same(&before, &after);
+    ptrace::detach(pid, 0).expect("detach");
+    assert_runs(&w);
+}
+
+#[test]
 fn drop_cures() {
     let dir = tempfile::tempdir().expect("tempdir");
     let Some(bin) = workload_binary(dir.path()) else {
@@ -636,30 +712,49 @@ fn speed_1gib() {
         nr_pages: (me - ms) / 4096,
         prot: prot_of(&perm),
     }];
-    for round in 0..3 {
-        let path = dir.path().join(format!("pages-{round}.img"));
-        let mut store = std::fs::File::create(&path).expect("store");
-        let t = Instant::now();
-        let mut p = Parasite::infect(pid, &maps).expect("infect");
-        let t_infect = t.elapsed();
-        let runs = p.dump_pages(&reqs, &mut store).expect("dump");
-        let t_dump = t.elapsed() - t_infect;
-        p.cure().expect("cure");
-        let t_all = t.elapsed();
-        let bytes: u64 = runs.iter().map(|r| r.nr_pages * 4096).sum();
-        eprintln!(
-            "round {round}: {} MiB requested, {} MiB stored in {} runs; infect {:?}, dump {:?} \
-             ({:.2} GB/s of requested memory), total with cure {:?}",
-            (me - ms) >> 20,
-            bytes >> 20,
-            runs.len(),
-            t_infect,
-            t_dump,
-            (me - ms) as f64 / t_dump.as_secs_f64() / 1e9,
-            t_all
-        );
-        drop(store);
-        std::fs::remove_file(&path).expect("remove store");
+    // Where the page store goes: the null device (the parasite's side alone: zero check, crc,
+    // vmsplice, pipe), tmpfs, and the test's temp dir (a disk file system, page cache).
+    let mut targets: Vec<(String, PathBuf)> =
+        vec![("/dev/null".to_string(), PathBuf::from("/dev/null"))];
+    if Path::new("/dev/shm").is_dir() {
+        targets.push((
+            "tmpfs".to_string(),
+            PathBuf::from("/dev/shm/cryo-speed-pages.img"),
+        ));
+    }
+    targets.push(("tempdir".to_string(), dir.path().join("pages.img")));
+    for (name, path) in &targets {
+        for round in 0..2 {
+            let mut store = std::fs::File::options()
+                .write(true)
+                .create(true)
+                .truncate(path != Path::new("/dev/null"))
+                .open(path)
+                .expect("store");
+            let t = Instant::now();
+            let mut p = Parasite::infect(pid, &maps).expect("infect");
+            let t_infect = t.elapsed();
+            let runs = p.dump_pages(&reqs, &mut store).expect("dump");
+            let t_dump = t.elapsed() - t_infect;
+            p.cure().expect("cure");
+            let t_all = t.elapsed();
+            let bytes: u64 = runs.iter().map(|r| r.nr_pages * 4096).sum();
+            eprintln!(
+                "{name} round {round}: {} MiB requested, {} MiB stored in {} runs; infect {:?}, \
+                 dump {:?} ({:.2} GB/s of requested memory), total with cure {:?}",
+                (me - ms) >> 20,
+                bytes >> 20,
+                runs.len(),
+                t_infect,
+                t_dump,
+                (me - ms) as f64 / t_dump.as_secs_f64() / 1e9,
+                t_all
+            );
+            drop(store);
+            if path != Path::new("/dev/null") {
+                std::fs::remove_file(path).expect("remove store");
+            }
+        }
     }
     ptrace::detach(pid, 0).expect("detach");
     assert_runs(&w);

@@ -297,6 +297,10 @@ pub struct Parasite {
     /// The signal mask while the blob runs.
     run_mask: u64,
     mem: Option<File>,
+    /// Page requests per CMD_DUMP_PAGES.
+    max_reqs: usize,
+    /// Result slots per CMD_DUMP_PAGES.
+    max_outs: u64,
     /// The task is gone: nothing remote can be done any more.
     gone: bool,
     cured: bool,
@@ -345,6 +349,9 @@ impl Parasite {
             stray: Vec::new(),
             run_mask,
             mem: None,
+            max_reqs: MAX_REQS,
+            max_outs: (DATA_LEN - (MAX_REQS * std::mem::size_of::<abi::PageReq>()) as u64)
+                / std::mem::size_of::<abi::PageOut>() as u64,
             gone: false,
             cured: false,
         };
@@ -490,6 +497,14 @@ impl Parasite {
     /// The task.
     pub fn pid(&self) -> i32 {
         self.pid
+    }
+
+    /// Lowers the page requests and result runs handled per blob command (at least 1 each;
+    /// the defaults fill the 1 MiB data area). Only useful to test the batching and resumption
+    /// of [`Parasite::dump_pages`]; the output does not change.
+    pub fn set_batch_limits(&mut self, max_reqs: usize, max_outs: u64) {
+        self.max_reqs = max_reqs.clamp(1, MAX_REQS);
+        self.max_outs = max_outs.max(1).min(self.max_outs);
     }
 
     /// Signal actions of signals 1..=64 except SIGKILL and SIGSTOP, default ones included.
@@ -640,7 +655,10 @@ impl Parasite {
                 continue;
             }
             let mut j = i;
-            while j < runs.len() && runs[j].prot & libc::PROT_READ as u32 != 0 && j - i < MAX_REQS {
+            while j < runs.len()
+                && runs[j].prot & libc::PROT_READ as u32 != 0
+                && j - i < self.max_reqs
+            {
                 j += 1;
             }
             let reqs: Vec<abi::PageReq> = runs[i..j]
@@ -669,7 +687,7 @@ impl Parasite {
         let req_size = std::mem::size_of::<abi::PageReq>() as u64;
         let out_size = std::mem::size_of::<abi::PageOut>() as u64;
         let outs_off = (MAX_REQS as u64) * req_size;
-        let cap = (DATA_LEN - outs_off) / out_size;
+        let cap = self.max_outs.min((DATA_LEN - outs_off) / out_size);
         while !reqs.is_empty() {
             for (k, r) in reqs.iter().enumerate() {
                 self.region_write(k as u64 * req_size, r)?;
@@ -944,9 +962,11 @@ impl Parasite {
     }
 
     /// Queues a signal that arrived during a blob run back to the task, siginfo unchanged
-    /// (a task may queue any siginfo to itself).
+    /// (a task may queue any siginfo to itself). Which queue it came from is not known: one
+    /// sent with tgkill/tkill (SI_TKILL) goes back to the thread, any other to the process.
     fn requeue(&mut self, info: &[u8; 128]) -> Result<(), InfectError> {
         let signo = i32::from_ne_bytes([info[0], info[1], info[2], info[3]]);
+        let si_code = i32::from_ne_bytes([info[8], info[9], info[10], info[11]]);
         let mut words = [0u64; 16];
         for (w, b) in words.iter_mut().zip(info.chunks_exact(8)) {
             *w = u64::from_ne_bytes(b.try_into().unwrap_or([0; 8]));
@@ -954,11 +974,19 @@ impl Parasite {
         self.region_write_ctl(SCRATCH_OFF, &words)?;
         let addr = self.scratch_addr()?;
         let pid = self.pid as u64;
-        self.remote_call(
-            "remote rt_tgsigqueueinfo (a signal held back during a parasite run)",
-            libc::SYS_rt_tgsigqueueinfo,
-            [pid, pid, signo as u64, addr, 0, 0],
-        )
+        if si_code == libc::SI_TKILL {
+            self.remote_call(
+                "remote rt_tgsigqueueinfo (a signal held back during a parasite run)",
+                libc::SYS_rt_tgsigqueueinfo,
+                [pid, pid, signo as u64, addr, 0, 0],
+            )
+        } else {
+            self.remote_call(
+                "remote rt_sigqueueinfo (a signal held back during a parasite run)",
+                libc::SYS_rt_sigqueueinfo,
+                [pid, signo as u64, addr, 0, 0, 0],
+            )
+        }
         .map(drop)
     }
 
@@ -1211,7 +1239,8 @@ impl Drop for Parasite {
 /// write error it keeps reading (and discarding) so that the blob never blocks on a full pipe
 /// nor gets SIGPIPE; the error is returned at the end with its offset.
 fn drain(pipe: BorrowedFd<'_>, file: &File, start: u64) -> Result<u64, (u64, io::Error)> {
-    let mut off = start as i64;
+    // Our own position: not every file advances splice's offset (the null device does not).
+    let mut off = start;
     let mut use_splice = true;
     let mut failed: Option<(u64, io::Error)> = None;
     let mut buf: Vec<u8> = Vec::new();
@@ -1227,29 +1256,30 @@ fn drain(pipe: BorrowedFd<'_>, file: &File, start: u64) -> Result<u64, (u64, io:
                 Err(e) => {
                     // Nothing more can be read: the pipe itself is broken.
                     let err = io::Error::from_raw_os_error(e.errno);
-                    return Err(failed.unwrap_or((off as u64, err)));
+                    return Err(failed.unwrap_or((off, err)));
                 }
             };
             if failed.is_none() {
-                if let Err(e) = file.write_all_at(&buf[..n], off as u64) {
-                    failed = Some((off as u64, e));
+                if let Err(e) = file.write_all_at(&buf[..n], off) {
+                    failed = Some((off, e));
                 }
-                off += n as i64;
+                off += n as u64;
             }
             continue;
         }
-        match ffi::splice_to_file(pipe, file.as_fd(), &mut off, PIPE_SIZE) {
+        let mut at = off as i64;
+        match ffi::splice_to_file(pipe, file.as_fd(), &mut at, PIPE_SIZE) {
             Ok(0) => break,
-            Ok(_) => {}
+            Ok(n) => off += n as u64,
             Err(e) if e.errno == libc::EINTR => {}
             // splice into this file is not supported (e.g. O_APPEND): copy instead.
-            Err(e) if e.errno == libc::EINVAL && off as u64 == start => use_splice = false,
-            Err(e) => failed = Some((off as u64, io::Error::from_raw_os_error(e.errno))),
+            Err(e) if e.errno == libc::EINVAL && off == start => use_splice = false,
+            Err(e) => failed = Some((off, io::Error::from_raw_os_error(e.errno))),
         }
     }
     match failed {
         Some(f) => Err(f),
-        None => Ok(off as u64 - start),
+        None => Ok(off - start),
     }
 }
 
