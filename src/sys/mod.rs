@@ -4,6 +4,7 @@
 //! formats.
 
 pub mod mem;
+pub mod parasite_ffi;
 pub mod proc_ctl;
 pub mod ptrace;
 pub mod task;

@@ -1,0 +1,138 @@
+//! The contract between cryo (the dumper) and the parasite blob: the control block, the command
+//! numbers and the records the commands read and write in the shared region. This one file is
+//! compiled into both sides (`parasite/src/main.rs` and `src/infect/parasite.rs`), so it holds
+//! only `core` types and `#[repr(C)]` plain data, never an address of either process.
+//!
+//! ```text
+//! shared region (memfd, mapped in the target and in the dumper)
+//! +----------------+------------+----------------------------+-----------------+
+//! | blob (r-x)     | Ctl (rw-)  | data area (rw-): command   | stack (rw-),    |
+//! | relocated for  | one page   | inputs and outputs         | grows down      |
+//! | the target     |            |                            |                 |
+//! +----------------+------------+----------------------------+-----------------+
+//! ```
+//!
+//! The dumper fills `Ctl` (command, arguments, data area address) and starts the blob at its
+//! entry with `rdi` = the target address of `Ctl`; the blob writes `status`, `out` and the data
+//! area, then stops on `int3`.
+
+/// Bumped on every incompatible change of this file.
+pub const ABI_VERSION: u64 = 1;
+
+/// Written into `Ctl::status` by the dumper before a run; a blob that returns leaves another
+/// value, so a run that never reached the blob's epilogue is detected.
+pub const STATUS_NOT_RUN: i64 = i64::MIN;
+
+/// Signal actions of signals 1..=64 (except SIGKILL, SIGSTOP) into `[KSigaction; 64]`
+/// (index `signo - 1`) in the data area.
+pub const CMD_SIGACTIONS: u64 = 1;
+/// ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF into `[Itimerval; 3]` in the data area.
+pub const CMD_ITIMERS: u64 = 2;
+/// `args[0]` POSIX timers whose ids are in `[PosixTimerSlot; n]` in the data area: fills in
+/// the slots (timer_gettime, timer_getoverrun).
+pub const CMD_POSIX_TIMERS: u64 = 3;
+/// sigaltstack, umask, PR_GET_TID_ADDRESS into `out[0..5]`: ss_sp, ss_flags, ss_size, umask,
+/// tid address.
+pub const CMD_MISC: u64 = 4;
+/// Streams pages into a pipe with vmsplice. Arguments: `args[0]` the pipe's write end (closed
+/// by the blob when the command ends, on every path), `args[1]` the number of `PageReq`s at
+/// target address `args[2]`, `args[3]` the target address of `[PageOut; args[4]]`. Results:
+/// `out[0]` the number of `PageOut`s written, `out[1]` the bytes put into the pipe, `out[2]`
+/// and `out[3]` where to resume (request index, page within it) when the output array filled
+/// up, `out[4]` 1 when every request was handled.
+pub const CMD_DUMP_PAGES: u64 = 5;
+
+/// The command block at the start of the control page.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct Ctl {
+    /// `ABI_VERSION`, checked by the blob.
+    pub version: u64,
+    /// One of the `CMD_*` values.
+    pub cmd: u64,
+    /// 0 on success or a negative errno; `STATUS_NOT_RUN` before the blob ran.
+    pub status: i64,
+    /// On failure: the syscall number that failed.
+    pub fail_nr: u64,
+    /// On failure: the address (or timer id, or signal) the failing step worked on.
+    pub fail_addr: u64,
+    /// Target address of the data area.
+    pub data: u64,
+    /// Length of the data area in bytes.
+    pub data_len: u64,
+    /// Command arguments.
+    pub args: [u64; 8],
+    /// Command results.
+    pub out: [u64; 8],
+}
+
+/// The kernel's `struct sigaction` on x86_64 (rt_sigaction, sigsetsize 8).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct KSigaction {
+    /// `sa_handler` (SIG_DFL = 0, SIG_IGN = 1, or a function).
+    pub handler: u64,
+    /// `sa_flags`.
+    pub flags: u64,
+    /// `sa_restorer`.
+    pub restorer: u64,
+    /// `sa_mask`, bit `n - 1` for signal `n`.
+    pub mask: u64,
+}
+
+/// `struct itimerval`: interval and value, seconds and microseconds.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct Itimerval {
+    /// `it_interval.tv_sec`.
+    pub interval_sec: i64,
+    /// `it_interval.tv_usec`.
+    pub interval_usec: i64,
+    /// `it_value.tv_sec`.
+    pub value_sec: i64,
+    /// `it_value.tv_usec`.
+    pub value_usec: i64,
+}
+
+/// One POSIX timer: `id` is input, the rest output (`struct itimerspec` and the overrun).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct PosixTimerSlot {
+    /// Timer id (input).
+    pub id: i64,
+    /// `it_interval.tv_sec`.
+    pub interval_sec: i64,
+    /// `it_interval.tv_nsec`.
+    pub interval_nsec: i64,
+    /// `it_value.tv_sec`.
+    pub value_sec: i64,
+    /// `it_value.tv_nsec`.
+    pub value_nsec: i64,
+    /// timer_getoverrun.
+    pub overrun: i64,
+}
+
+/// A run of pages to stream: page-aligned, ascending across requests, readable by the task.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct PageReq {
+    /// Start address.
+    pub vaddr: u64,
+    /// Number of 4 KiB pages.
+    pub nr_pages: u64,
+}
+
+/// A run of non-zero pages the blob put into the pipe, in pipe order.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct PageOut {
+    /// Start address.
+    pub vaddr: u64,
+    /// Number of 4 KiB pages.
+    pub nr_pages: u64,
+    /// crc32c (Castagnoli, standard pre- and post-inversion) of the run's bytes.
+    pub crc: u64,
+}
+
+/// Page size.
+pub const PAGE: u64 = 4096;

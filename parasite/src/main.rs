@@ -1,0 +1,443 @@
+//! The parasite blob: code cryo's dumper runs inside a frozen task to read state only the task
+//! itself can read (signal actions, timers, alternate stack, umask, tid address) and to stream
+//! its memory pages into a pipe with vmsplice, without copying them through the dumper.
+//!
+//! It runs on a stack in the shared region, with every signal but the fault ones blocked, one
+//! command per start: the entry takes the control block in `rdi`, runs the command, and stops
+//! on `int3`; the dumper then restores or re-aims the registers. It owns nothing in the task: it
+//! must not allocate, keep state between commands, touch TLS (`fs`), or leave an fd or mapping
+//! behind (the pipe end of `CMD_DUMP_PAGES` is closed here on every path).
+//!
+//! Freestanding: no std, no libc, no statics holding addresses (the image is relocated by the
+//! dumper, which accepts only `R_X86_64_RELATIVE`), its own `mem*` functions.
+
+#![no_std]
+#![no_main]
+
+// Shared with the dumper, which uses a few items the blob does not.
+#[allow(dead_code)]
+mod abi;
+mod crc;
+mod mem;
+mod sys;
+
+use abi::*;
+use core::ptr::{addr_of, addr_of_mut};
+
+/// The entry: at the start of the text (see `parasite.ld`). Aligns the stack the dumper gave,
+/// calls [`parasite_main`] with the control block still in `rdi`, and traps back to the dumper.
+#[unsafe(naked)]
+#[unsafe(no_mangle)]
+#[unsafe(link_section = ".text.parasite_start")]
+pub extern "C" fn parasite_start() -> ! {
+    core::arch::naked_asm!(
+        "cld",
+        "and rsp, -16",
+        "call {main}",
+        "int3",
+        "ud2",
+        main = sym parasite_main,
+    )
+}
+
+/// Runs the command in `*ctl` and records its status.
+///
+/// # Safety
+/// `ctl` points to the control block in the shared region, and the data area it names is
+/// mapped read-write; both are only touched by the dumper while the task is stopped.
+unsafe extern "C" fn parasite_main(ctl: *mut Ctl) {
+    // SAFETY: the dumper passes the control block as described above.
+    let ctl = unsafe { &mut *ctl };
+    ctl.out = [0; 8];
+    ctl.fail_nr = 0;
+    ctl.fail_addr = 0;
+    if ctl.version != ABI_VERSION {
+        ctl.status = -(sys::EINVAL as i64);
+        return;
+    }
+    // SAFETY: each command only uses the data area named by ctl, as the dumper laid it out.
+    let res = unsafe {
+        match ctl.cmd {
+            CMD_SIGACTIONS => cmd_sigactions(ctl),
+            CMD_ITIMERS => cmd_itimers(ctl),
+            CMD_POSIX_TIMERS => cmd_posix_timers(ctl),
+            CMD_MISC => cmd_misc(ctl),
+            CMD_DUMP_PAGES => cmd_dump_pages(ctl),
+            _ => Err(Fail {
+                errno: sys::EINVAL,
+                nr: 0,
+                addr: ctl.cmd,
+            }),
+        }
+    };
+    match res {
+        Ok(()) => ctl.status = 0,
+        Err(f) => {
+            ctl.status = -(f.errno as i64);
+            ctl.fail_nr = f.nr;
+            ctl.fail_addr = f.addr;
+        }
+    }
+}
+
+/// A failed step: errno, the syscall, and what it worked on.
+struct Fail {
+    errno: u64,
+    nr: u64,
+    addr: u64,
+}
+
+/// Turns a raw syscall return into a result, naming the call and its object on failure.
+fn check(ret: i64, nr: u64, addr: u64) -> Result<u64, Fail> {
+    if (-4095..0).contains(&ret) {
+        Err(Fail {
+            errno: (-ret) as u64,
+            nr,
+            addr,
+        })
+    } else {
+        Ok(ret as u64)
+    }
+}
+
+/// Checks that `len` bytes at `ptr` lie in the data area.
+fn in_data(ctl: &Ctl, ptr: u64, len: u64) -> Result<(), Fail> {
+    let end = ptr.checked_add(len);
+    match end {
+        Some(end) if ptr >= ctl.data && end <= ctl.data + ctl.data_len => Ok(()),
+        _ => Err(Fail {
+            errno: sys::EINVAL,
+            nr: 0,
+            addr: ptr,
+        }),
+    }
+}
+
+/// # Safety
+/// The data area is mapped read-write.
+unsafe fn cmd_sigactions(ctl: &mut Ctl) -> Result<(), Fail> {
+    in_data(ctl, ctl.data, 64 * size_of::<KSigaction>() as u64)?;
+    let out = ctl.data as *mut KSigaction;
+    for sig in 1..=64u64 {
+        // SAFETY: index sig - 1 < 64, inside the checked area.
+        let slot = unsafe { out.add(sig as usize - 1) };
+        // SAFETY: slot is valid for writing a KSigaction.
+        unsafe { slot.write(KSigaction::default()) };
+        if sig == sys::SIGKILL || sig == sys::SIGSTOP {
+            continue;
+        }
+        // SAFETY: rt_sigaction with a null new action only writes the old one to slot.
+        let ret = unsafe { sys::syscall4(sys::NR_RT_SIGACTION, sig, 0, slot as u64, 8) };
+        check(ret, sys::NR_RT_SIGACTION, sig)?;
+    }
+    Ok(())
+}
+
+/// # Safety
+/// The data area is mapped read-write.
+unsafe fn cmd_itimers(ctl: &mut Ctl) -> Result<(), Fail> {
+    in_data(ctl, ctl.data, 3 * size_of::<Itimerval>() as u64)?;
+    let out = ctl.data as *mut Itimerval;
+    for which in 0..3u64 {
+        // SAFETY: which < 3, inside the checked area; getitimer writes one itimerval there.
+        let ret =
+            unsafe { sys::syscall2(sys::NR_GETITIMER, which, out.add(which as usize) as u64) };
+        check(ret, sys::NR_GETITIMER, which)?;
+    }
+    Ok(())
+}
+
+/// # Safety
+/// The data area is mapped read-write.
+unsafe fn cmd_posix_timers(ctl: &mut Ctl) -> Result<(), Fail> {
+    let n = ctl.args[0];
+    in_data(
+        ctl,
+        ctl.data,
+        n.saturating_mul(size_of::<PosixTimerSlot>() as u64),
+    )?;
+    let slots = ctl.data as *mut PosixTimerSlot;
+    for i in 0..n as usize {
+        // SAFETY: i < n, inside the checked area.
+        let slot = unsafe { &mut *slots.add(i) };
+        let id = slot.id as u64;
+        // The kernel's struct itimerspec is four i64 in the order of the slot's fields.
+        let spec = addr_of_mut!(slot.interval_sec) as u64;
+        // SAFETY: timer_gettime writes 32 bytes at spec, the four fields after `id`.
+        let ret = unsafe { sys::syscall2(sys::NR_TIMER_GETTIME, id, spec) };
+        check(ret, sys::NR_TIMER_GETTIME, id)?;
+        // SAFETY: integer-only syscall.
+        let ret = unsafe { sys::syscall1(sys::NR_TIMER_GETOVERRUN, id) };
+        slot.overrun = check(ret, sys::NR_TIMER_GETOVERRUN, id)? as i64;
+    }
+    Ok(())
+}
+
+/// # Safety
+/// Touches only the control block.
+unsafe fn cmd_misc(ctl: &mut Ctl) -> Result<(), Fail> {
+    let mut ss = sys::StackT::default();
+    // SAFETY: sigaltstack with a null new stack writes the old one into ss.
+    let ret = unsafe { sys::syscall2(sys::NR_SIGALTSTACK, 0, addr_of_mut!(ss) as u64) };
+    check(ret, sys::NR_SIGALTSTACK, 0)?;
+    // umask can only be read by setting it: set a value and put the old one straight back.
+    // SAFETY: integer-only syscalls.
+    let old = unsafe { sys::syscall1(sys::NR_UMASK, 0o022) };
+    let old = check(old, sys::NR_UMASK, 0)?;
+    // SAFETY: integer-only syscall.
+    let ret = unsafe { sys::syscall1(sys::NR_UMASK, old) };
+    check(ret, sys::NR_UMASK, old)?;
+    let mut tid_addr: u64 = 0;
+    // SAFETY: PR_GET_TID_ADDRESS writes one pointer-sized value at &tid_addr.
+    let ret = unsafe {
+        sys::syscall2(
+            sys::NR_PRCTL,
+            sys::PR_GET_TID_ADDRESS,
+            addr_of_mut!(tid_addr) as u64,
+        )
+    };
+    check(ret, sys::NR_PRCTL, sys::PR_GET_TID_ADDRESS)?;
+    ctl.out[0] = ss.ss_sp;
+    ctl.out[1] = ss.ss_flags as u32 as u64;
+    ctl.out[2] = ss.ss_size;
+    ctl.out[3] = old;
+    ctl.out[4] = tid_addr;
+    Ok(())
+}
+
+/// Pages of a run whose CRC has not been folded in yet are taken in chunks of this many pages,
+/// so that vmsplice starts early and the dumper drains the pipe while the next chunk is read.
+const CHUNK_PAGES: u64 = 64;
+/// vmsplice is called once this many bytes are queued, or the iovec array is full.
+const FLUSH_BYTES: u64 = 256 * 1024;
+/// iovecs per vmsplice.
+const MAX_IOV: usize = 64;
+
+/// The pipe and what is queued for it.
+struct Splicer {
+    fd: u64,
+    iov: [sys::IoVec; MAX_IOV],
+    n_iov: usize,
+    queued: u64,
+    total: u64,
+}
+
+impl Splicer {
+    /// Queues `len` bytes at `addr` (merged with the previous iovec when contiguous).
+    fn push(&mut self, addr: u64, len: u64) -> Result<(), Fail> {
+        if self.n_iov > 0 {
+            let last = &mut self.iov[self.n_iov - 1];
+            if last.base + last.len == addr {
+                last.len += len;
+                self.queued += len;
+                return self.maybe_flush();
+            }
+        }
+        if self.n_iov == MAX_IOV {
+            self.flush()?;
+        }
+        self.iov[self.n_iov] = sys::IoVec { base: addr, len };
+        self.n_iov += 1;
+        self.queued += len;
+        self.maybe_flush()
+    }
+
+    fn maybe_flush(&mut self) -> Result<(), Fail> {
+        if self.queued >= FLUSH_BYTES {
+            self.flush()
+        } else {
+            Ok(())
+        }
+    }
+
+    /// vmsplices everything queued, resuming after partial writes (a full pipe).
+    fn flush(&mut self) -> Result<(), Fail> {
+        let mut first = 0;
+        while first < self.n_iov {
+            // SAFETY: the iovecs name pages of this task; vmsplice only takes references.
+            let ret = unsafe {
+                sys::syscall4(
+                    sys::NR_VMSPLICE,
+                    self.fd,
+                    addr_of!(self.iov[first]) as u64,
+                    (self.n_iov - first) as u64,
+                    0,
+                )
+            };
+            let mut n = check(ret, sys::NR_VMSPLICE, self.iov[first].base)?;
+            if n == 0 {
+                return Err(Fail {
+                    errno: sys::EIO,
+                    nr: sys::NR_VMSPLICE,
+                    addr: self.iov[first].base,
+                });
+            }
+            self.total += n;
+            while n > 0 {
+                let v = &mut self.iov[first];
+                if n >= v.len {
+                    n -= v.len;
+                    first += 1;
+                } else {
+                    v.base += n;
+                    v.len -= n;
+                    n = 0;
+                }
+            }
+        }
+        self.n_iov = 0;
+        self.queued = 0;
+        Ok(())
+    }
+}
+
+/// The run of non-zero pages being built.
+struct OpenRun {
+    start: u64,
+    pages: u64,
+    /// Pages already folded into `crc` and queued for the pipe.
+    done: u64,
+    crc: u32,
+}
+
+impl OpenRun {
+    /// Folds the pending pages into the CRC and queues them.
+    fn fold(&mut self, sp: &mut Splicer) -> Result<(), Fail> {
+        let n = self.pages - self.done;
+        if n == 0 {
+            return Ok(());
+        }
+        let at = self.start + self.done * PAGE;
+        // SAFETY: the pages were just read by page_is_zero, so they are mapped and readable;
+        // this machine's x86_64 CPUs have SSE4.2 (checked by the dumper before infecting).
+        self.crc = unsafe { crc::crc_pages(self.crc, at as *const u8, n as usize) };
+        self.done = self.pages;
+        sp.push(at, n * PAGE)
+    }
+}
+
+/// Whether the page at `p` is all zeros.
+///
+/// # Safety
+/// `p` is page-aligned and the page is readable.
+unsafe fn page_is_zero(p: u64) -> bool {
+    let w = p as *const [u64; 8];
+    for i in 0..(PAGE as usize / 64) {
+        // SAFETY: 64 chunks of 64 bytes make up the page.
+        let c = unsafe { w.add(i).read() };
+        if (c[0] | c[1] | c[2] | c[3] | c[4] | c[5] | c[6] | c[7]) != 0 {
+            return false;
+        }
+    }
+    true
+}
+
+/// # Safety
+/// The data area is mapped read-write; the requests name readable pages of this task.
+unsafe fn cmd_dump_pages(ctl: &mut Ctl) -> Result<(), Fail> {
+    let fd = ctl.args[0];
+    let res = (|| {
+        let (n_req, reqs, outs, cap) = (ctl.args[1], ctl.args[2], ctl.args[3], ctl.args[4]);
+        in_data(ctl, reqs, n_req.saturating_mul(size_of::<PageReq>() as u64))?;
+        in_data(ctl, outs, cap.saturating_mul(size_of::<PageOut>() as u64))?;
+        let reqs = reqs as *const PageReq;
+        let outs = outs as *mut PageOut;
+        let mut sp = Splicer {
+            fd,
+            iov: [sys::IoVec::default(); MAX_IOV],
+            n_iov: 0,
+            queued: 0,
+            total: 0,
+        };
+        let mut n_out = 0u64;
+        let mut resume = None;
+        'reqs: for i in 0..n_req {
+            // SAFETY: i < n_req, inside the checked area.
+            let req = unsafe { reqs.add(i as usize).read() };
+            let mut run: Option<OpenRun> = None;
+            for p in 0..req.nr_pages {
+                let addr = req.vaddr + p * PAGE;
+                // SAFETY: the dumper asks only for readable pages of this task.
+                if unsafe { page_is_zero(addr) } {
+                    if let Some(mut r) = run.take() {
+                        close_run(&mut r, &mut sp, outs, &mut n_out)?;
+                    }
+                    continue;
+                }
+                let r = match run.as_mut() {
+                    Some(r) => r,
+                    None => {
+                        if n_out == cap {
+                            resume = Some((i, p));
+                            break 'reqs;
+                        }
+                        run.insert(OpenRun {
+                            start: addr,
+                            pages: 0,
+                            done: 0,
+                            crc: !0,
+                        })
+                    }
+                };
+                r.pages += 1;
+                if r.pages - r.done >= CHUNK_PAGES {
+                    r.fold(&mut sp)?;
+                }
+            }
+            if let Some(mut r) = run.take() {
+                close_run(&mut r, &mut sp, outs, &mut n_out)?;
+            }
+        }
+        sp.flush()?;
+        ctl.out[0] = n_out;
+        ctl.out[1] = sp.total;
+        match resume {
+            Some((i, p)) => {
+                ctl.out[2] = i;
+                ctl.out[3] = p;
+                ctl.out[4] = 0;
+            }
+            None => {
+                ctl.out[2] = n_req;
+                ctl.out[3] = 0;
+                ctl.out[4] = 1;
+            }
+        }
+        Ok(())
+    })();
+    // SAFETY: closes the pipe end the dumper handed to this command.
+    let ret = unsafe { sys::syscall1(sys::NR_CLOSE, fd) };
+    res?;
+    check(ret, sys::NR_CLOSE, fd).map(drop)
+}
+
+/// Finishes a run: folds its last pages, records it in the output array.
+fn close_run(
+    r: &mut OpenRun,
+    sp: &mut Splicer,
+    outs: *mut PageOut,
+    n_out: &mut u64,
+) -> Result<(), Fail> {
+    r.fold(sp)?;
+    // SAFETY: the caller checked n_out < cap when it opened the run; outs has cap slots.
+    unsafe {
+        outs.add(*n_out as usize).write(PageOut {
+            vaddr: r.start,
+            nr_pages: r.pages,
+            crc: (!r.crc) as u64,
+        })
+    };
+    *n_out += 1;
+    Ok(())
+}
+
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo) -> ! {
+    // A trap the dumper reports as a crash of the blob (SIGILL).
+    // SAFETY: ud2 raises SIGILL and never returns.
+    unsafe { core::arch::asm!("ud2", options(noreturn)) }
+}
+
+/// Never called (panics abort), but unoptimized builds of `core` reference the symbol.
+#[unsafe(no_mangle)]
+pub extern "C" fn rust_eh_personality() {}

@@ -1,0 +1,1401 @@
+//! The parasite: cryo's code running inside a frozen task, for the state only the task itself
+//! can read (signal actions, itimers, POSIX timers, alternate signal stack, umask, tid address)
+//! and for streaming its memory pages out with vmsplice, without copying them through the
+//! dumper's memory. This module owns the injection, the command channel and the cure; it must
+//! not decide which pages or timers to dump (the caller passes them) nor write images.
+//!
+//! Infection (all through [`RemoteTask`]; no byte of the task is changed):
+//! 1. remote `memfd_create` (its name is an empty string found in the task's own memory),
+//!    `ftruncate`, `mmap(MAP_SHARED)`; the dumper takes the memfd with `pidfd_getfd` and maps
+//!    it too, so both see one region (layout in `parasite/src/abi.rs`); the task's memfd is
+//!    closed again at once, the mapping keeps the file;
+//! 2. the blob (built from `parasite/`, embedded at build time) is relocated for the region's
+//!    address in the target and copied in through the dumper's mapping; its text is made r-x;
+//! 3. a command runs by pointing `rip` at the blob's entry, `rsp` at the region's stack, `rdi`
+//!    at the control block, `orig_rax = -1`, and `PTRACE_CONT`; the blob ends in `int3`. All
+//!    signals stay blocked except the trap and fault ones, whose "ignored" dispositions are set
+//!    to default for the duration (a forced SIGTRAP or SIGSEGV would otherwise reset them).
+//!
+//! Pages: per command a remote `pipe2`; the dumper takes the read end (`pidfd_getfd`), the
+//! task's read end is closed; the blob skips zero pages, computes crc32c of each stored run and
+//! vmsplices the pages into the write end, which it closes at the end; a dumper thread splices
+//! the pipe into the page store concurrently (a pipe holds only 1 MiB here). Pages of VMAs the
+//! task cannot read (no PROT_READ) are read through /proc/PID/mem instead.
+//!
+//! Cure: put back swapped dispositions, close leftover fds, re-queue signals that arrived
+//! during a run (they were held back), unmap the region, restore the xsave area, registers and
+//! signal mask. A crash of the blob (a fault signal instead of the `int3`) is never delivered:
+//! the task is cured at once and the command fails.
+
+use super::blob::{self, BlobError, BlobImage};
+use super::remote::{find_syscall_insn, RemoteError, RemoteTask};
+use crate::sys::parasite_ffi::{self as ffi, Plain, SharedMapping};
+use crate::sys::ptrace::{self, WaitStatus};
+use crate::sys::{proc_ctl, SysError, PAGE_SIZE};
+use std::fs::File;
+use std::io::{self, Seek, SeekFrom};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+
+#[path = "../../parasite/src/abi.rs"]
+#[allow(dead_code)]
+mod abi;
+
+// SAFETY (all impls below): #[repr(C)] structs of u64/i64 fields only, no invalid bit patterns.
+// SAFETY: see above.
+unsafe impl Plain for abi::Ctl {}
+// SAFETY: see above.
+unsafe impl Plain for abi::KSigaction {}
+// SAFETY: see above.
+unsafe impl Plain for abi::Itimerval {}
+// SAFETY: see above.
+unsafe impl Plain for abi::PosixTimerSlot {}
+// SAFETY: see above.
+unsafe impl Plain for abi::PageReq {}
+// SAFETY: see above.
+unsafe impl Plain for abi::PageOut {}
+
+/// Bytes of the data area (command inputs and outputs).
+const DATA_LEN: u64 = 1 << 20;
+/// Bytes of the blob's stack.
+const STACK_LEN: u64 = 64 << 10;
+/// Offset of the scratch area (pipe fds, siginfo, sigactions of the cure) in the control page.
+const SCRATCH_OFF: u64 = 2048;
+/// The pipe size asked for (the default /proc/sys/fs/pipe-max-size).
+const PIPE_SIZE: usize = 1 << 20;
+/// Page requests per CMD_DUMP_PAGES (64 KiB of the data area); the rest holds the results.
+const MAX_REQS: usize = 4096;
+/// Pages read per /proc/PID/mem access for unreadable VMAs.
+const MEM_CHUNK_PAGES: u64 = 256;
+/// Signals left unblocked while the blob runs, so that its end (`int3`) and its crashes stop
+/// it. A forced signal that is blocked or ignored would have its disposition reset to default
+/// by the kernel, so these are unblocked and their ignored dispositions swapped out.
+const TRAP_SIGNALS: [i32; 6] = [
+    libc::SIGTRAP,
+    libc::SIGSEGV,
+    libc::SIGBUS,
+    libc::SIGILL,
+    libc::SIGFPE,
+    libc::SIGSYS,
+];
+/// `si_code` of a SIGTRAP raised by `int3`.
+const SI_KERNEL: i32 = 0x80;
+/// The user code segment of a 64-bit task.
+const USER64_CS: u64 = 0x33;
+
+/// Errors of infection, parasite commands and cure. Each names the task and what was done.
+#[derive(Debug, thiserror::Error)]
+pub enum InfectError {
+    /// The task cannot be infected as it is.
+    #[error("pid {pid}: cannot infect: {reason}")]
+    Unsupported {
+        /// The task.
+        pid: i32,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A remote syscall (or the ptrace driving it) failed.
+    #[error("pid {pid}: {step}")]
+    Remote {
+        /// The task.
+        pid: i32,
+        /// What was being done.
+        step: &'static str,
+        /// The failure.
+        #[source]
+        source: RemoteError,
+    },
+    /// A syscall in the dumper failed.
+    #[error("pid {pid}: {step}")]
+    Sys {
+        /// The task.
+        pid: i32,
+        /// What was being done.
+        step: &'static str,
+        /// The failure.
+        #[source]
+        source: SysError,
+    },
+    /// The embedded blob could not be loaded.
+    #[error("pid {pid}: loading the parasite blob at {addr:#x}")]
+    Blob {
+        /// The task.
+        pid: i32,
+        /// The load address in the task.
+        addr: u64,
+        /// The failure.
+        #[source]
+        source: BlobError,
+    },
+    /// A blob command reported a failed syscall.
+    #[error("pid {pid}: parasite command {command}: syscall {syscall} on {addr:#x} failed: {}", io::Error::from_raw_os_error(*errno))]
+    Command {
+        /// The task.
+        pid: i32,
+        /// The command.
+        command: &'static str,
+        /// The syscall number that failed (0: the blob's own check).
+        syscall: u64,
+        /// The address (or timer id, signal, fd) it worked on.
+        addr: u64,
+        /// The errno.
+        errno: i32,
+    },
+    /// The blob faulted; the signal was not delivered and the task was cured.
+    #[error("pid {pid}: parasite crashed in command {command}: signal {signal} at rip {rip:#x}, fault address {addr:#x} (task cured)")]
+    Crashed {
+        /// The task.
+        pid: i32,
+        /// The command.
+        command: &'static str,
+        /// The fault signal.
+        signal: i32,
+        /// Where the blob was.
+        rip: u64,
+        /// The fault address (si_addr).
+        addr: u64,
+    },
+    /// The task stopped in a way a blob run never causes; it was cured.
+    #[error("pid {pid}: unexpected stop in parasite command {command}: {status:?} (task cured)")]
+    UnexpectedStop {
+        /// The task.
+        pid: i32,
+        /// The command.
+        command: &'static str,
+        /// What waitpid said.
+        status: WaitStatus,
+    },
+    /// The task died while the blob ran.
+    #[error("pid {pid}: task ended during parasite command {command}: {status:?}")]
+    TaskGone {
+        /// The task.
+        pid: i32,
+        /// The command.
+        command: &'static str,
+        /// What waitpid said.
+        status: WaitStatus,
+    },
+    /// A page run request is malformed.
+    #[error("pid {pid}: bad page run request at {addr:#x}: {reason}")]
+    BadRequest {
+        /// The task.
+        pid: i32,
+        /// The run's address.
+        addr: u64,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// Writing to the page store failed.
+    #[error("pid {pid}: writing pages to the page store at offset {offset:#x}")]
+    PageStore {
+        /// The task.
+        pid: i32,
+        /// The file offset.
+        offset: u64,
+        /// The failure.
+        #[source]
+        source: io::Error,
+    },
+    /// Reading /proc/PID/mem or /proc/PID/status failed.
+    #[error("pid {pid}: reading {what} at {addr:#x}")]
+    Proc {
+        /// The task.
+        pid: i32,
+        /// The file.
+        what: &'static str,
+        /// The address (0 for status).
+        addr: u64,
+        /// The failure.
+        #[source]
+        source: io::Error,
+    },
+    /// The pipe carried another amount of data than the blob reported.
+    #[error("pid {pid}: parasite command {command} put {expected} bytes in the pipe, the dumper got {got}")]
+    ShortStream {
+        /// The task.
+        pid: i32,
+        /// The command.
+        command: &'static str,
+        /// Bytes the blob reported.
+        expected: u64,
+        /// Bytes the dumper received.
+        got: u64,
+    },
+    /// The parasite was already cured (after a crash or an unexpected stop).
+    #[error("pid {pid}: the parasite is gone (cured after an earlier failure)")]
+    Cured {
+        /// The task.
+        pid: i32,
+    },
+}
+
+/// A run of pages to dump: page-aligned, runs ascending and not overlapping. Pass only pages
+/// that are present (e.g. from /proc/PID/pagemap): the blob reads every page it is given, which
+/// would fault in untouched anonymous pages (as the shared zero page) and file pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRunReq {
+    /// Start address.
+    pub vaddr: u64,
+    /// Number of 4 KiB pages.
+    pub nr_pages: u64,
+    /// The VMA's PROT_* bits; runs without PROT_READ are read through /proc/PID/mem.
+    pub prot: u32,
+}
+
+/// The shared region: where it is in the target, the dumper's mapping of it, the blob in it.
+struct Region {
+    /// Address in the target.
+    base: u64,
+    /// Length in bytes.
+    len: u64,
+    map: SharedMapping,
+    /// Offset of the control block (and of the region's first non-blob page).
+    ctl_off: u64,
+    /// Offset of the data area.
+    data_off: u64,
+    /// Offset of the blob's entry.
+    entry: u64,
+    /// The `rip` the blob's final `int3` leaves.
+    trap_rip: u64,
+    /// Executable ranges of the blob (target addresses).
+    code: Vec<(u64, u64)>,
+}
+
+impl Region {
+    fn addr(&self, off: u64) -> u64 {
+        self.base + off
+    }
+}
+
+/// How a blob run ended.
+enum RunEnd {
+    /// The blob reached its `int3`.
+    Done,
+    /// A fault signal inside the blob.
+    Crash { signal: i32, rip: u64, addr: u64 },
+    /// Some other stop.
+    Unexpected(WaitStatus),
+    /// The task is gone.
+    Gone(WaitStatus),
+}
+
+/// An infected task. Commands run the blob inside it; [`Parasite::cure`] (or drop) undoes
+/// everything and leaves the task ptrace-stopped for the caller to detach.
+#[must_use = "an infected task must be cured (drop cures too, logging errors)"]
+pub struct Parasite {
+    pid: i32,
+    remote: Option<RemoteTask>,
+    pidfd: Option<OwnedFd>,
+    region: Option<Region>,
+    xstate: Option<Vec<u8>>,
+    /// Fds created in the task and not closed yet.
+    target_fds: Vec<i32>,
+    /// Trap signals whose SIG_IGN disposition was swapped for SIG_DFL, with the original.
+    swapped: Vec<(i32, abi::KSigaction)>,
+    /// Signals (raw siginfo) that arrived during a blob run and were held back.
+    stray: Vec<[u8; 128]>,
+    /// The signal mask while the blob runs.
+    run_mask: u64,
+    mem: Option<File>,
+    /// Page requests per CMD_DUMP_PAGES.
+    max_reqs: usize,
+    /// Result slots per CMD_DUMP_PAGES.
+    max_outs: u64,
+    /// The task is gone: nothing remote can be done any more.
+    gone: bool,
+    cured: bool,
+}
+
+impl Parasite {
+    /// Infects `pid`, which the caller has ptrace-stopped (seized and interrupted; a
+    /// single-threaded task for now). `maps` is the text of /proc/PID/maps.
+    pub fn infect(pid: i32, maps: &str) -> Result<Self, InfectError> {
+        if !std::is_x86_feature_detected!("sse4.2") {
+            return Err(InfectError::Unsupported {
+                pid,
+                reason: "the CPU lacks SSE4.2 (crc32c in the blob)",
+            });
+        }
+        let syscall_ip = find_syscall_insn(pid, maps).map_err(|source| InfectError::Remote {
+            pid,
+            step: "looking for a syscall instruction",
+            source,
+        })?;
+        let empty_name = find_nul_byte(pid, maps, syscall_ip)?;
+        let ignored = read_sig_ignored(pid)?;
+        let remote = RemoteTask::new(pid, syscall_ip).map_err(|source| InfectError::Remote {
+            pid,
+            step: "taking over the task",
+            source,
+        })?;
+        if remote.saved_regs().cs != USER64_CS {
+            return Err(InfectError::Unsupported {
+                pid,
+                reason: "the task is not running 64-bit code",
+            });
+        }
+        let mut run_mask = !0u64;
+        for sig in TRAP_SIGNALS {
+            run_mask &= !(1u64 << (sig - 1));
+        }
+        let mut p = Parasite {
+            pid,
+            remote: Some(remote),
+            pidfd: None,
+            region: None,
+            xstate: None,
+            target_fds: Vec::new(),
+            swapped: Vec::new(),
+            stray: Vec::new(),
+            run_mask,
+            mem: None,
+            max_reqs: MAX_REQS,
+            max_outs: (DATA_LEN - (MAX_REQS * std::mem::size_of::<abi::PageReq>()) as u64)
+                / std::mem::size_of::<abi::PageOut>() as u64,
+            gone: false,
+            cured: false,
+        };
+        match p.setup(empty_name, ignored) {
+            Ok(()) => {
+                tracing::debug!(
+                    pid,
+                    addr = format_args!("{:#x}", p.region.as_ref().map_or(0, |r| r.base)),
+                    "parasite injected"
+                );
+                Ok(p)
+            }
+            Err(e) => {
+                if let Err(e2) = p.cure_now() {
+                    tracing::error!(pid, error = %e2, "cure after a failed infection");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn setup(&mut self, empty_name: u64, ignored: u64) -> Result<(), InfectError> {
+        let pid = self.pid;
+        let sys_err = |step| move |source| InfectError::Sys { pid, step, source };
+        self.xstate = Some(ptrace::get_xstate(pid).map_err(sys_err("saving the xsave area"))?);
+        let probe = blob::load(blob::PARASITE_ELF, 0).map_err(|source| InfectError::Blob {
+            pid,
+            addr: 0,
+            source,
+        })?;
+        let blob_len = (probe.bytes.len() as u64).next_multiple_of(PAGE_SIZE);
+        let ctl_off = blob_len;
+        let data_off = ctl_off + PAGE_SIZE;
+        let len = data_off + DATA_LEN + STACK_LEN;
+
+        let memfd = self.remote_call(
+            "remote memfd_create",
+            libc::SYS_memfd_create,
+            [empty_name, libc::MFD_CLOEXEC as u64, 0, 0, 0, 0],
+        )? as i32;
+        self.target_fds.push(memfd);
+        self.remote_call(
+            "remote ftruncate of the parasite memfd",
+            libc::SYS_ftruncate,
+            [memfd as u64, len, 0, 0, 0, 0],
+        )?;
+        let pidfd = proc_ctl::pidfd_open(pid).map_err(sys_err("pidfd_open"))?;
+        let local = proc_ctl::pidfd_getfd(&pidfd, memfd)
+            .map_err(sys_err("pidfd_getfd of the parasite memfd"))?;
+        self.pidfd = Some(pidfd);
+        let map = SharedMapping::new(local.as_fd(), len as usize)
+            .map_err(sys_err("mapping the parasite region in the dumper"))?;
+        drop(local);
+        let base = self.remote_call(
+            "remote mmap of the parasite region",
+            libc::SYS_mmap,
+            [
+                0,
+                len,
+                (libc::PROT_READ | libc::PROT_WRITE) as u64,
+                libc::MAP_SHARED as u64,
+                memfd as u64,
+                0,
+            ],
+        )?;
+        // From here the region exists in the target: record it before anything else can fail.
+        self.region = Some(Region {
+            base,
+            len,
+            map,
+            ctl_off,
+            data_off,
+            entry: 0,
+            trap_rip: 0,
+            code: Vec::new(),
+        });
+        self.close_target_fd(memfd)?;
+
+        let image = blob::load(blob::PARASITE_ELF, base).map_err(|source| InfectError::Blob {
+            pid,
+            addr: base,
+            source,
+        })?;
+        let trap = find_final_trap(&image).ok_or(InfectError::Blob {
+            pid,
+            addr: base,
+            source: BlobError::Shape("no int3; ud2 after the entry"),
+        })?;
+        {
+            let region = self.region.as_mut().ok_or(InfectError::Cured { pid })?;
+            region
+                .map
+                .write_bytes(0, &image.bytes)
+                .map_err(sys_err("copying the blob"))?;
+            region.entry = image.entry;
+            region.trap_rip = base + trap + 1;
+            region.code = image
+                .exec
+                .iter()
+                .map(|&(s, l)| (base + s, base + s + l))
+                .collect();
+        }
+        for &(s, l) in &image.exec {
+            self.remote_call(
+                "remote mprotect of the blob's text",
+                libc::SYS_mprotect,
+                [
+                    base + s,
+                    l,
+                    (libc::PROT_READ | libc::PROT_EXEC) as u64,
+                    0,
+                    0,
+                    0,
+                ],
+            )?;
+        }
+
+        // Ignored trap signals get SIG_DFL while we are inside (see TRAP_SIGNALS).
+        for sig in TRAP_SIGNALS {
+            if ignored & (1u64 << (sig - 1)) == 0 {
+                continue;
+            }
+            let (new_addr, old_addr) = {
+                let region = self.region.as_mut().ok_or(InfectError::Cured { pid })?;
+                let new_off = region.ctl_off + SCRATCH_OFF;
+                region
+                    .map
+                    .write(new_off as usize, &abi::KSigaction::default())
+                    .map_err(sys_err("writing a sigaction"))?;
+                (region.addr(new_off), region.addr(new_off + 64))
+            };
+            self.remote_call(
+                "remote rt_sigaction (default for an ignored trap signal)",
+                libc::SYS_rt_sigaction,
+                [sig as u64, new_addr, old_addr, 8, 0, 0],
+            )?;
+            let old = self.region_read::<abi::KSigaction>(SCRATCH_OFF + 64, true)?;
+            self.swapped.push((sig, old));
+        }
+        Ok(())
+    }
+
+    /// The task.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Lowers the page requests and result runs handled per blob command (at least 1 each;
+    /// the defaults fill the 1 MiB data area). Only useful to test the batching and resumption
+    /// of [`Parasite::dump_pages`]; the output does not change.
+    pub fn set_batch_limits(&mut self, max_reqs: usize, max_outs: u64) {
+        self.max_reqs = max_reqs.clamp(1, MAX_REQS);
+        self.max_outs = max_outs.max(1).min(self.max_outs);
+    }
+
+    /// Signal actions of signals 1..=64 except SIGKILL and SIGSTOP, default ones included.
+    pub fn sigactions(&mut self) -> Result<Vec<crate::proto::SigAction>, InfectError> {
+        self.run(abi::CMD_SIGACTIONS, "sigactions", [0; 8])?;
+        let all: [abi::KSigaction; 64] = self.region_read(0, false)?;
+        let mut out = Vec::with_capacity(62);
+        for (i, a) in all.iter().enumerate() {
+            let signo = i as i32 + 1;
+            if signo == libc::SIGKILL || signo == libc::SIGSTOP {
+                continue;
+            }
+            let a = self
+                .swapped
+                .iter()
+                .find(|(s, _)| *s == signo)
+                .map_or(*a, |(_, orig)| *orig);
+            out.push(crate::proto::SigAction {
+                signo: signo as u32,
+                handler: a.handler,
+                flags: a.flags,
+                restorer: a.restorer,
+                mask: a.mask,
+            });
+        }
+        Ok(out)
+    }
+
+    /// ITIMER_REAL, ITIMER_VIRTUAL and ITIMER_PROF, in that order.
+    pub fn itimers(&mut self) -> Result<Vec<crate::proto::ItimerVal>, InfectError> {
+        self.run(abi::CMD_ITIMERS, "itimers", [0; 8])?;
+        let all: [abi::Itimerval; 3] = self.region_read(0, false)?;
+        Ok(all
+            .iter()
+            .enumerate()
+            .map(|(which, t)| crate::proto::ItimerVal {
+                which: which as u32,
+                interval_us: (t.interval_sec as u64) * 1_000_000 + t.interval_usec as u64,
+                value_us: (t.value_sec as u64) * 1_000_000 + t.value_usec as u64,
+            })
+            .collect())
+    }
+
+    /// For each POSIX timer id (from /proc/PID/timers): (id, interval_ns, value_ns, overrun).
+    pub fn posix_timers(&mut self, ids: &[i32]) -> Result<Vec<(i32, u64, u64, i32)>, InfectError> {
+        let per_cmd = (DATA_LEN as usize) / std::mem::size_of::<abi::PosixTimerSlot>();
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(per_cmd) {
+            for (i, &id) in chunk.iter().enumerate() {
+                let slot = abi::PosixTimerSlot {
+                    id: id as i64,
+                    ..Default::default()
+                };
+                self.region_write(
+                    (i * std::mem::size_of::<abi::PosixTimerSlot>()) as u64,
+                    &slot,
+                )?;
+            }
+            let mut args = [0u64; 8];
+            args[0] = chunk.len() as u64;
+            self.run(abi::CMD_POSIX_TIMERS, "posix_timers", args)?;
+            for i in 0..chunk.len() {
+                let s: abi::PosixTimerSlot = self.region_read(
+                    (i * std::mem::size_of::<abi::PosixTimerSlot>()) as u64,
+                    false,
+                )?;
+                let ns = |sec: i64, nsec: i64| (sec as u64) * 1_000_000_000 + nsec as u64;
+                out.push((
+                    s.id as i32,
+                    ns(s.interval_sec, s.interval_nsec),
+                    ns(s.value_sec, s.value_nsec),
+                    s.overrun as i32,
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    fn misc(&mut self) -> Result<[u64; 8], InfectError> {
+        self.run(abi::CMD_MISC, "misc", [0; 8])
+    }
+
+    /// The alternate signal stack: (ss_sp, ss_size, ss_flags).
+    pub fn sigaltstack(&mut self) -> Result<(u64, u64, i32), InfectError> {
+        let o = self.misc()?;
+        Ok((o[0], o[2], o[1] as u32 as i32))
+    }
+
+    /// The umask.
+    pub fn umask(&mut self) -> Result<u32, InfectError> {
+        Ok(self.misc()?[3] as u32)
+    }
+
+    /// The clear-child-tid address (PR_GET_TID_ADDRESS).
+    pub fn tid_address(&mut self) -> Result<u64, InfectError> {
+        Ok(self.misc()?[4])
+    }
+
+    /// Streams the given runs (page-aligned, ascending) into `pages` at its current end
+    /// (rounded up to 4 KiB): all-zero pages are skipped; returns the stored runs with their
+    /// file offsets and crc32c. The file position is left at the new end.
+    pub fn dump_pages(
+        &mut self,
+        runs: &[PageRunReq],
+        pages: &mut File,
+    ) -> Result<Vec<crate::proto::PageRun>, InfectError> {
+        let pid = self.pid;
+        self.check_usable()?;
+        let mut prev_end = 0u64;
+        for r in runs {
+            let bad = |reason| InfectError::BadRequest {
+                pid,
+                addr: r.vaddr,
+                reason,
+            };
+            if r.vaddr % PAGE_SIZE != 0 {
+                return Err(bad("not page-aligned"));
+            }
+            let end = r
+                .nr_pages
+                .checked_mul(PAGE_SIZE)
+                .and_then(|l| r.vaddr.checked_add(l))
+                .ok_or_else(|| bad("run wraps around the address space"))?;
+            if r.vaddr < prev_end {
+                return Err(bad("runs not ascending or overlapping"));
+            }
+            prev_end = end;
+        }
+        let store_err = |offset| {
+            move |source| InfectError::PageStore {
+                pid,
+                offset,
+                source,
+            }
+        };
+        let len = pages.seek(SeekFrom::End(0)).map_err(store_err(0))?;
+        let mut off = len.next_multiple_of(PAGE_SIZE);
+        if off != len {
+            pages.set_len(off).map_err(store_err(len))?;
+        }
+        let mut out = Vec::new();
+        let runs: Vec<PageRunReq> = runs.iter().copied().filter(|r| r.nr_pages > 0).collect();
+        let mut i = 0;
+        while i < runs.len() {
+            if runs[i].prot & libc::PROT_READ as u32 == 0 {
+                self.dump_unreadable(&runs[i], pages, &mut off, &mut out)?;
+                i += 1;
+                continue;
+            }
+            let mut j = i;
+            while j < runs.len()
+                && runs[j].prot & libc::PROT_READ as u32 != 0
+                && j - i < self.max_reqs
+            {
+                j += 1;
+            }
+            let reqs: Vec<abi::PageReq> = runs[i..j]
+                .iter()
+                .map(|r| abi::PageReq {
+                    vaddr: r.vaddr,
+                    nr_pages: r.nr_pages,
+                })
+                .collect();
+            self.dump_readable(reqs, pages, &mut off, &mut out)?;
+            i = j;
+        }
+        pages.seek(SeekFrom::Start(off)).map_err(store_err(off))?;
+        Ok(out)
+    }
+
+    /// Runs CMD_DUMP_PAGES over `reqs` (as many commands as the result area needs).
+    fn dump_readable(
+        &mut self,
+        mut reqs: Vec<abi::PageReq>,
+        pages: &File,
+        off: &mut u64,
+        out: &mut Vec<crate::proto::PageRun>,
+    ) -> Result<(), InfectError> {
+        let pid = self.pid;
+        let req_size = std::mem::size_of::<abi::PageReq>() as u64;
+        let out_size = std::mem::size_of::<abi::PageOut>() as u64;
+        let outs_off = (MAX_REQS as u64) * req_size;
+        let cap = self.max_outs.min((DATA_LEN - outs_off) / out_size);
+        while !reqs.is_empty() {
+            for (k, r) in reqs.iter().enumerate() {
+                self.region_write(k as u64 * req_size, r)?;
+            }
+            let (rfd, wfd) = self.open_pipe()?;
+            let (data, data_len) = {
+                let region = self.region.as_ref().ok_or(InfectError::Cured { pid })?;
+                (region.addr(region.data_off), DATA_LEN)
+            };
+            debug_assert!(outs_off + cap * out_size <= data_len);
+            let args = [
+                wfd as u64,
+                reqs.len() as u64,
+                data,
+                data + outs_off,
+                cap,
+                0,
+                0,
+                0,
+            ];
+            let start = *off;
+            let (res, drained) = std::thread::scope(|s| {
+                let drainer = s.spawn(|| drain(rfd.as_fd(), pages, start));
+                let res = self.run(abi::CMD_DUMP_PAGES, "dump_pages", args);
+                // The blob closes its pipe end on every path it returns by; after a crash or a
+                // failure of ours the cure (already done by run) or the task's exit closed it.
+                if res.is_ok() || matches!(res, Err(InfectError::Command { .. })) {
+                    self.target_fds.retain(|&fd| fd != wfd);
+                } else if !self.cured && !self.gone {
+                    // Unblock the drainer before joining it.
+                    if let Err(e) = self.cure_now() {
+                        tracing::error!(pid, error = %e, "cure after a failed page dump");
+                    }
+                }
+                let drained = drainer.join();
+                (res, drained)
+            });
+            let o = res?;
+            let got = match drained {
+                Ok(Ok(n)) => n,
+                Ok(Err((at, source))) => {
+                    return Err(InfectError::PageStore {
+                        pid,
+                        offset: at,
+                        source,
+                    })
+                }
+                Err(_) => {
+                    return Err(InfectError::PageStore {
+                        pid,
+                        offset: start,
+                        source: io::Error::other("page store thread panicked"),
+                    })
+                }
+            };
+            let (n_out, bytes, next_req, next_page, done) = (o[0], o[1], o[2], o[3], o[4]);
+            if got != bytes {
+                return Err(InfectError::ShortStream {
+                    pid,
+                    command: "dump_pages",
+                    expected: bytes,
+                    got,
+                });
+            }
+            let mut sum = 0u64;
+            for k in 0..n_out {
+                let r: abi::PageOut = self.region_read(outs_off + k * out_size, false)?;
+                out.push(crate::proto::PageRun {
+                    vaddr: r.vaddr,
+                    nr_pages: r.nr_pages,
+                    offset: *off,
+                    crc32c: r.crc as u32,
+                });
+                *off += r.nr_pages * PAGE_SIZE;
+                sum += r.nr_pages * PAGE_SIZE;
+            }
+            if sum != bytes {
+                return Err(InfectError::ShortStream {
+                    pid,
+                    command: "dump_pages",
+                    expected: sum,
+                    got: bytes,
+                });
+            }
+            if done == 1 {
+                break;
+            }
+            let (next_req, next_page) = (next_req as usize, next_page);
+            if next_req >= reqs.len() || next_page >= reqs[next_req].nr_pages {
+                return Err(InfectError::BadRequest {
+                    pid,
+                    addr: reqs.get(next_req).map_or(0, |r| r.vaddr),
+                    reason: "parasite returned a bad resume position",
+                });
+            }
+            reqs.drain(..next_req);
+            reqs[0].vaddr += next_page * PAGE_SIZE;
+            reqs[0].nr_pages -= next_page;
+        }
+        Ok(())
+    }
+
+    /// A pipe with the write end in the task and the read end in the dumper.
+    fn open_pipe(&mut self) -> Result<(OwnedFd, i32), InfectError> {
+        let pid = self.pid;
+        let fds_addr = {
+            let region = self.region.as_ref().ok_or(InfectError::Cured { pid })?;
+            region.addr(region.ctl_off + SCRATCH_OFF)
+        };
+        self.remote_call(
+            "remote pipe2",
+            libc::SYS_pipe2,
+            [fds_addr, libc::O_CLOEXEC as u64, 0, 0, 0, 0],
+        )?;
+        let fds: [i32; 2] = self.region_read(SCRATCH_OFF, true)?;
+        self.target_fds.extend_from_slice(&fds);
+        let pidfd = self.pidfd.as_ref().ok_or(InfectError::Cured { pid })?;
+        let local = proc_ctl::pidfd_getfd(pidfd, fds[0]).map_err(|source| InfectError::Sys {
+            pid,
+            step: "pidfd_getfd of the parasite pipe",
+            source,
+        })?;
+        self.close_target_fd(fds[0])?;
+        if let Err(e) = ffi::set_pipe_size(local.as_fd(), PIPE_SIZE) {
+            tracing::debug!(pid, error = %e, "keeping the default pipe size");
+        }
+        Ok((local, fds[1]))
+    }
+
+    /// Pages of a run the task cannot read: through /proc/PID/mem, zero pages skipped.
+    fn dump_unreadable(
+        &mut self,
+        run: &PageRunReq,
+        pages: &File,
+        off: &mut u64,
+        out: &mut Vec<crate::proto::PageRun>,
+    ) -> Result<(), InfectError> {
+        let pid = self.pid;
+        if self.mem.is_none() {
+            let f = File::open(format!("/proc/{pid}/mem")).map_err(|source| InfectError::Proc {
+                pid,
+                what: "/proc/PID/mem",
+                addr: run.vaddr,
+                source,
+            })?;
+            self.mem = Some(f);
+        }
+        let mem = self.mem.as_ref().ok_or(InfectError::Cured { pid })?;
+        let mut buf = vec![0u8; (MEM_CHUNK_PAGES * PAGE_SIZE) as usize];
+        let mut cur: Option<crate::proto::PageRun> = None;
+        let mut p = 0;
+        while p < run.nr_pages {
+            let n = (run.nr_pages - p).min(MEM_CHUNK_PAGES);
+            let addr = run.vaddr + p * PAGE_SIZE;
+            let chunk = &mut buf[..(n * PAGE_SIZE) as usize];
+            mem.read_exact_at(chunk, addr)
+                .map_err(|source| InfectError::Proc {
+                    pid,
+                    what: "/proc/PID/mem",
+                    addr,
+                    source,
+                })?;
+            for (k, page) in chunk.chunks_exact(PAGE_SIZE as usize).enumerate() {
+                let vaddr = addr + k as u64 * PAGE_SIZE;
+                if page.iter().all(|&b| b == 0) {
+                    out.extend(cur.take());
+                    continue;
+                }
+                pages
+                    .write_all_at(page, *off)
+                    .map_err(|source| InfectError::PageStore {
+                        pid,
+                        offset: *off,
+                        source,
+                    })?;
+                let r = cur.get_or_insert(crate::proto::PageRun {
+                    vaddr,
+                    nr_pages: 0,
+                    offset: *off,
+                    crc32c: 0,
+                });
+                r.nr_pages += 1;
+                r.crc32c = crc32c::crc32c_append(r.crc32c, page);
+                *off += PAGE_SIZE;
+            }
+            p += n;
+        }
+        out.extend(cur);
+        Ok(())
+    }
+
+    /// Undoes everything; the task stays ptrace-stopped for the caller to detach.
+    pub fn cure(mut self) -> Result<(), InfectError> {
+        self.cure_now()
+    }
+
+    /// The cure proper: best effort through every step, reporting the first failure.
+    fn cure_now(&mut self) -> Result<(), InfectError> {
+        if self.cured {
+            return Ok(());
+        }
+        self.cured = true;
+        let pid = self.pid;
+        let mut first: Option<InfectError> = None;
+        let mut note = |r: Result<(), InfectError>| {
+            if let Err(e) = r {
+                tracing::warn!(pid, error = %e, "cure step failed");
+                first.get_or_insert(e);
+            }
+        };
+        if self.gone {
+            if let Some(remote) = self.remote.take() {
+                remote.forget();
+            }
+        } else {
+            for (sig, act) in std::mem::take(&mut self.swapped) {
+                note(self.put_sigaction(sig, &act));
+            }
+            for fd in std::mem::take(&mut self.target_fds) {
+                note(self.close_target_fd(fd));
+            }
+            for info in std::mem::take(&mut self.stray) {
+                note(self.requeue(&info));
+            }
+            if let Some(region) = self.region.as_ref() {
+                let (base, len) = (region.base, region.len);
+                note(
+                    self.remote_call(
+                        "remote munmap of the parasite region",
+                        libc::SYS_munmap,
+                        [base, len, 0, 0, 0, 0],
+                    )
+                    .map(drop),
+                );
+            }
+            if let Some(x) = self.xstate.take() {
+                note(
+                    ptrace::set_xstate(pid, &x).map_err(|source| InfectError::Sys {
+                        pid,
+                        step: "restoring the xsave area",
+                        source,
+                    }),
+                );
+            }
+            if let Some(mut remote) = self.remote.take() {
+                note(remote.restore().map_err(|source| InfectError::Remote {
+                    pid,
+                    step: "restoring registers and signal mask",
+                    source,
+                }));
+            }
+        }
+        self.region = None;
+        self.pidfd = None;
+        self.mem = None;
+        tracing::debug!(pid, ok = first.is_none(), "parasite cured");
+        match first {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn put_sigaction(&mut self, sig: i32, act: &abi::KSigaction) -> Result<(), InfectError> {
+        self.region_write_ctl(SCRATCH_OFF, act)?;
+        let addr = self.scratch_addr()?;
+        self.remote_call(
+            "remote rt_sigaction (putting back an ignored trap signal)",
+            libc::SYS_rt_sigaction,
+            [sig as u64, addr, 0, 8, 0, 0],
+        )
+        .map(drop)
+    }
+
+    /// Queues a signal that arrived during a blob run back to the task, siginfo unchanged
+    /// (a task may queue any siginfo to itself). Which queue it came from is not known: one
+    /// sent with tgkill/tkill (SI_TKILL) goes back to the thread, any other to the process.
+    fn requeue(&mut self, info: &[u8; 128]) -> Result<(), InfectError> {
+        let signo = i32::from_ne_bytes([info[0], info[1], info[2], info[3]]);
+        let si_code = i32::from_ne_bytes([info[8], info[9], info[10], info[11]]);
+        let mut words = [0u64; 16];
+        for (w, b) in words.iter_mut().zip(info.chunks_exact(8)) {
+            *w = u64::from_ne_bytes(b.try_into().unwrap_or([0; 8]));
+        }
+        self.region_write_ctl(SCRATCH_OFF, &words)?;
+        let addr = self.scratch_addr()?;
+        let pid = self.pid as u64;
+        if si_code == libc::SI_TKILL {
+            self.remote_call(
+                "remote rt_tgsigqueueinfo (a signal held back during a parasite run)",
+                libc::SYS_rt_tgsigqueueinfo,
+                [pid, pid, signo as u64, addr, 0, 0],
+            )
+        } else {
+            self.remote_call(
+                "remote rt_sigqueueinfo (a signal held back during a parasite run)",
+                libc::SYS_rt_sigqueueinfo,
+                [pid, signo as u64, addr, 0, 0, 0],
+            )
+        }
+        .map(drop)
+    }
+
+    fn close_target_fd(&mut self, fd: i32) -> Result<(), InfectError> {
+        let r = self.remote_call("remote close", libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0]);
+        self.target_fds.retain(|&f| f != fd);
+        r.map(drop)
+    }
+
+    fn remote_call(
+        &mut self,
+        step: &'static str,
+        nr: libc::c_long,
+        args: [u64; 6],
+    ) -> Result<u64, InfectError> {
+        let pid = self.pid;
+        let remote = self.remote.as_mut().ok_or(InfectError::Cured { pid })?;
+        remote
+            .syscall(|| format!("{step} {args:#x?}"), nr, args)
+            .map_err(|source| InfectError::Remote { pid, step, source })
+    }
+
+    fn check_usable(&self) -> Result<(), InfectError> {
+        if self.cured || self.gone || self.region.is_none() {
+            Err(InfectError::Cured { pid: self.pid })
+        } else {
+            Ok(())
+        }
+    }
+
+    fn scratch_addr(&self) -> Result<u64, InfectError> {
+        let region = self
+            .region
+            .as_ref()
+            .ok_or(InfectError::Cured { pid: self.pid })?;
+        Ok(region.addr(region.ctl_off + SCRATCH_OFF))
+    }
+
+    /// Reads a value at `off` of the data area (or of the control page when `ctl`).
+    fn region_read<T: Plain>(&self, off: u64, ctl: bool) -> Result<T, InfectError> {
+        let pid = self.pid;
+        let region = self.region.as_ref().ok_or(InfectError::Cured { pid })?;
+        let base = if ctl { region.ctl_off } else { region.data_off };
+        region
+            .map
+            .read((base + off) as usize)
+            .map_err(|source| InfectError::Sys {
+                pid,
+                step: "reading the parasite region",
+                source,
+            })
+    }
+
+    fn region_write<T: Plain>(&mut self, off: u64, val: &T) -> Result<(), InfectError> {
+        let pid = self.pid;
+        let region = self.region.as_mut().ok_or(InfectError::Cured { pid })?;
+        let at = region.data_off + off;
+        region
+            .map
+            .write(at as usize, val)
+            .map_err(|source| InfectError::Sys {
+                pid,
+                step: "writing the parasite region",
+                source,
+            })
+    }
+
+    fn region_write_ctl<T: Plain>(&mut self, off: u64, val: &T) -> Result<(), InfectError> {
+        let pid = self.pid;
+        let region = self.region.as_mut().ok_or(InfectError::Cured { pid })?;
+        let at = region.ctl_off + off;
+        region
+            .map
+            .write(at as usize, val)
+            .map_err(|source| InfectError::Sys {
+                pid,
+                step: "writing the parasite region",
+                source,
+            })
+    }
+
+    /// Runs one blob command and returns its `out` words. A crash or unexpected stop cures
+    /// the task before the error is returned.
+    fn run(
+        &mut self,
+        cmd: u64,
+        command: &'static str,
+        args: [u64; 8],
+    ) -> Result<[u64; 8], InfectError> {
+        self.check_usable()?;
+        let pid = self.pid;
+        let sys_err = |step| move |source| InfectError::Sys { pid, step, source };
+        let (ctl_addr, regs) = {
+            let region = self.region.as_mut().ok_or(InfectError::Cured { pid })?;
+            let remote = self.remote.as_ref().ok_or(InfectError::Cured { pid })?;
+            let ctl = abi::Ctl {
+                version: abi::ABI_VERSION,
+                cmd,
+                status: abi::STATUS_NOT_RUN,
+                data: region.addr(region.data_off),
+                data_len: DATA_LEN,
+                args,
+                ..Default::default()
+            };
+            region
+                .map
+                .write(region.ctl_off as usize, &ctl)
+                .map_err(sys_err("writing the parasite control block"))?;
+            let mut regs = *remote.saved_regs();
+            regs.rip = region.addr(region.entry);
+            regs.rsp = (region.base + region.len - 64) & !15;
+            regs.rdi = region.addr(region.ctl_off);
+            regs.rax = 0;
+            regs.orig_rax = u64::MAX;
+            (region.addr(region.ctl_off), regs)
+        };
+        ptrace::set_regs(pid, &regs).map_err(sys_err("pointing the task at the parasite"))?;
+        ptrace::set_sigmask(pid, self.run_mask).map_err(sys_err("setting the parasite's mask"))?;
+        let end = self.wait_blob(command);
+        if !matches!(end, Ok(RunEnd::Gone(_))) {
+            // Back to every signal blocked, as RemoteTask keeps it between calls.
+            if let Err(source) = ptrace::set_sigmask(pid, !0) {
+                tracing::warn!(pid, error = %source, "could not block signals after a blob run");
+            }
+        }
+        match end? {
+            RunEnd::Done => {}
+            RunEnd::Gone(status) => {
+                self.gone = true;
+                return Err(InfectError::TaskGone {
+                    pid,
+                    command,
+                    status,
+                });
+            }
+            RunEnd::Crash { signal, rip, addr } => {
+                tracing::error!(
+                    pid,
+                    command,
+                    signal,
+                    rip = format_args!("{rip:#x}"),
+                    "parasite crashed"
+                );
+                self.cure_now()?;
+                return Err(InfectError::Crashed {
+                    pid,
+                    command,
+                    signal,
+                    rip,
+                    addr,
+                });
+            }
+            RunEnd::Unexpected(status) => {
+                self.cure_now()?;
+                return Err(InfectError::UnexpectedStop {
+                    pid,
+                    command,
+                    status,
+                });
+            }
+        }
+        let ctl: abi::Ctl = self.region_read(0, true)?;
+        tracing::trace!(
+            pid,
+            command,
+            ctl = format_args!("{ctl_addr:#x}"),
+            status = ctl.status,
+            "parasite command done"
+        );
+        if ctl.status != 0 {
+            let errno = if ctl.status == abi::STATUS_NOT_RUN {
+                libc::EPROTO
+            } else {
+                (-ctl.status) as i32
+            };
+            return Err(InfectError::Command {
+                pid,
+                command,
+                syscall: ctl.fail_nr,
+                addr: ctl.fail_addr,
+                errno,
+            });
+        }
+        Ok(ctl.out)
+    }
+
+    /// Continues the task into the blob and waits for its end. Signals that are not ours are
+    /// held back (suppressed now, re-queued by the cure).
+    fn wait_blob(&mut self, command: &'static str) -> Result<RunEnd, InfectError> {
+        let pid = self.pid;
+        let sys_err = |step| move |source| InfectError::Sys { pid, step, source };
+        ptrace::cont(pid, 0).map_err(sys_err("starting the parasite"))?;
+        loop {
+            let (_, status) = ptrace::wait(pid, 0)
+                .map_err(sys_err("waiting for the parasite"))?
+                .ok_or_else(|| InfectError::Sys {
+                    pid,
+                    step: "waiting for the parasite",
+                    source: ptrace::unexpected("waitpid"),
+                })?;
+            let sig = match status {
+                WaitStatus::Exited(_) | WaitStatus::Signaled(_) => return Ok(RunEnd::Gone(status)),
+                WaitStatus::Stopped { sig, event: 0 } => sig,
+                other => return Ok(RunEnd::Unexpected(other)),
+            };
+            let info = ffi::get_siginfo(pid).map_err(sys_err("reading the stop's siginfo"))?;
+            let regs =
+                ptrace::get_regs(pid).map_err(sys_err("reading the parasite's registers"))?;
+            let si_code = i32::from_ne_bytes([info[8], info[9], info[10], info[11]]);
+            let si_addr = u64::from_ne_bytes(info[16..24].try_into().unwrap_or([0; 8]));
+            let region = self.region.as_ref().ok_or(InfectError::Cured { pid })?;
+            let in_blob = region
+                .code
+                .iter()
+                .any(|&(s, e)| regs.rip >= s && regs.rip <= e);
+            if sig == libc::SIGTRAP && si_code == SI_KERNEL && regs.rip == region.trap_rip {
+                return Ok(RunEnd::Done);
+            }
+            if TRAP_SIGNALS.contains(&sig) && si_code > 0 && in_blob {
+                return Ok(RunEnd::Crash {
+                    signal: sig,
+                    rip: regs.rip,
+                    addr: si_addr,
+                });
+            }
+            // Someone else's signal: hold it back and let the blob go on.
+            tracing::debug!(
+                pid,
+                sig,
+                command,
+                "holding back a signal during a parasite run"
+            );
+            self.stray.push(info);
+            ptrace::cont(pid, 0).map_err(sys_err("resuming the parasite"))?;
+        }
+    }
+}
+
+impl Drop for Parasite {
+    fn drop(&mut self) {
+        if !self.cured {
+            if let Err(e) = self.cure_now() {
+                tracing::error!(pid = self.pid, error = %e, "cure on drop failed");
+            }
+        }
+    }
+}
+
+/// Drains the pipe into `file` from offset `start` until every write end is closed. After a
+/// write error it keeps reading (and discarding) so that the blob never blocks on a full pipe
+/// nor gets SIGPIPE; the error is returned at the end with its offset.
+fn drain(pipe: BorrowedFd<'_>, file: &File, start: u64) -> Result<u64, (u64, io::Error)> {
+    // Our own position: not every file advances splice's offset (the null device does not).
+    let mut off = start;
+    let mut use_splice = true;
+    let mut failed: Option<(u64, io::Error)> = None;
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        if failed.is_some() || !use_splice {
+            if buf.is_empty() {
+                buf = vec![0u8; PIPE_SIZE];
+            }
+            let n = match ffi::read(pipe, &mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.errno == libc::EINTR => continue,
+                Err(e) => {
+                    // Nothing more can be read: the pipe itself is broken.
+                    let err = io::Error::from_raw_os_error(e.errno);
+                    return Err(failed.unwrap_or((off, err)));
+                }
+            };
+            if failed.is_none() {
+                if let Err(e) = file.write_all_at(&buf[..n], off) {
+                    failed = Some((off, e));
+                }
+                off += n as u64;
+            }
+            continue;
+        }
+        let mut at = off as i64;
+        match ffi::splice_to_file(pipe, file.as_fd(), &mut at, PIPE_SIZE) {
+            Ok(0) => break,
+            Ok(n) => off += n as u64,
+            Err(e) if e.errno == libc::EINTR => {}
+            // splice into this file is not supported (e.g. O_APPEND): copy instead.
+            Err(e) if e.errno == libc::EINVAL && off == start => use_splice = false,
+            Err(e) => failed = Some((off, io::Error::from_raw_os_error(e.errno))),
+        }
+    }
+    match failed {
+        Some(f) => Err(f),
+        None => Ok(off - start),
+    }
+}
+
+/// The offset (in the image) of the `int3` that ends a blob run: the `int3; ud2` right after
+/// the entry's call.
+fn find_final_trap(image: &BlobImage) -> Option<u64> {
+    let start = image.entry as usize;
+    let window = image
+        .bytes
+        .get(start..(start + 32).min(image.bytes.len()))?;
+    window
+        .windows(3)
+        .position(|w| w == [0xcc, 0x0f, 0x0b])
+        .map(|i| (start + i) as u64)
+}
+
+/// An address in the task holding a NUL byte (an empty string for memfd_create's name), taken
+/// from the mapping that holds the syscall instruction.
+fn find_nul_byte(pid: i32, maps: &str, syscall_ip: u64) -> Result<u64, InfectError> {
+    for line in maps.lines() {
+        let Some(range) = line.split_whitespace().next() else {
+            continue;
+        };
+        let Some((s, e)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(s), Ok(e)) = (u64::from_str_radix(s, 16), u64::from_str_radix(e, 16)) else {
+            continue;
+        };
+        if !(s..e).contains(&syscall_ip) {
+            continue;
+        }
+        let len = (e - s).min(PAGE_SIZE) as usize;
+        let mut buf = vec![0u8; len];
+        crate::sys::mem::read_force(pid, s, &mut buf).map_err(|source| InfectError::Proc {
+            pid,
+            what: "/proc/PID/mem",
+            addr: s,
+            source,
+        })?;
+        if let Some(i) = buf.iter().position(|&b| b == 0) {
+            return Ok(s + i as u64);
+        }
+    }
+    Err(InfectError::Unsupported {
+        pid,
+        reason: "no NUL byte next to the syscall instruction",
+    })
+}
+
+/// The task's ignored signals (SigIgn of /proc/PID/status).
+fn read_sig_ignored(pid: i32) -> Result<u64, InfectError> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|source| {
+        InfectError::Proc {
+            pid,
+            what: "/proc/PID/status",
+            addr: 0,
+            source,
+        }
+    })?;
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .ok_or(InfectError::Unsupported {
+            pid,
+            reason: "/proc/PID/status has no SigIgn line",
+        })?;
+    u64::from_str_radix(line.trim(), 16).map_err(|_| InfectError::Unsupported {
+        pid,
+        reason: "/proc/PID/status has a malformed SigIgn line",
+    })
+}
+
+/// The blob's CRC code, compiled here to test it against the `crc32c` crate.
+#[cfg(test)]
+#[path = "../../parasite/src/crc.rs"]
+mod blob_crc;
+
+#[cfg(test)]
+mod tests {
+    use super::blob_crc;
+
+    #[test]
+    fn blob_crc_matches_the_crc32c_crate() {
+        if !std::is_x86_feature_detected!("sse4.2") {
+            eprintln!("skipping: no SSE4.2");
+            return;
+        }
+        // Pages with varied contents, lengths 0..=7 pages so the 3-way and tail paths run.
+        let mut data = vec![0u64; 7 * 512];
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for w in data.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *w = x;
+        }
+        // SAFETY: viewing initialized u64s as bytes.
+        let bytes: &[u8] =
+            unsafe { std::slice::from_raw_parts(data.as_ptr().cast(), data.len() * 8) };
+        for pages in 0..=7usize {
+            let want = crc32c::crc32c(&bytes[..pages * 4096]);
+            // SAFETY: data is 8-byte aligned and holds 7 pages; SSE4.2 checked above.
+            let got = !unsafe { blob_crc::crc_pages(!0, data.as_ptr().cast(), pages) };
+            assert_eq!(got, want, "{pages} pages");
+        }
+    }
+
+    #[test]
+    fn shift_operator_is_consistent() {
+        // x^(8*(a+b)) = x^(8a) * x^(8b)
+        let (a, b) = (4096u64, 12345u64);
+        assert_eq!(
+            blob_crc::x8nmodp(a + b),
+            blob_crc::multmodp(blob_crc::x8nmodp(a), blob_crc::x8nmodp(b))
+        );
+        assert_eq!(blob_crc::x8nmodp(0), 1 << 31);
+    }
+}
