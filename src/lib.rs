@@ -11,7 +11,6 @@ pub mod infect;
 pub mod restore;
 pub mod sys;
 
-
 /// The prost messages generated from `images/*.proto`.
 #[allow(missing_docs, clippy::all)]
 pub mod proto {

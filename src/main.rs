@@ -138,7 +138,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 shell_job,
                 overwrite,
             };
-            dump(&opts).with_context(|| format!("dump of pid {pid} into {} failed", dir.display()))?;
+            dump(&opts)
+                .with_context(|| format!("dump of pid {pid} into {} failed", dir.display()))?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Restore {

@@ -31,7 +31,9 @@ pub fn collect_fds(pid: i32, shell_job: bool) -> Result<Vec<FdEntry>, DumpError>
             )));
         }
         if link.target.ends_with(" (deleted)") {
-            return Err(unsupported("files deleted while open are not supported yet".into()));
+            return Err(unsupported(
+                "files deleted while open are not supported yet".into(),
+            ));
         }
         let st = link
             .stat
@@ -52,7 +54,9 @@ pub fn collect_fds(pid: i32, shell_job: bool) -> Result<Vec<FdEntry>, DumpError>
             // A FIFO opened by path is reopened by path (its buffered data is issue #4's work).
             FdKind::FdReg
         } else {
-            return Err(unsupported(format!("file type {fmt:#o} is not supported yet")));
+            return Err(unsupported(format!(
+                "file type {fmt:#o} is not supported yet"
+            )));
         };
         out.push(FdEntry {
             fd,

@@ -17,8 +17,8 @@ use crate::image::{ImageError, ImageType, ImageWriter};
 use crate::infect::remote::{find_syscall_insn, RemoteError, RemoteTask};
 use crate::infect::{InfectError, Parasite};
 use crate::proto::{
-    Creds, Inventory, ItimerVal, PosixTimer, ProcessCore, PstreeEntry, Rlimit, RseqConfig,
-    SigInfo, TaskCore, UserRegs,
+    Creds, Inventory, ItimerVal, PosixTimer, ProcessCore, PstreeEntry, Rlimit, RseqConfig, SigInfo,
+    TaskCore, UserRegs,
 };
 use crate::sys::{ptrace, SysError};
 use proc::ProcError;
@@ -144,7 +144,12 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats, DumpError> {
     } else {
         seized.kill()?;
     }
-    tracing::info!(pid, frozen_s = stats.frozen_s, pages = stats.pages_stored, "dumped");
+    tracing::info!(
+        pid,
+        frozen_s = stats.frozen_s,
+        pages = stats.pages_stored,
+        "dumped"
+    );
     Ok(stats)
 }
 
@@ -161,9 +166,8 @@ fn collect(
 ) -> Result<Inventory, DumpError> {
     let stat = proc::read_stat(pid)?;
     let status = proc::read_status(pid)?;
-    let maps_text = std::fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|_| {
-        DumpError::Gone { pid }
-    })?;
+    let maps_text = std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .map_err(|_| DumpError::Gone { pid })?;
     let maps = proc::parse_maps(&maps_text)?;
     let fds = files::collect_fds(pid, opts.shell_job)?;
     let (vmas, runs) = mm::collect_vmas(pid, &maps)?;
@@ -227,7 +231,10 @@ fn collect(
         regs: Some(user_regs(&regs)),
         xsave,
         sigmask,
-        pending: pending.iter().map(|s| SigInfo { raw: s.to_vec() }).collect(),
+        pending: pending
+            .iter()
+            .map(|s| SigInfo { raw: s.to_vec() })
+            .collect(),
         altstack_sp: ss_sp,
         altstack_size: ss_size,
         altstack_flags: ss_flags,

@@ -88,7 +88,11 @@ fn wait_interrupted(tid: i32) -> Result<(), DumpError> {
                 return Ok(())
             }
             Some((_, WaitStatus::Stopped { sig, event: 0 })) => {
-                tracing::debug!(pid = tid, sig, "signal arrived while freezing; passing it on");
+                tracing::debug!(
+                    pid = tid,
+                    sig,
+                    "signal arrived while freezing; passing it on"
+                );
                 ptrace::cont(tid, sig).map_err(|source| DumpError::Seize { pid: tid, source })?;
             }
             Some((_, WaitStatus::Stopped { .. })) => {

@@ -75,9 +75,9 @@ impl RemoteTask {
         let saved = ptrace::get_regs(pid).map_err(err)?;
         let saved_mask = ptrace::get_sigmask(pid).map_err(err)?;
         ptrace::set_sigmask(pid, ALL_SIGNALS).map_err(err)?;
-        ptrace::set_options(pid, libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_EXITKILL)
-            .or_else(|_| ptrace::set_options(pid, libc::PTRACE_O_TRACESYSGOOD))
-            .map_err(err)?;
+        // No PTRACE_O_EXITKILL here: if the dumper dies, its target must live on. The
+        // restorer adds it for the children it builds.
+        ptrace::set_options(pid, libc::PTRACE_O_TRACESYSGOOD).map_err(err)?;
         Ok(Self {
             pid,
             saved,

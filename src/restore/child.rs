@@ -47,7 +47,10 @@ fn prepare(img: &ProcessImage, report_fd: RawFd) -> Result<RawFd, String> {
             f.fd
         } else {
             (0..3).find(|&fd| task::is_tty(fd)).ok_or_else(|| {
-                format!("fd {} was the terminal {} but cryo has no terminal to give it", f.fd, f.path)
+                format!(
+                    "fd {} was the terminal {} but cryo has no terminal to give it",
+                    f.fd, f.path
+                )
             })?
         };
         let p = task::dup_above(src, high).map_err(|e| format!("fd {}: {e}", f.fd))?;
@@ -74,7 +77,11 @@ fn prepare(img: &ProcessImage, report_fd: RawFd) -> Result<RawFd, String> {
                 let fifo = f.mode & libc::S_IFMT == libc::S_IFIFO;
                 // A FIFO is opened non-blocking (a blocking open would wait for a peer) and
                 // gets its own flags back right after.
-                let open_flags = if fifo { flags | libc::O_NONBLOCK } else { flags };
+                let open_flags = if fifo {
+                    flags | libc::O_NONBLOCK
+                } else {
+                    flags
+                };
                 let fd = task::open(&f.path, open_flags, 0)
                     .map_err(|e| format!("fd {}: reopening {}: {e}", f.fd, f.path))?;
                 if fifo {
@@ -83,8 +90,9 @@ fn prepare(img: &ProcessImage, report_fd: RawFd) -> Result<RawFd, String> {
                 }
                 place(fd, f)?;
                 if f.kind() == FdKind::FdReg && f.mode & libc::S_IFMT == libc::S_IFREG {
-                    task::seek(f.fd, f.pos)
-                        .map_err(|e| format!("fd {}: seeking {} to {}: {e}", f.fd, f.path, f.pos))?;
+                    task::seek(f.fd, f.pos).map_err(|e| {
+                        format!("fd {}: seeking {} to {}: {e}", f.fd, f.path, f.pos)
+                    })?;
                 }
             }
             FdKind::FdPipe => {

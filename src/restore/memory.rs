@@ -226,13 +226,15 @@ fn map_vmas_inner(
         let (fd, off) = match v.kind() {
             VmaKind::VmaFilePrivate | VmaKind::VmaFileShared => {
                 let path = v.file.as_ref().map(|f| f.path.clone()).unwrap_or_default();
-                let rw = v.kind() == VmaKind::VmaFileShared && v.prot & libc::PROT_WRITE as u32 != 0;
+                let rw =
+                    v.kind() == VmaKind::VmaFileShared && v.prot & libc::PROT_WRITE as u32 != 0;
                 let key = (path.clone(), rw);
                 let fd = match file_fds.get(&key) {
                     Some(fd) => *fd,
                     None => {
                         let p = ctx.put_path(0, &path)?;
-                        let oflags = if rw { libc::O_RDWR } else { libc::O_RDONLY } | libc::O_CLOEXEC;
+                        let oflags =
+                            if rw { libc::O_RDWR } else { libc::O_RDONLY } | libc::O_CLOEXEC;
                         let fd = ctx.sys(
                             || format!("open({path}) for a mapping at {:#x}", v.start),
                             libc::SYS_openat,
@@ -291,7 +293,12 @@ pub fn fill_pages(ctx: &mut Ctx, img: &ProcessImage, pages_path: &str) -> Result
             while done < total {
                 let (addr, off) = (run.vaddr + done, run.offset + done);
                 let n = ctx.sys(
-                    || format!("pread64 of {} bytes into {addr:#x} from {pages_path}@{off:#x}", total - done),
+                    || {
+                        format!(
+                            "pread64 of {} bytes into {addr:#x} from {pages_path}@{off:#x}",
+                            total - done
+                        )
+                    },
                     libc::SYS_pread64,
                     [fd, addr, total - done, off, 0, 0],
                 )?;

@@ -145,7 +145,9 @@ impl ProcessImage {
         let pid = self.pid();
         let bad = |what: String| Err(RestoreError::Invalid { pid, what });
         if self.tasks.is_empty() || self.tasks[0].tid != pid {
-            return bad(format!("tasks-{pid}.img: the first task is not the leader {pid}"));
+            return bad(format!(
+                "tasks-{pid}.img: the first task is not the leader {pid}"
+            ));
         }
         if self.tasks.len() > 1 || self.pstree.threads.len() > 1 {
             return bad("multi-threaded processes are not supported yet".into());
@@ -159,7 +161,10 @@ impl ProcessImage {
                 return bad(format!("mm-{pid}.img: bad VMA {:#x}-{:#x}", v.start, v.end));
             }
             if v.start < prev_end {
-                return bad(format!("mm-{pid}.img: VMA {:#x} overlaps the one before", v.start));
+                return bad(format!(
+                    "mm-{pid}.img: VMA {:#x} overlaps the one before",
+                    v.start
+                ));
             }
             prev_end = v.end;
             if let Some(f) = v.file.as_ref().filter(|_| !memory::is_special(v)) {
@@ -201,7 +206,10 @@ impl ProcessImage {
             }
         }
         if !self.core.root.is_empty() && self.core.root != "/" {
-            return bad(format!("root {} is not / (chroot is not supported yet)", self.core.root));
+            return bad(format!(
+                "root {} is not / (chroot is not supported yet)",
+                self.core.root
+            ));
         }
         Ok(())
     }
@@ -252,7 +260,11 @@ fn check_file_same(pid: i32, path: &str, size: u64, mtime_ns: i64) -> Result<(),
                 "{path} changed since the dump (size {} -> {}{})",
                 size,
                 md.size(),
-                if mtime_ns != 0 && mtime != mtime_ns { ", modified" } else { "" }
+                if mtime_ns != 0 && mtime != mtime_ns {
+                    ", modified"
+                } else {
+                    ""
+                }
             ),
         });
     }
@@ -410,6 +422,14 @@ fn build(img: &ProcessImage, tramp: u64, pages_path: &str) -> Result<(), Restore
         rt: RemoteTask::new(pid, insn)?,
         tramp,
     };
+    // If cryo dies from here on, the half-built child dies with it.
+    ptrace::set_options(pid, libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_EXITKILL).map_err(
+        |source| RestoreError::Sys {
+            pid,
+            what: "setting ptrace options".into(),
+            source,
+        },
+    )?;
     let prot = (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64;
     let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64;
     let got = ctx.sys(

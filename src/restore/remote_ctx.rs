@@ -35,7 +35,10 @@ impl Ctx {
         if off + bytes.len() as u64 > TRAMPOLINE_LEN - 4096 {
             return Err(RestoreError::Invalid {
                 pid: self.pid(),
-                what: format!("argument of {} bytes does not fit the scratch area", bytes.len()),
+                what: format!(
+                    "argument of {} bytes does not fit the scratch area",
+                    bytes.len()
+                ),
             });
         }
         let addr = self.scratch() + off;

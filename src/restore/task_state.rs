@@ -195,7 +195,11 @@ pub fn restore_thread_bits(ctx: &mut Ctx, t: &TaskCore) -> Result<(), RestoreErr
 /// Re-queues pending signals: the process-wide ones and one task's private ones. All
 /// signals are blocked while we drive the task, so they stay pending until the real mask is
 /// set.
-pub fn restore_pending(ctx: &mut Ctx, img: &ProcessImage, t: &TaskCore) -> Result<(), RestoreError> {
+pub fn restore_pending(
+    ctx: &mut Ctx,
+    img: &ProcessImage,
+    t: &TaskCore,
+) -> Result<(), RestoreError> {
     let pid = img.pid();
     for (shared, sigs) in [(true, &img.core.shared_pending), (false, &t.pending)] {
         for s in sigs.iter() {
@@ -249,7 +253,14 @@ pub fn restore_creds(ctx: &mut Ctx, img: &ProcessImage) -> Result<(), RestoreErr
     ctx.sys(
         || format!("setresgid({:?})", &c.gids[..3]),
         libc::SYS_setresgid,
-        [c.gids[0] as u64, c.gids[1] as u64, c.gids[2] as u64, 0, 0, 0],
+        [
+            c.gids[0] as u64,
+            c.gids[1] as u64,
+            c.gids[2] as u64,
+            0,
+            0,
+            0,
+        ],
     )?;
     ctx.sys(
         || format!("setfsgid({})", c.gids[3]),
@@ -260,7 +271,14 @@ pub fn restore_creds(ctx: &mut Ctx, img: &ProcessImage) -> Result<(), RestoreErr
         ctx.sys(
             || format!("setresuid({:?})", &c.uids[..3]),
             libc::SYS_setresuid,
-            [c.uids[0] as u64, c.uids[1] as u64, c.uids[2] as u64, 0, 0, 0],
+            [
+                c.uids[0] as u64,
+                c.uids[1] as u64,
+                c.uids[2] as u64,
+                0,
+                0,
+                0,
+            ],
         )?;
         ctx.sys(
             || format!("setfsuid({})", c.uids[3]),
