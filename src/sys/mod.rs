@@ -4,6 +4,7 @@
 //! formats.
 
 pub mod mem;
+pub mod probe;
 pub mod proc_ctl;
 pub mod ptrace;
 
