@@ -64,7 +64,7 @@ mkdir -p target/tmp
 rm -f target/tmp/skips.log
 TEST_LOG=target/test-output.log
 run_tests() {
-	cargo test --all-targets 2>&1 | tee "$TEST_LOG"
+	cargo test --all-targets --no-fail-fast 2>&1 | tee "$TEST_LOG"
 	return "${PIPESTATUS[0]}"
 }
 step "tests" run_tests

@@ -424,10 +424,12 @@ fn show_prints_checkpoint() {
     );
 }
 
-/// Lines "pid P count N" printed by the counter.
+/// Complete lines "pid P count N" printed by the counter so far.
 fn counter_lines(w: &Workload) -> Vec<(i32, u64)> {
-    fs::read_to_string(w.path("stdout.log"))
-        .unwrap_or_default()
+    let text = fs::read_to_string(w.path("stdout.log")).unwrap_or_default();
+    // A line still being written has no newline yet.
+    let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+    complete
         .lines()
         .filter_map(|l| {
             let mut it = l.split_whitespace();

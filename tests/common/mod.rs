@@ -397,6 +397,11 @@ impl Workload {
                 return true;
             }
             why = abort();
+            // The workload may have answered and exited between the two looks.
+            if why.is_some() && result.exists() {
+                why = None;
+                return true;
+            }
             why.is_some()
         });
         if let Some(why) = why {
