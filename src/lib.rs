@@ -5,6 +5,7 @@
 //! directory and validates it, `restore` rebuilds processes from them. All FFI lives in
 //! `sys` and `infect`.
 
+pub mod check;
 pub mod dump;
 pub mod image;
 pub mod infect;

@@ -5,6 +5,7 @@
 
 pub mod mem;
 pub mod parasite_ffi;
+pub mod probe;
 pub mod proc_ctl;
 pub mod ptrace;
 pub mod task;

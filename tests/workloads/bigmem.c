@@ -1,0 +1,45 @@
+/*
+ * bigmem: fills argv[1] MiB (default 1024) of anonymous memory with incompressible xorshift64
+ * output, then idles. On `check` it regenerates the sequence and compares (the benchmark
+ * workload).
+ */
+#include "protocol.c"
+#include <stdint.h>
+#include <sys/mman.h>
+
+static uint64_t xorshift64(uint64_t *state)
+{
+	uint64_t x = *state;
+	x ^= x << 13;
+	x ^= x >> 7;
+	x ^= x << 17;
+	return *state = x;
+}
+
+int main(int argc, char **argv)
+{
+	size_t mib = argc > 1 ? strtoul(argv[1], NULL, 10) : 1024;
+	size_t words = (mib << 20) / 8;
+
+	wl_init();
+	pid_t pid = getpid();
+	uint64_t seed = ((uint64_t)time(NULL) << 16) ^ (uint64_t)pid ^ 0x2545F4914F6CDD1DULL;
+	uint64_t *mem = mmap(NULL, mib << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (mem == MAP_FAILED)
+		wl_die("mmap");
+	uint64_t state = seed;
+	for (size_t i = 0; i < words; i++)
+		mem[i] = xorshift64(&state);
+	wl_ready();
+	wl_wait_check(NULL);
+
+	state = seed;
+	for (size_t i = 0; i < words; i++)
+		if (mem[i] != xorshift64(&state)) {
+			wl_fail("word %zu (%p) differs", i, (void *)&mem[i]);
+			break;
+		}
+	if (getpid() != pid)
+		wl_fail("pid is %d, was %d", (int)getpid(), (int)pid);
+	return wl_finish();
+}
