@@ -360,7 +360,7 @@ pub enum ImageError {
     },
     /// The directory already holds a checkpoint (or cryo image files) and overwriting was not
     /// asked for.
-    #[error("{}: already holds a checkpoint ({name}); refusing to overwrite it", dir.display())]
+    #[error("{}: already holds a checkpoint ({name}); refusing to overwrite it without --overwrite", dir.display())]
     Exists {
         /// The directory.
         dir: PathBuf,
