@@ -91,6 +91,7 @@ fn workloads_self_check_without_dump() {
         ("bigmem", &["8"]),
         ("nanosleep", &["1"]),
         ("fifo_read", &[]),
+        ("itimer_pending", &[]),
     ] {
         let Some(bin) = workload_bin(TEST, name) else {
             return;
@@ -158,6 +159,22 @@ fn dump_in_nanosleep() {
     };
     let mut w = Workload::start(&bin, &["3"]);
     wait_blocked_in(&w, &[SYS_NANOSLEEP, SYS_CLOCK_NANOSLEEP], "nanosleep");
+    let images = images_dir();
+    dump_ok(&w, images.path(), &[]);
+    w.wait_killed_by_dump();
+    let result = restore_and_check(&w, images.path());
+    assert_eq!(result, "PASS", "{}", w.logs());
+}
+
+/// A periodic ITIMER_REAL whose SIGALRM is pending (so the kernel shows it disarmed) keeps
+/// ticking after restore.
+#[test]
+fn pending_sigalrm_keeps_itimer_periodic() {
+    let _serial = serial();
+    let Some(bin) = prepare("pending_sigalrm_keeps_itimer_periodic", "itimer_pending") else {
+        return;
+    };
+    let mut w = Workload::start(&bin, &[]);
     let images = images_dir();
     dump_ok(&w, images.path(), &[]);
     w.wait_killed_by_dump();

@@ -31,7 +31,14 @@ use tempfile::TempDir;
 pub const TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The workloads compiled for the tests, by file stem.
-pub const WORKLOADS: &[&str] = &["full_state", "nanosleep", "fifo_read", "counter", "bigmem"];
+pub const WORKLOADS: &[&str] = &[
+    "full_state",
+    "nanosleep",
+    "fifo_read",
+    "counter",
+    "bigmem",
+    "itimer_pending",
+];
 
 /// x86_64 syscall numbers a workload may be found blocked in.
 pub const SYS_READ: i64 = 0;
