@@ -4,6 +4,12 @@
 #
 #   scripts/demo.sh            (as root; builds cryo in release mode first)
 set -euo pipefail
+# Close every fd this script inherited above stderr: the programs it starts would inherit
+# them, and cryo refuses to dump fds it cannot restore (a pipe from the calling shell, say).
+for fd in /proc/$$/fd/*; do
+	fd=${fd##*/}
+	if [ "$fd" -gt 2 ] 2>/dev/null; then eval "exec $fd>&-" 2>/dev/null || true; fi
+done
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 # Become a child subreaper (the setting survives exec), so the restored counter, which
