@@ -13,6 +13,7 @@
 //! `PTRACE_O_EXITKILL` and `PR_SET_PDEATHSIG`), so nothing is left behind.
 
 mod child;
+mod files;
 pub mod layout;
 mod memory;
 mod remote_ctx;
