@@ -160,7 +160,7 @@ struct Workload {
 
 impl Workload {
     fn start(bin: &Path, mib: u64) -> Workload {
-        proc_ctl::set_child_subreaper().expect("PR_SET_CHILD_SUBREAPER");
+        proc_ctl::set_child_subreaper(true).expect("PR_SET_CHILD_SUBREAPER");
         let mut child = Command::new(bin)
             .arg(mib.to_string())
             .stdout(Stdio::piped())

@@ -22,7 +22,7 @@ use crate::proto::{
 };
 use crate::sys::{ptrace, SysError};
 use proc::ProcError;
-use seize::Seized;
+use seize::{SeizedProc, SeizedTree};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -116,36 +116,49 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats, DumpError> {
         });
     }
     let mut writer = ImageWriter::create(&opts.dir, opts.overwrite)?;
-    let threads = proc::list_threads(pid)?;
-    if threads.len() != 1 {
-        return Err(DumpError::Unsupported {
-            pid,
-            what: format!(
-                "{} threads: multi-threaded processes are not supported yet",
-                threads.len()
-            ),
-        });
-    }
     let t0 = Instant::now();
-    let seized = Seized::seize(pid, &threads)?;
-    let children = proc::list_children(pid, pid)?;
-    if !children.is_empty() {
-        return Err(DumpError::Unsupported {
-            pid,
-            what: format!("has children {children:?}: process trees are not supported yet"),
+    let tree = SeizedTree::seize(pid)?;
+    let procs = tree.procs();
+    let mut stats = DumpStats::default();
+    let mut entries = Vec::with_capacity(procs.len());
+    for p in &procs {
+        entries.push(match p.zombie {
+            Some(status) => PstreeEntry {
+                pid: p.pid,
+                ppid: p.ppid,
+                pgid: p.pgid,
+                sid: p.sid,
+                threads: Vec::new(),
+                zombie: true,
+                exit_status: status,
+                stopped: false,
+            },
+            None => collect(p, opts, &mut writer, &mut stats)?,
         });
     }
-    let mut stats = DumpStats::default();
-    let collected = collect(pid, opts, &mut writer, &mut stats)?;
-    writer.commit(collected)?;
+    writer.write(ImageType::Pstree, None, &entries)?;
+    writer.commit(Inventory {
+        format_major: crate::image::FORMAT_MAJOR,
+        format_minor: crate::image::FORMAT_MINOR,
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        kernel: crate::sys::proc_ctl::kernel_release(),
+        root_pid: pid,
+        pids: procs.iter().map(|p| p.pid).collect(),
+        manifest: Vec::new(),
+        dump_time_unix_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        shell_job: opts.shell_job,
+    })?;
     stats.frozen_s = t0.elapsed().as_secs_f64();
     if opts.leave_running {
-        seized.release()?;
+        tree.release()?;
     } else {
-        seized.kill()?;
+        tree.kill()?;
     }
     tracing::info!(
         pid,
+        processes = procs.len(),
         frozen_s = stats.frozen_s,
         pages = stats.pages_stored,
         "dumped"
@@ -157,13 +170,14 @@ fn ptrace_err(pid: i32, what: &'static str) -> impl FnOnce(SysError) -> DumpErro
     move |source| DumpError::Ptrace { pid, what, source }
 }
 
-/// Collects everything and writes every image but the inventory, which it returns.
+/// Collects one live process and writes its images; returns its tree entry.
 fn collect(
-    pid: i32,
+    p: &SeizedProc,
     opts: &DumpOpts,
     writer: &mut ImageWriter,
     stats: &mut DumpStats,
-) -> Result<Inventory, DumpError> {
+) -> Result<PstreeEntry, DumpError> {
+    let pid = p.pid;
     let stat = proc::read_stat(pid)?;
     let status = proc::read_status(pid)?;
     let maps_text = std::fs::read_to_string(format!("/proc/{pid}/maps"))
@@ -171,24 +185,25 @@ fn collect(
     let maps = proc::parse_maps(&maps_text)?;
     let fds = files::collect_fds(pid, opts.shell_job)?;
     let (vmas, runs) = mm::collect_vmas(pid, &maps)?;
-    stats.pages_scanned = runs.iter().map(|r| r.nr_pages).sum();
+    stats.pages_scanned += runs.iter().map(|r| r.nr_pages).sum::<u64>();
 
-    // Per-task state readable through ptrace, before anything in the task changes.
-    let regs = ptrace::get_regs(pid).map_err(ptrace_err(pid, "registers"))?;
-    let xsave = ptrace::get_xstate(pid).map_err(ptrace_err(pid, "xsave state"))?;
-    let sigmask = ptrace::get_sigmask(pid).map_err(ptrace_err(pid, "signal mask"))?;
-    let pending = ptrace::peek_siginfo(pid, false).map_err(ptrace_err(pid, "pending signals"))?;
+    // Per-thread state readable through ptrace, before anything in the task changes.
+    let mut tasks = Vec::with_capacity(p.tids.len());
+    for &tid in &p.tids {
+        tasks.push(thread_core(pid, tid)?);
+    }
     let shared =
         ptrace::peek_siginfo(pid, true).map_err(ptrace_err(pid, "shared pending signals"))?;
-    let rseq = ptrace::get_rseq(pid).map_err(ptrace_err(pid, "rseq configuration"))?;
-    let (robust, robust_len) =
-        crate::sys::proc_ctl::get_robust_list(pid).map_err(ptrace_err(pid, "robust list"))?;
     let timers = proc::read_timers(pid)?;
     let limits = proc::read_limits(pid)?;
 
-    // brk is not in /proc: ask the task.
+    // brk, and the sigaltstack and clear-tid address of threads other than the leader, are
+    // not in /proc: ask the tasks.
+    let insn = find_syscall_insn(pid, &maps_text)?;
+    for t in tasks.iter_mut().skip(1) {
+        thread_extras(insn, t)?;
+    }
     let brk = {
-        let insn = find_syscall_insn(pid, &maps_text)?;
         let mut rt = RemoteTask::new(pid, insn)?;
         let brk = rt.syscall(|| "brk(0)".into(), libc::SYS_brk, [0; 6]);
         rt.restore()?;
@@ -207,7 +222,7 @@ fn collect(
     let stored = parasite.dump_pages(&runs, &mut pages.file)?;
     parasite.cure()?;
     writer.finish_pages(pages)?;
-    stats.pages_stored = stored.iter().map(|r| r.nr_pages).sum();
+    stats.pages_stored += stored.iter().map(|r| r.nr_pages).sum::<u64>();
 
     let posix_timers = timers
         .iter()
@@ -226,29 +241,12 @@ fn collect(
             }
         })
         .collect();
-    let task = TaskCore {
-        tid: pid,
-        regs: Some(user_regs(&regs)),
-        xsave,
-        sigmask,
-        pending: pending
-            .iter()
-            .map(|s| SigInfo { raw: s.to_vec() })
-            .collect(),
-        altstack_sp: ss_sp,
-        altstack_size: ss_size,
-        altstack_flags: ss_flags,
-        clear_tid_addr: tid_addr,
-        robust_list: robust,
-        robust_list_len: robust_len,
-        rseq: Some(RseqConfig {
-            ptr: rseq.rseq_abi_pointer,
-            len: rseq.rseq_abi_size,
-            flags: rseq.flags,
-            sig: rseq.signature,
-        }),
-        comm: stat.comm.clone(),
-    };
+    if let Some(leader) = tasks.first_mut() {
+        leader.altstack_sp = ss_sp;
+        leader.altstack_size = ss_size;
+        leader.altstack_flags = ss_flags;
+        leader.clear_tid_addr = tid_addr;
+    }
     let personality = std::fs::read_to_string(format!("/proc/{pid}/personality"))
         .ok()
         .and_then(|s| u32::from_str_radix(s.trim(), 16).ok())
@@ -280,32 +278,95 @@ fn collect(
         exit_signal: stat.exit_signal,
     };
     let mm = mm::collect_mm(pid, vmas, brk)?;
-    let pstree = PstreeEntry {
-        pid,
-        ppid: 0,
-        pgid: stat.pgrp,
-        sid: stat.session,
-        threads: vec![pid],
-    };
-    writer.write(ImageType::Pstree, None, &[pstree])?;
     writer.write(ImageType::Core, Some(pid), &[core])?;
-    writer.write(ImageType::Tasks, Some(pid), &[task])?;
+    writer.write(ImageType::Tasks, Some(pid), &tasks)?;
     writer.write(ImageType::Mm, Some(pid), &[mm])?;
     writer.write(ImageType::Pagemap, Some(pid), &stored)?;
     writer.write(ImageType::Fds, Some(pid), &fds)?;
-    Ok(Inventory {
-        format_major: crate::image::FORMAT_MAJOR,
-        format_minor: crate::image::FORMAT_MINOR,
-        tool_version: env!("CARGO_PKG_VERSION").to_string(),
-        kernel: crate::sys::proc_ctl::kernel_release(),
-        root_pid: pid,
-        pids: vec![pid],
-        manifest: Vec::new(),
-        dump_time_unix_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64),
-        shell_job: opts.shell_job,
+    Ok(PstreeEntry {
+        pid,
+        ppid: p.ppid,
+        pgid: p.pgid,
+        sid: p.sid,
+        threads: p.tids.clone(),
+        zombie: false,
+        exit_status: 0,
+        stopped: p.stopped,
     })
+}
+
+/// Registers, xsave, signal mask, private pending signals, rseq, robust list and name of one
+/// thread, read through ptrace.
+fn thread_core(pid: i32, tid: i32) -> Result<TaskCore, DumpError> {
+    let regs = ptrace::get_regs(tid).map_err(ptrace_err(tid, "registers"))?;
+    let xsave = ptrace::get_xstate(tid).map_err(ptrace_err(tid, "xsave state"))?;
+    let sigmask = ptrace::get_sigmask(tid).map_err(ptrace_err(tid, "signal mask"))?;
+    let pending = ptrace::peek_siginfo(tid, false).map_err(ptrace_err(tid, "pending signals"))?;
+    let rseq = ptrace::get_rseq(tid).map_err(ptrace_err(tid, "rseq configuration"))?;
+    let (robust, robust_len) =
+        crate::sys::proc_ctl::get_robust_list(tid).map_err(ptrace_err(tid, "robust list"))?;
+    Ok(TaskCore {
+        tid,
+        regs: Some(user_regs(&regs)),
+        xsave,
+        sigmask,
+        pending: pending
+            .iter()
+            .map(|s| SigInfo { raw: s.to_vec() })
+            .collect(),
+        altstack_sp: 0,
+        altstack_size: 0,
+        altstack_flags: libc::SS_DISABLE,
+        clear_tid_addr: 0,
+        robust_list: robust,
+        robust_list_len: robust_len,
+        rseq: Some(RseqConfig {
+            ptr: rseq.rseq_abi_pointer,
+            len: rseq.rseq_abi_size,
+            flags: rseq.flags,
+            sig: rseq.signature,
+        }),
+        comm: proc::read_comm(pid, tid)?,
+    })
+}
+
+/// sigaltstack and clear-tid address of a non-leader thread, asked with remote syscalls in
+/// that thread. Their out-arguments go to scratch space on the thread's own stack, well below
+/// its stack pointer, whose bytes are saved and put back.
+fn thread_extras(insn: u64, t: &mut TaskCore) -> Result<(), DumpError> {
+    let tid = t.tid;
+    let rsp = t.regs.as_ref().map_or(0, |r| r.rsp);
+    let scratch = (rsp.saturating_sub(4096)) & !15;
+    let mut saved = [0u8; 32];
+    crate::sys::mem::read(tid, scratch, &mut saved).map_err(ptrace_err(tid, "stack scratch"))?;
+    let mut rt = RemoteTask::new(tid, insn)?;
+    let res = (|| -> Result<(), DumpError> {
+        rt.syscall(
+            || "sigaltstack".into(),
+            libc::SYS_sigaltstack,
+            [0, scratch, 0, 0, 0, 0],
+        )?;
+        let mut ss = [0u8; 24];
+        crate::sys::mem::read(tid, scratch, &mut ss).map_err(ptrace_err(tid, "sigaltstack"))?;
+        let word = |i: usize| u64::from_le_bytes(ss[i..i + 8].try_into().unwrap_or([0; 8]));
+        t.altstack_sp = word(0);
+        t.altstack_flags = word(8) as u32 as i32;
+        t.altstack_size = word(16);
+        rt.syscall(
+            || "prctl(PR_GET_TID_ADDRESS)".into(),
+            libc::SYS_prctl,
+            [libc::PR_GET_TID_ADDRESS as u64, scratch, 0, 0, 0, 0],
+        )?;
+        let mut a = [0u8; 8];
+        crate::sys::mem::read(tid, scratch, &mut a)
+            .map_err(ptrace_err(tid, "clear-tid address"))?;
+        t.clear_tid_addr = u64::from_le_bytes(a);
+        Ok(())
+    })();
+    let put_back =
+        crate::sys::mem::write(tid, scratch, &saved).map_err(ptrace_err(tid, "stack scratch"));
+    rt.restore()?;
+    res.and(put_back)
 }
 
 fn user_regs(r: &libc::user_regs_struct) -> UserRegs {

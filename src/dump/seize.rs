@@ -1,64 +1,193 @@
-//! Freezing a process: PTRACE_SEIZE + PTRACE_INTERRUPT on each thread (no SIGSTOP, so the
-//! target's job-control state is untouched). [`Seized`] is a guard: dropping it detaches
-//! every thread it holds, so any early return leaves the target running as before.
+//! Freezing a process tree: PTRACE_SEIZE + PTRACE_INTERRUPT on every thread of every
+//! process under the root (no SIGSTOP, so the tree's job-control state is untouched).
+//! Threads and children that appear while seizing are caught by walking again until nothing
+//! new shows up; a task that exits meanwhile is dropped, not fatal. Zombies are recorded, not
+//! seized. [`SeizedTree`] is a guard: dropping it detaches every thread it holds, so any early
+//! return leaves the tree running as before.
 
+use super::proc;
 use super::DumpError;
 use crate::sys::ptrace::{self, WaitStatus, PTRACE_EVENT_STOP};
+use std::collections::BTreeMap;
 
-/// Threads held in ptrace-stop.
-pub struct Seized {
-    pid: i32,
-    tids: Vec<i32>,
+/// One process of the frozen tree.
+#[derive(Debug, Clone)]
+pub struct SeizedProc {
+    /// Its PID.
+    pub pid: i32,
+    /// Its parent (the root's parent is outside the tree).
+    pub ppid: i32,
+    /// Process group and session.
+    pub pgid: i32,
+    /// Session.
+    pub sid: i32,
+    /// Threads, leader first (empty for a zombie).
+    pub tids: Vec<i32>,
+    /// For a zombie: its wait status.
+    pub zombie: Option<i32>,
+    /// It was stopped (group-stop) when seized.
+    pub stopped: bool,
+}
+
+/// Every thread of a process tree, held in ptrace-stop.
+pub struct SeizedTree {
+    procs: BTreeMap<i32, SeizedProc>,
+    root: i32,
     done: bool,
 }
 
-impl Seized {
-    /// Seizes and stops `tids` of process `pid` (leader first).
-    pub fn seize(pid: i32, tids: &[i32]) -> Result<Self, DumpError> {
-        let mut s = Seized {
-            pid,
-            tids: Vec::new(),
+impl SeizedTree {
+    /// Seizes the tree rooted at `root`.
+    pub fn seize(root: i32) -> Result<Self, DumpError> {
+        let mut t = SeizedTree {
+            procs: BTreeMap::new(),
+            root,
             done: false,
         };
-        for &tid in tids {
-            ptrace::seize(tid, 0).map_err(|source| DumpError::Seize { pid: tid, source })?;
-            s.tids.push(tid);
-            ptrace::interrupt(tid).map_err(|source| DumpError::Seize { pid: tid, source })?;
-            wait_interrupted(tid)?;
+        let mut todo = vec![root];
+        loop {
+            let mut changed = false;
+            while let Some(pid) = todo.pop() {
+                if t.procs.contains_key(&pid) {
+                    continue;
+                }
+                match t.add_process(pid, pid == root) {
+                    Ok(()) => changed = true,
+                    Err(DumpError::Gone { .. })
+                    | Err(DumpError::Proc(proc::ProcError::Gone { .. }))
+                        if pid != root =>
+                    {
+                        continue
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            // New threads, and children of every thread.
+            let pids: Vec<i32> = t.procs.keys().copied().collect();
+            for pid in pids {
+                if t.procs[&pid].zombie.is_some() {
+                    continue;
+                }
+                let threads = match proc::list_threads(pid) {
+                    Ok(v) => v,
+                    Err(e) if e.is_gone() => continue,
+                    Err(e) => return Err(e.into()),
+                };
+                for tid in threads {
+                    if !t.procs[&pid].tids.contains(&tid) && seize_one(tid)? {
+                        if let Some(p) = t.procs.get_mut(&pid) {
+                            p.tids.push(tid);
+                        }
+                        changed = true;
+                    }
+                }
+                let tids = t.procs[&pid].tids.clone();
+                for tid in tids {
+                    match proc::list_children(pid, tid) {
+                        Ok(kids) => {
+                            todo.extend(kids.into_iter().filter(|k| !t.procs.contains_key(k)))
+                        }
+                        Err(e) if e.is_gone() => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+            if !changed && todo.is_empty() {
+                break;
+            }
         }
-        Ok(s)
+        Ok(t)
     }
 
-    /// The process.
-    pub fn pid(&self) -> i32 {
-        self.pid
+    fn add_process(&mut self, pid: i32, is_root: bool) -> Result<(), DumpError> {
+        let st = proc::read_stat(pid)?;
+        let mut p = SeizedProc {
+            pid,
+            ppid: if is_root { 0 } else { st.ppid },
+            pgid: st.pgrp,
+            sid: st.session,
+            tids: Vec::new(),
+            zombie: None,
+            stopped: st.state == 'T',
+        };
+        if st.state == 'Z' || st.state == 'X' {
+            if is_root {
+                return Err(DumpError::Unsupported {
+                    pid,
+                    what: "the process is a zombie".into(),
+                });
+            }
+            p.zombie = Some(st.exit_code);
+            self.procs.insert(pid, p);
+            return Ok(());
+        }
+        // Insert first so that a failure half-way still detaches what was seized.
+        self.procs.insert(pid, p);
+        let threads = proc::list_threads(pid)?;
+        for tid in threads {
+            if seize_one(tid)? {
+                if let Some(p) = self.procs.get_mut(&pid) {
+                    p.tids.push(tid);
+                }
+            }
+        }
+        if self.procs[&pid].tids.first() != Some(&pid) {
+            return Err(DumpError::Unsupported {
+                pid,
+                what: "its thread-group leader has exited (threads without a leader are not supported)".into(),
+            });
+        }
+        Ok(())
     }
 
-    /// Kills the process (the dump succeeded and `--leave-running` was not given).
+    /// The root PID.
+    pub fn root(&self) -> i32 {
+        self.root
+    }
+
+    /// The processes, root first, then by PID.
+    pub fn procs(&self) -> Vec<SeizedProc> {
+        let mut v: Vec<SeizedProc> = self.procs.values().cloned().collect();
+        v.sort_by_key(|p| (p.pid != self.root, p.pid));
+        v
+    }
+
+    /// Kills every live process of the tree (the dump succeeded without `--leave-running`)
+    /// and collects their exits as tracer, so they are gone when dump returns.
     pub fn kill(mut self) -> Result<(), DumpError> {
         self.done = true;
-        crate::sys::proc_ctl::kill(self.pid, libc::SIGKILL).map_err(|source| DumpError::Seize {
-            pid: self.pid,
-            source,
-        })?;
-        // Collect the exit as tracer, so the process is gone when dump returns; its parent
-        // then reaps it as usual.
-        while let Ok(Some((_, st))) = ptrace::wait(self.pid, 0) {
-            if matches!(st, WaitStatus::Exited(_) | WaitStatus::Signaled(_)) {
-                break;
+        let live: Vec<i32> = self
+            .procs
+            .values()
+            .filter(|p| p.zombie.is_none())
+            .map(|p| p.pid)
+            .collect();
+        for &pid in &live {
+            crate::sys::proc_ctl::kill(pid, libc::SIGKILL)
+                .map_err(|source| DumpError::Seize { pid, source })?;
+        }
+        for p in self.procs.values().filter(|p| p.zombie.is_none()) {
+            for &tid in &p.tids {
+                while let Ok(Some((_, st))) = ptrace::wait(tid, 0) {
+                    if matches!(st, WaitStatus::Exited(_) | WaitStatus::Signaled(_)) {
+                        break;
+                    }
+                }
             }
         }
         Ok(())
     }
 
-    /// Lets the process run on.
+    /// Lets the tree run on.
     pub fn release(mut self) -> Result<(), DumpError> {
         self.done = true;
         let mut first = Ok(());
-        for &tid in &self.tids {
-            if let Err(source) = ptrace::detach(tid, 0) {
-                if first.is_ok() {
-                    first = Err(DumpError::Seize { pid: tid, source });
+        for p in self.procs.values() {
+            for &tid in &p.tids {
+                if let Err(source) = ptrace::detach(tid, 0) {
+                    if first.is_ok() {
+                        first = Err(DumpError::Seize { pid: tid, source });
+                    }
                 }
             }
         }
@@ -66,15 +195,32 @@ impl Seized {
     }
 }
 
-impl Drop for Seized {
+impl Drop for SeizedTree {
     fn drop(&mut self) {
         if !self.done {
-            for &tid in &self.tids {
-                if let Err(e) = ptrace::detach(tid, 0) {
-                    tracing::error!(pid = tid, error = %e, "could not detach");
+            for p in self.procs.values() {
+                for &tid in &p.tids {
+                    if let Err(e) = ptrace::detach(tid, 0) {
+                        tracing::error!(pid = tid, error = %e, "could not detach");
+                    }
                 }
             }
         }
+    }
+}
+
+/// Seizes and stops one thread. Ok(false) if it vanished first.
+fn seize_one(tid: i32) -> Result<bool, DumpError> {
+    match ptrace::seize(tid, 0) {
+        Ok(()) => {}
+        Err(e) if e.errno == libc::ESRCH => return Ok(false),
+        Err(source) => return Err(DumpError::Seize { pid: tid, source }),
+    }
+    ptrace::interrupt(tid).map_err(|source| DumpError::Seize { pid: tid, source })?;
+    match wait_interrupted(tid) {
+        Ok(()) => Ok(true),
+        Err(DumpError::Gone { .. }) => Ok(false),
+        Err(e) => Err(e),
     }
 }
 

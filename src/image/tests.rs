@@ -23,6 +23,7 @@ fn pstree() -> Vec<PstreeEntry> {
             pgid: ROOT,
             sid: ROOT,
             threads: vec![ROOT, 102],
+            ..Default::default()
         },
         PstreeEntry {
             pid: CHILD,
@@ -30,6 +31,7 @@ fn pstree() -> Vec<PstreeEntry> {
             pgid: ROOT,
             sid: ROOT,
             threads: vec![CHILD],
+            ..Default::default()
         },
     ]
 }

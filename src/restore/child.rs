@@ -1,27 +1,62 @@
-//! What a freshly forked restore child does to itself before handing itself to the restorer:
-//! its fd table (through [`super::files`]), cwd, umask, rlimits and name. Runs in the child
-//! between fork and `PTRACE_TRACEME`; reports failure as a message to the parent.
+//! What each forked restore process does to itself before cryo takes it over: join its session
+//! and process group, fork its own children (each of which does the same; zombies exit at
+//! once with their saved status), set up its fd table (through [`super::files`]), cwd, umask,
+//! rlimits and name, report `R <pid>` on the shared report pipe and wait in pause() until cryo
+//! seizes it. On failure it reports `E <pid> <message>` and exits.
 
+use super::tree::{Join, Plan};
 use super::ProcessImage;
 use crate::sys::task;
+use std::collections::BTreeMap;
 use std::os::fd::RawFd;
 
-/// Prepares the child and stops it for the restorer. Returns only on failure, with a message.
-pub fn prepare_and_stop(img: &ProcessImage, report_fd: RawFd) -> String {
-    match prepare(img, report_fd) {
-        Ok(report_fd) => {
-            task::close(report_fd);
-            match task::trace_me_and_stop() {
-                Ok(()) => String::new(),
-                Err(e) => format!("pid {}: {e}", img.pid()),
-            }
+/// Runs restore process `pid` (in the freshly forked child). Never returns.
+pub fn run(plan: &Plan, images: &BTreeMap<i32, ProcessImage>, pid: i32, report: RawFd) -> ! {
+    match run_inner(plan, images, pid, report) {
+        Ok(report) => {
+            task::write_all(report, format!("R {pid}\n").as_bytes());
+            task::close(report);
+            task::pause_forever()
         }
-        Err(msg) => format!("pid {}: {msg}", img.pid()),
+        Err(msg) => {
+            let msg = msg.replace('\n', " ");
+            task::write_all(report, format!("E {pid} {msg}\n").as_bytes());
+            task::exit_now(1)
+        }
     }
 }
 
-fn prepare(img: &ProcessImage, report_fd: RawFd) -> Result<RawFd, String> {
+fn run_inner(
+    plan: &Plan,
+    images: &BTreeMap<i32, ProcessImage>,
+    pid: i32,
+    report: RawFd,
+) -> Result<RawFd, String> {
     task::set_pdeathsig(libc::SIGKILL).map_err(|e| e.to_string())?;
+    match plan.join(pid) {
+        Join::Inherit => {}
+        Join::NewSession => task::setsid().map_err(|e| format!("setsid: {e}"))?,
+        Join::NewGroup => task::setpgid(0).map_err(|e| format!("setpgid(0): {e}"))?,
+        Join::Group(g) => task::setpgid(g).map_err(|e| format!("setpgid({g}): {e}"))?,
+    }
+    for &kid in plan.children(pid) {
+        let entry = plan
+            .entry(kid)
+            .ok_or_else(|| format!("child {kid} missing from the plan"))?;
+        match super::fork_at(kid).map_err(|e| format!("forking child {kid}: {e}"))? {
+            0 if entry.zombie => task::die_with_status(entry.exit_status),
+            0 => run(plan, images, kid, report),
+            _ => {}
+        }
+    }
+    let img = images
+        .get(&pid)
+        .ok_or_else(|| format!("no images for pid {pid}"))?;
+    prepare(img, report)
+}
+
+/// fds, cwd, root, umask, rlimits and name. Returns the report fd's new number.
+fn prepare(img: &ProcessImage, report_fd: RawFd) -> Result<RawFd, String> {
     let report = super::files::install_fds(&img.fds, report_fd)?;
     let core = &img.core;
     if !core.root.is_empty() && core.root != "/" {

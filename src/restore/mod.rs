@@ -18,6 +18,7 @@ pub mod layout;
 mod memory;
 mod remote_ctx;
 mod task_state;
+pub mod tree;
 
 use crate::image::{ImageError, ImageReader, ImageType};
 use crate::infect::remote::{find_syscall_insn, RemoteError, RemoteTask};
@@ -25,7 +26,7 @@ use crate::proto::{FdEntry, FdKind, MmState, PageRun, ProcessCore, PstreeEntry, 
 use crate::sys::ptrace::{self, WaitStatus};
 use crate::sys::{proc_ctl, task, SysError, PAGE_SIZE};
 use remote_ctx::{Ctx, TRAMPOLINE_CODE, TRAMPOLINE_LEN};
-use std::os::fd::RawFd;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// Errors of restore. Each names the pid, file or address involved.
@@ -150,8 +151,12 @@ impl ProcessImage {
                 "tasks-{pid}.img: the first task is not the leader {pid}"
             ));
         }
-        if self.tasks.len() > 1 || self.pstree.threads.len() > 1 {
-            return bad("multi-threaded processes are not supported yet".into());
+        let tids: Vec<i32> = self.tasks.iter().map(|t| t.tid).collect();
+        if tids != self.pstree.threads {
+            return bad(format!(
+                "tasks-{pid}.img: threads {tids:?} differ from pstree.img's {:?}",
+                self.pstree.threads
+            ));
         }
         if self.tasks.iter().any(|t| t.regs.is_none()) {
             return bad(format!("tasks-{pid}.img: a task has no registers"));
@@ -272,17 +277,20 @@ fn check_file_same(pid: i32, path: &str, size: u64, mtime_ns: i64) -> Result<(),
     Ok(())
 }
 
-/// Kills and reaps a half-restored child unless disarmed.
-struct ChildGuard {
-    pid: i32,
+/// Kills every process of a half-restored tree unless disarmed, and reaps them: cryo is a
+/// child subreaper while it restores, so orphans come back to it.
+struct TreeGuard {
+    pids: Vec<i32>,
     armed: bool,
 }
 
-impl Drop for ChildGuard {
+impl Drop for TreeGuard {
     fn drop(&mut self) {
         if self.armed {
-            let _ = proc_ctl::kill(self.pid, libc::SIGKILL);
-            let _ = ptrace::wait(self.pid, 0);
+            for &pid in &self.pids {
+                let _ = proc_ctl::kill(pid, libc::SIGKILL);
+            }
+            while let Ok(Some(_)) = ptrace::wait(-1, 0) {}
         }
     }
 }
@@ -290,78 +298,106 @@ impl Drop for ChildGuard {
 /// Restores the checkpoint in `opts.dir`.
 pub fn restore(opts: &RestoreOpts) -> Result<RestoreOutcome, RestoreError> {
     let reader = ImageReader::open(&opts.dir)?;
-    let tree: Vec<PstreeEntry> = reader.read(ImageType::Pstree, None)?;
-    let root = reader.inventory().root_pid;
-    if tree.len() != 1 || tree[0].pid != root {
-        return Err(RestoreError::Invalid {
-            pid: root,
-            what: format!(
-                "pstree.img: {} processes; process trees are not supported yet",
-                tree.len()
-            ),
-        });
+    let plan = tree::Plan::new(
+        reader.read(ImageType::Pstree, None)?,
+        reader.inventory().root_pid,
+    )?;
+    let root = plan.root();
+    let mut images: BTreeMap<i32, ProcessImage> = BTreeMap::new();
+    let mut pages_paths: BTreeMap<i32, String> = BTreeMap::new();
+    let mut tramps: BTreeMap<i32, u64> = BTreeMap::new();
+    for e in plan.entries().filter(|e| !e.zombie) {
+        let img = ProcessImage::load(&reader, e.clone())?;
+        img.validate(opts.shell_job)?;
+        reader.verify_pages(img.pid(), &img.pagemap)?;
+        let path = reader.pages_path(img.pid());
+        let path = std::fs::canonicalize(&path)
+            .map_err(|source| RestoreError::Io {
+                path: path.display().to_string(),
+                source,
+            })?
+            .display()
+            .to_string();
+        pages_paths.insert(img.pid(), path);
+        tramps.insert(img.pid(), memory::choose_trampoline(&img)?);
+        images.insert(img.pid(), img);
     }
-    let img = ProcessImage::load(&reader, tree[0].clone())?;
-    img.validate(opts.shell_job)?;
-    reader.verify_pages(img.pid(), &img.pagemap)?;
-    let pages_path = reader.pages_path(img.pid());
-    let pages_path = std::fs::canonicalize(&pages_path)
-        .map_err(|source| RestoreError::Io {
-            path: pages_path.display().to_string(),
-            source,
-        })?
-        .display()
-        .to_string();
+    for e in plan.entries() {
+        for id in std::iter::once(e.pid).chain(e.threads.iter().copied()) {
+            if std::path::Path::new(&format!("/proc/{id}")).exists() {
+                return Err(RestoreError::PidTaken { pid: id });
+            }
+        }
+    }
 
-    let pid = img.pid();
-    if std::path::Path::new(&format!("/proc/{pid}")).exists() {
-        return Err(RestoreError::PidTaken { pid });
-    }
-    let tramp = memory::choose_trampoline(&img)?;
-    let (rd, wr) = task::pipe().map_err(|source| RestoreError::Sys {
-        pid,
-        what: "creating the child report pipe".into(),
+    // Orphans of a failed restore must come back to us to be reaped.
+    proc_ctl::set_child_subreaper(true).map_err(|source| RestoreError::Sys {
+        pid: root,
+        what: "becoming a child subreaper".into(),
         source,
     })?;
-    let child = fork_at(pid)?;
+    let (rd, wr) = task::pipe().map_err(|source| RestoreError::Sys {
+        pid: root,
+        what: "creating the report pipe".into(),
+        source,
+    })?;
+    let mut guard = TreeGuard {
+        pids: Vec::new(),
+        armed: true,
+    };
+    let child = fork_at(root)?;
     if child == 0 {
         task::close(rd);
-        let msg = child::prepare_and_stop(&img, wr);
-        task::write_all(wr, msg.as_bytes());
-        task::exit_now(1);
+        child::run(&plan, &images, root, wr);
     }
     task::close(wr);
-    let mut guard = ChildGuard { pid, armed: true };
-    wait_child_stopped(pid, rd)?;
+    guard.pids = plan.entries().map(|e| e.pid).collect();
+    let report = task::read_to_string(rd);
     task::close(rd);
+    check_reports(&plan, &report)?;
 
-    build(&img, tramp, &pages_path)?;
-    ptrace::detach(pid, 0).map_err(|source| RestoreError::Sys {
-        pid,
-        what: "detaching the restored process".into(),
-        source,
-    })?;
+    let mut held: Vec<i32> = Vec::new();
+    for img in images.values() {
+        let pid = img.pid();
+        seize_ready(pid)?;
+        held.push(pid);
+        let tids = build(img, tramps[&pid], &pages_paths[&pid])?;
+        held.extend(tids);
+    }
+    for &tid in &held {
+        ptrace::detach(tid, 0).map_err(|source| RestoreError::Sys {
+            pid: tid,
+            what: "detaching the restored task".into(),
+            source,
+        })?;
+    }
+    for e in plan.entries().filter(|e| e.stopped && !e.zombie) {
+        let _ = proc_ctl::kill(e.pid, libc::SIGSTOP);
+    }
     guard.armed = false;
-    tracing::info!(pid, "restored");
+    let _ = proc_ctl::set_child_subreaper(false);
+    tracing::info!(pid = root, processes = plan.entries().count(), "restored");
     if let Some(p) = &opts.pidfile {
-        std::fs::write(p, format!("{pid}\n")).map_err(|source| RestoreError::Io {
+        std::fs::write(p, format!("{root}\n")).map_err(|source| RestoreError::Io {
             path: p.display().to_string(),
             source,
         })?;
     }
     if opts.detach {
-        return Ok(RestoreOutcome::Detached { pid });
+        return Ok(RestoreOutcome::Detached { pid: root });
     }
     loop {
-        match ptrace::wait(pid, 0).map_err(|source| RestoreError::Sys {
-            pid,
+        match ptrace::wait(root, 0).map_err(|source| RestoreError::Sys {
+            pid: root,
             what: "waiting for the restored process".into(),
             source,
         })? {
-            Some((_, WaitStatus::Exited(code))) => return Ok(RestoreOutcome::Exited { pid, code }),
+            Some((_, WaitStatus::Exited(code))) => {
+                return Ok(RestoreOutcome::Exited { pid: root, code })
+            }
             Some((_, WaitStatus::Signaled(sig))) => {
                 return Ok(RestoreOutcome::Exited {
-                    pid,
+                    pid: root,
                     code: 128 + sig,
                 })
             }
@@ -370,8 +406,69 @@ pub fn restore(opts: &RestoreOpts) -> Result<RestoreOutcome, RestoreError> {
     }
 }
 
+/// Checks that every live process of the plan reported `R <pid>`; the first `E` message, or
+/// the first missing process, is the error.
+fn check_reports(plan: &tree::Plan, report: &str) -> Result<(), RestoreError> {
+    let mut ready = std::collections::BTreeSet::new();
+    for line in report.lines() {
+        let mut it = line.splitn(3, ' ');
+        match (it.next(), it.next().and_then(|p| p.parse::<i32>().ok())) {
+            (Some("R"), Some(pid)) => {
+                ready.insert(pid);
+            }
+            (Some("E"), Some(pid)) => {
+                return Err(RestoreError::Child(format!(
+                    "pid {pid}: {}",
+                    it.next().unwrap_or("failed")
+                )))
+            }
+            _ => {}
+        }
+    }
+    for e in plan.entries().filter(|e| !e.zombie) {
+        if !ready.contains(&e.pid) {
+            return Err(RestoreError::Child(format!(
+                "pid {}: the restore process ended before it was ready",
+                e.pid
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Seizes a restore process that reported ready and waits in pause().
+fn seize_ready(pid: i32) -> Result<(), RestoreError> {
+    let sys = |what: &'static str| {
+        move |source| RestoreError::Sys {
+            pid,
+            what: what.into(),
+            source,
+        }
+    };
+    ptrace::seize(pid, libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_EXITKILL)
+        .map_err(sys("seizing the restore process"))?;
+    ptrace::interrupt(pid).map_err(sys("stopping the restore process"))?;
+    loop {
+        match ptrace::wait(pid, 0).map_err(sys("waiting for the restore process to stop"))? {
+            Some((_, WaitStatus::Stopped { event, .. })) if event == ptrace::PTRACE_EVENT_STOP => {
+                return Ok(())
+            }
+            Some((_, WaitStatus::Stopped { .. })) => {
+                // A signal-delivery stop (e.g. SIGCHLD from a zombie child): suppress it and
+                // wait for the interrupt.
+                ptrace::cont(pid, 0).map_err(sys("resuming the restore process"))?;
+            }
+            other => {
+                return Err(RestoreError::Child(format!(
+                    "pid {pid}: the restore process ended: {other:?}"
+                )))
+            }
+        }
+    }
+}
+
 /// Forks a child at exactly `pid`.
-fn fork_at(pid: i32) -> Result<i32, RestoreError> {
+pub(crate) fn fork_at(pid: i32) -> Result<i32, RestoreError> {
     let sys = |source| RestoreError::Sys {
         pid,
         what: "forking the process".into(),
@@ -391,27 +488,9 @@ fn fork_at(pid: i32) -> Result<i32, RestoreError> {
     }
 }
 
-/// Waits until the child stopped itself for us; if it exited, returns its message.
-fn wait_child_stopped(pid: i32, report: RawFd) -> Result<(), RestoreError> {
-    match ptrace::wait(pid, 0) {
-        Ok(Some((_, WaitStatus::Stopped { sig, .. }))) if sig == libc::SIGSTOP => Ok(()),
-        Ok(other) => {
-            let mut msg = task::read_to_string(report);
-            if msg.is_empty() {
-                msg = format!("pid {pid}: the restore child ended early: {other:?}");
-            }
-            Err(RestoreError::Child(msg))
-        }
-        Err(source) => Err(RestoreError::Sys {
-            pid,
-            what: "waiting for the restore child".into(),
-            source,
-        }),
-    }
-}
-
-/// Builds the stopped child into the saved process.
-fn build(img: &ProcessImage, tramp: u64, pages_path: &str) -> Result<(), RestoreError> {
+/// Builds the seized restore process into the saved process, threads included. Returns the
+/// thread ids it created (all stopped, ready to be detached).
+fn build(img: &ProcessImage, tramp: u64, pages_path: &str) -> Result<Vec<i32>, RestoreError> {
     let pid = img.pid();
     let maps_path = format!("/proc/{pid}/maps");
     let maps = std::fs::read_to_string(&maps_path).map_err(|source| RestoreError::Io {
@@ -423,14 +502,6 @@ fn build(img: &ProcessImage, tramp: u64, pages_path: &str) -> Result<(), Restore
         rt: RemoteTask::new(pid, insn)?,
         tramp,
     };
-    // If cryo dies from here on, the half-built child dies with it.
-    ptrace::set_options(pid, libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_EXITKILL).map_err(
-        |source| RestoreError::Sys {
-            pid,
-            what: "setting ptrace options".into(),
-            source,
-        },
-    )?;
     let prot = (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64;
     let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64;
     let got = ctx.sys(
@@ -468,6 +539,14 @@ fn build(img: &ProcessImage, tramp: u64, pages_path: &str) -> Result<(), Restore
         libc::SYS_prctl,
         [libc::PR_SET_PDEATHSIG as u64, 0, 0, 0, 0, 0],
     )?;
+    let mut threads = Vec::with_capacity(img.tasks.len().saturating_sub(1));
+    for t in img.tasks.iter().skip(1) {
+        threads.push(create_thread(&mut ctx, img, t)?);
+    }
+    // Credentials are per thread.
+    for th in threads.iter_mut() {
+        task_state::restore_creds(th, img)?;
+    }
     task_state::restore_creds(&mut ctx, img)?;
 
     // Leave through a syscall instruction of the restored image, then drop the trampoline.
@@ -497,6 +576,84 @@ fn build(img: &ProcessImage, tramp: u64, pages_path: &str) -> Result<(), Restore
     })?;
     ptrace::set_regs(pid, &task_state::final_regs(regs)).map_err(sys("setting registers"))?;
     ctx.rt.forget();
+    let mut tids = Vec::with_capacity(threads.len());
+    for (th, t) in threads.into_iter().zip(img.tasks.iter().skip(1)) {
+        set_final_thread_state(th, t)?;
+        tids.push(t.tid);
+    }
+    Ok(tids)
+}
+
+/// Creates thread `t` in the process with clone3 (`set_tid`), run from the trampoline by the
+/// leader. The new thread starts at the trampoline's `jmp .` with every signal blocked (it
+/// inherits the leader's mask while we drive it), spins there until we seize it, and gets its
+/// own per-thread state with remote syscalls. Its registers are set last, in
+/// [`set_final_thread_state`].
+fn create_thread(ctx: &mut Ctx, img: &ProcessImage, t: &TaskCore) -> Result<Ctx, RestoreError> {
+    let pid = img.pid();
+    let tid = t.tid;
+    let set_tid = ctx.put(512, &tid.to_le_bytes())?;
+    let flags = (libc::CLONE_VM
+        | libc::CLONE_FS
+        | libc::CLONE_FILES
+        | libc::CLONE_SIGHAND
+        | libc::CLONE_THREAD
+        | libc::CLONE_SYSVSEM) as u64;
+    let args = remote_ctx::Le::default()
+        .u64(flags)
+        .u64(0) // pidfd
+        .u64(0) // child_tid
+        .u64(0) // parent_tid
+        .u64(0) // exit_signal
+        .u64(0) // stack: the leader's, unused while the thread spins
+        .u64(0) // stack_size
+        .u64(0) // tls: set with the registers
+        .u64(set_tid)
+        .u64(1) // set_tid_size
+        .u64(0); // cgroup
+    let args_len = args.0.len() as u64;
+    let a = ctx.put(0, &args.0)?;
+    let got = ctx.sys(
+        || format!("clone3(thread {tid})"),
+        libc::SYS_clone3,
+        [a, args_len, 0, 0, 0, 0],
+    )?;
+    if got != tid as u64 {
+        return Err(RestoreError::Invalid {
+            pid,
+            what: format!("thread {tid} was created as {got}"),
+        });
+    }
+    seize_ready(tid)?;
+    let mut th = Ctx {
+        rt: RemoteTask::new(tid, ctx.tramp)?,
+        tramp: ctx.tramp,
+    };
+    task_state::restore_thread_bits(&mut th, t)?;
+    task_state::restore_pending_private(&mut th, img, t)?;
+    Ok(th)
+}
+
+/// Signal mask, xsave and registers of a created thread; it stays stopped for detach.
+fn set_final_thread_state(th: Ctx, t: &TaskCore) -> Result<(), RestoreError> {
+    let tid = t.tid;
+    let sys = |what: &'static str| {
+        move |source| RestoreError::Sys {
+            pid: tid,
+            what: what.into(),
+            source,
+        }
+    };
+    ptrace::set_sigmask(tid, t.sigmask).map_err(sys("setting the signal mask"))?;
+    if !t.xsave.is_empty() {
+        ptrace::set_xstate(tid, &t.xsave).map_err(sys("setting the xsave state"))?;
+    }
+    let regs = t.regs.as_ref().ok_or_else(|| RestoreError::Invalid {
+        pid: tid,
+        what: "no registers".into(),
+    })?;
+    ptrace::set_regs(tid, &task_state::final_regs(regs)).map_err(sys("setting registers"))?;
+    th.rt.forget();
     Ok(())
 }
 

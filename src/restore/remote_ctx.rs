@@ -8,8 +8,9 @@ use crate::sys::mem;
 
 /// The trampoline region: one code page (`syscall; int3`) followed by scratch pages.
 pub const TRAMPOLINE_LEN: u64 = 16 * 4096;
-/// The bytes written at the start of the trampoline: `syscall; int3`.
-pub const TRAMPOLINE_CODE: [u8; 3] = [0x0f, 0x05, 0xcc];
+/// The bytes written at the start of the trampoline: `syscall; jmp .`. A thread created by a
+/// remote clone3 returns to the `jmp .` and spins there until cryo seizes it.
+pub const TRAMPOLINE_CODE: [u8; 4] = [0x0f, 0x05, 0xeb, 0xfe];
 
 /// A task being restored.
 pub struct Ctx {

@@ -192,6 +192,15 @@ pub fn restore_thread_bits(ctx: &mut Ctx, t: &TaskCore) -> Result<(), RestoreErr
     Ok(())
 }
 
+/// Re-queues one created thread's private pending signals.
+pub fn restore_pending_private(
+    ctx: &mut Ctx,
+    img: &ProcessImage,
+    t: &TaskCore,
+) -> Result<(), RestoreError> {
+    queue_signals(ctx, img.pid(), t.tid, false, &t.pending)
+}
+
 /// Re-queues pending signals: the process-wide ones and one task's private ones. All
 /// signals are blocked while we drive the task, so they stay pending until the real mask is
 /// set.
@@ -200,30 +209,38 @@ pub fn restore_pending(
     img: &ProcessImage,
     t: &TaskCore,
 ) -> Result<(), RestoreError> {
-    let pid = img.pid();
-    for (shared, sigs) in [(true, &img.core.shared_pending), (false, &t.pending)] {
-        for s in sigs.iter() {
-            if s.raw.len() != 128 {
-                return Err(RestoreError::Invalid {
-                    pid,
-                    what: format!("pending siginfo of {} bytes", s.raw.len()),
-                });
-            }
-            let signo = u32::from_le_bytes([s.raw[0], s.raw[1], s.raw[2], s.raw[3]]) as u64;
-            let p = ctx.put(0, &s.raw)?;
-            if shared {
-                ctx.sys(
-                    || format!("rt_sigqueueinfo({signo})"),
-                    libc::SYS_rt_sigqueueinfo,
-                    [pid as u64, signo, p, 0, 0, 0],
-                )?;
-            } else {
-                ctx.sys(
-                    || format!("rt_tgsigqueueinfo({signo})"),
-                    libc::SYS_rt_tgsigqueueinfo,
-                    [pid as u64, t.tid as u64, signo, p, 0, 0],
-                )?;
-            }
+    queue_signals(ctx, img.pid(), t.tid, true, &img.core.shared_pending)?;
+    queue_signals(ctx, img.pid(), t.tid, false, &t.pending)
+}
+
+fn queue_signals(
+    ctx: &mut Ctx,
+    pid: i32,
+    tid: i32,
+    shared: bool,
+    sigs: &[crate::proto::SigInfo],
+) -> Result<(), RestoreError> {
+    for s in sigs {
+        if s.raw.len() != 128 {
+            return Err(RestoreError::Invalid {
+                pid,
+                what: format!("pending siginfo of {} bytes", s.raw.len()),
+            });
+        }
+        let signo = u32::from_le_bytes([s.raw[0], s.raw[1], s.raw[2], s.raw[3]]) as u64;
+        let p = ctx.put(0, &s.raw)?;
+        if shared {
+            ctx.sys(
+                || format!("rt_sigqueueinfo({signo})"),
+                libc::SYS_rt_sigqueueinfo,
+                [pid as u64, signo, p, 0, 0, 0],
+            )?;
+        } else {
+            ctx.sys(
+                || format!("rt_tgsigqueueinfo({tid}, {signo})"),
+                libc::SYS_rt_tgsigqueueinfo,
+                [pid as u64, tid as u64, signo, p, 0, 0],
+            )?;
         }
     }
     Ok(())

@@ -40,10 +40,10 @@ pub fn get_robust_list(tid: i32) -> SysResult<(u64, u64)> {
     Ok((head, len as u64))
 }
 
-/// PR_SET_CHILD_SUBREAPER on the calling process.
-pub fn set_child_subreaper() -> SysResult<()> {
+/// PR_SET_CHILD_SUBREAPER on the calling process (`on`), or off.
+pub fn set_child_subreaper(on: bool) -> SysResult<()> {
     // SAFETY: prctl with integer arguments.
-    let ret = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    let ret = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, on as libc::c_ulong, 0, 0, 0) };
     check("prctl(PR_SET_CHILD_SUBREAPER)", ret as libc::c_long).map(drop)
 }
 

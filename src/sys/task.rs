@@ -189,3 +189,44 @@ pub fn set_status_flags(fd: RawFd, flags: i32) -> SysResult<()> {
     let r = unsafe { libc::fcntl(fd, libc::F_SETFL, flags) };
     check("fcntl(F_SETFL)", r as libc::c_long).map(drop)
 }
+
+/// setsid(2).
+pub fn setsid() -> SysResult<()> {
+    // SAFETY: plain syscall.
+    let r = unsafe { libc::setsid() };
+    check("setsid", r as libc::c_long).map(drop)
+}
+
+/// setpgid(0, pgid): join (or with 0, lead) a process group.
+pub fn setpgid(pgid: i32) -> SysResult<()> {
+    // SAFETY: plain syscall.
+    let r = unsafe { libc::setpgid(0, pgid) };
+    check("setpgid", r as libc::c_long).map(drop)
+}
+
+/// Waits for signals forever (a restore child waiting to be taken over).
+pub fn pause_forever() -> ! {
+    loop {
+        // SAFETY: pause has no arguments.
+        unsafe { libc::pause() };
+    }
+}
+
+/// Ends the calling process so that its parent sees `status` (a waitpid status word): an exit
+/// code, or death by a signal (with the signal's default action, and no core dump).
+pub fn die_with_status(status: i32) -> ! {
+    if libc::WIFSIGNALED(status) {
+        let sig = libc::WTERMSIG(status);
+        let _ = set_rlimit(libc::RLIMIT_CORE, 0, 0);
+        // SAFETY: resetting a disposition, unblocking every signal and signalling ourselves.
+        unsafe {
+            libc::signal(sig, libc::SIG_DFL);
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::sigprocmask(libc::SIG_UNBLOCK, &all, std::ptr::null_mut());
+            libc::kill(libc::getpid(), sig);
+        }
+        exit_now(128 + sig)
+    }
+    exit_now(libc::WEXITSTATUS(status))
+}

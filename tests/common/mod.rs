@@ -51,7 +51,7 @@ pub const SYS_CLOCK_NANOSLEEP: i64 = 230;
 pub fn init() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
-        proc_ctl::set_child_subreaper().expect("prctl(PR_SET_CHILD_SUBREAPER)");
+        proc_ctl::set_child_subreaper(true).expect("prctl(PR_SET_CHILD_SUBREAPER)");
         // fds this test process inherited (from CI, a shell, an IDE) must not leak into the
         // workloads, or their dumps would see fds the tests never meant them to have.
         for fd in cryo::sys::task::own_fds().into_iter().filter(|&fd| fd > 2) {
