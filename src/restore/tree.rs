@@ -148,10 +148,20 @@ impl Plan {
         let Some(e) = self.entries.get(&pid) else {
             return Join::Inherit;
         };
+        if pid == self.root {
+            // The root starts in cryo's session and group: it only has to create its own
+            // if it led one; otherwise it stays in cryo's (as a shell job would).
+            return if e.sid == pid {
+                Join::NewSession
+            } else if e.pgid == pid {
+                Join::NewGroup
+            } else {
+                Join::Inherit
+            };
+        }
         let (inh_pgid, inh_sid) = match self.entries.get(&e.ppid) {
-            Some(p) if pid != self.root => (p.pgid, p.sid),
-            // The root inherits cryo's; anything not led inside the tree stays so.
-            _ => (e.pgid, e.sid),
+            Some(p) => (p.pgid, p.sid),
+            None => (e.pgid, e.sid),
         };
         if e.sid == pid && inh_sid != pid {
             Join::NewSession
@@ -193,7 +203,7 @@ mod tests {
             10,
         )
         .unwrap();
-        assert_eq!(plan.join(10), Join::Inherit);
+        assert_eq!(plan.join(10), Join::NewSession);
         assert_eq!(plan.join(11), Join::Inherit);
         assert_eq!(plan.join(12), Join::NewGroup);
         assert_eq!(plan.join(13), Join::Inherit);

@@ -38,6 +38,8 @@ pub const WORKLOADS: &[&str] = &[
     "counter",
     "bigmem",
     "itimer_pending",
+    "threads",
+    "tree",
 ];
 
 /// x86_64 syscall numbers a workload may be found blocked in.
@@ -119,6 +121,7 @@ fn compiled() -> Option<&'static Path> {
                 .arg(&tmp)
                 .arg(&src)
                 .arg("-lrt")
+                .arg("-lpthread")
                 .output();
             match result {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,

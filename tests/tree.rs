@@ -1,0 +1,207 @@
+//! Process trees and multi-threaded processes (issue 3): a tree of 12 processes over 4 levels
+//! with its own session, a separate process group and a zombie; a process with 8 threads;
+//! repeated cycles; and a restore whose PID is taken, which must fail cleanly.
+
+mod common;
+
+use common::*;
+use cryo::sys::ptrace;
+use std::path::Path;
+use std::time::Duration;
+
+fn prepare(test: &str, name: &str) -> Option<std::path::PathBuf> {
+    if !require_root(test) {
+        return None;
+    }
+    require_cli();
+    workload_bin(test, name)
+}
+
+/// Every process of the tree rooted at `root` (from /proc, zombies included).
+fn descendants(root: i32) -> Vec<i32> {
+    let mut out = vec![root];
+    let mut i = 0;
+    while i < out.len() {
+        let pid = out[i];
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+            for t in tasks.flatten() {
+                let p = t.path().join("children");
+                if let Ok(text) = std::fs::read_to_string(p) {
+                    out.extend(
+                        text.split_whitespace()
+                            .filter_map(|s| s.parse::<i32>().ok()),
+                    );
+                }
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Reaps the processes of a dumped tree that were adopted by this test process (a child
+/// subreaper) and waits until their PIDs are free.
+fn reap_tree(pids: &[i32]) {
+    let ok = wait_until(Duration::from_secs(20), || {
+        for &p in pids {
+            let _ = ptrace::wait(p, libc::WNOHANG);
+        }
+        pids.iter()
+            .all(|p| !Path::new(&format!("/proc/{p}")).exists())
+    });
+    assert!(ok, "the dumped tree did not go away: {pids:?}");
+}
+
+fn dump_restore_check(w: &mut Workload, tree: &[i32]) {
+    let images = images_dir();
+    dump_ok(w, images.path(), &[]);
+    w.wait_killed_by_dump();
+    reap_tree(tree);
+    let result = restore_and_check(w, images.path());
+    assert_eq!(result, "PASS", "{}", w.logs());
+}
+
+#[test]
+fn tree_with_session_group_and_zombie() {
+    let _serial = serial();
+    let Some(bin) = prepare("tree_with_session_group_and_zombie", "tree") else {
+        return;
+    };
+    let mut w = Workload::start(&bin, &[]);
+    let tree = descendants(w.pid);
+    assert!(tree.len() >= 13, "the workload built only {tree:?}");
+    let images = images_dir();
+    dump_ok(&w, images.path(), &[]);
+    let show = cryo_output(&["show", "-D", images.path().to_str().unwrap()], TIMEOUT);
+    let text = String::from_utf8_lossy(&show.stdout);
+    for pid in &tree {
+        assert!(
+            text.contains(&pid.to_string()),
+            "cryo show lacks pid {pid}\n{text}"
+        );
+    }
+    w.wait_killed_by_dump();
+    reap_tree(&tree);
+    let result = restore_and_check(&w, images.path());
+    assert_eq!(result, "PASS", "{}", w.logs());
+}
+
+#[test]
+fn threads_keep_tids_tls_masks_and_progress() {
+    let _serial = serial();
+    let Some(bin) = prepare("threads_keep_tids_tls_masks_and_progress", "threads") else {
+        return;
+    };
+    let mut w = Workload::start(&bin, &[]);
+    let threads = std::fs::read_dir(format!("/proc/{}/task", w.pid))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(threads, 9, "the workload should have 9 threads");
+    let pid = w.pid;
+    dump_restore_check(&mut w, &[pid]);
+}
+
+#[test]
+fn twenty_cycles_of_a_tree() {
+    let _serial = serial();
+    let Some(bin) = prepare("twenty_cycles_of_a_tree", "tree") else {
+        return;
+    };
+    let mut w = Workload::start(&bin, &[]);
+    let tree = descendants(w.pid);
+    let images = images_dir();
+    dump_ok(&w, images.path(), &[]);
+    w.wait_killed_by_dump();
+    reap_tree(&tree);
+    for cycle in 0..20 {
+        let restore = restore_spawn(images.path(), &["-d"]);
+        let out = restore.finish(TIMEOUT);
+        assert!(
+            out.status.success(),
+            "cycle {cycle}: {}",
+            show_output("cryo restore -d", &out)
+        );
+        let again = images_dir();
+        let dump = cryo_output(
+            &[
+                "dump",
+                "-t",
+                &w.pid.to_string(),
+                "-D",
+                again.path().to_str().unwrap(),
+            ],
+            TIMEOUT,
+        );
+        assert!(
+            dump.status.success(),
+            "cycle {cycle}: {}",
+            show_output("cryo dump", &dump)
+        );
+        reap_tree(&tree);
+        // Keep the newest checkpoint for the next cycle.
+        for f in std::fs::read_dir(images.path()).unwrap().flatten() {
+            let _ = std::fs::remove_file(f.path());
+        }
+        for f in std::fs::read_dir(again.path()).unwrap().flatten() {
+            std::fs::rename(f.path(), images.path().join(f.file_name())).unwrap();
+        }
+    }
+    let result = restore_and_check(&w, images.path());
+    assert_eq!(result, "PASS", "{}", w.logs());
+}
+
+#[test]
+fn taken_pid_fails_cleanly() {
+    let _serial = serial();
+    let Some(bin) = prepare("taken_pid_fails_cleanly", "tree") else {
+        return;
+    };
+    let mut w = Workload::start(&bin, &[]);
+    let tree = descendants(w.pid);
+    let images = images_dir();
+    dump_ok(&w, images.path(), &[]);
+    w.wait_killed_by_dump();
+    reap_tree(&tree);
+    // Occupy one PID of the tree (a leaf) with a process of our own.
+    let taken = *tree.last().unwrap();
+    let Some(holder) = hold_pid(taken) else {
+        skip("taken_pid_fails_cleanly", "could not occupy a chosen PID");
+        return;
+    };
+    let out = restore_spawn(images.path(), &["-d"]).finish(TIMEOUT);
+    assert!(
+        !out.status.success(),
+        "restore succeeded with pid {taken} taken"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&taken.to_string()),
+        "the error does not name pid {taken}: {err}"
+    );
+    for p in tree.iter().filter(|p| **p != taken) {
+        assert!(
+            !Path::new(&format!("/proc/{p}")).exists(),
+            "pid {p} of the checkpoint is left behind after a failed restore"
+        );
+    }
+    drop(holder);
+}
+
+/// A child process of ours occupying `pid` (forked with clone3 set_tid); killed and reaped on
+/// drop.
+struct PidHolder(i32);
+
+impl Drop for PidHolder {
+    fn drop(&mut self) {
+        let _ = cryo::sys::proc_ctl::kill(self.0, libc::SIGKILL);
+        let _ = ptrace::wait(self.0, 0);
+    }
+}
+
+fn hold_pid(pid: i32) -> Option<PidHolder> {
+    match cryo::sys::proc_ctl::fork_with_pid(pid) {
+        Ok(0) => cryo::sys::task::pause_forever(),
+        Ok(p) => Some(PidHolder(p)),
+        Err(_) => None,
+    }
+}

@@ -1,0 +1,199 @@
+/*
+ * tree: 13 live processes over 4 levels plus a zombie. The root leads its own session; one
+ * subtree has its own process group, and one process joins that group from another branch.
+ *
+ *   root (session leader)
+ *   +- a -------- a1, a2, a3 -- a3x
+ *   +- b -------- b1, b2, and z (exits 42 at once; b keeps it a zombie until the check)
+ *   +- c (new group) -- c1, c2 (in c's group)
+ *   +- d (joins c's group)
+ *
+ * Every process remembers its pid, ppid, pgid and sid and, after the check request, compares
+ * them and writes res.<pid>. The root collects 12 of them, and b reaps its zombie expecting
+ * status 42. Each parent reaps its children before exiting.
+ */
+#include "protocol.c"
+#include <signal.h>
+#include <dirent.h>
+#include <sys/wait.h>
+
+static pid_t kids[8];
+static int nkids;
+static pid_t zombie;
+
+static void report(const char *what)
+{
+	char name[64], text[512];
+	snprintf(name, sizeof(name), "res.%d", (int)getpid());
+	snprintf(text, sizeof(text), "%s\n", what);
+	wl_write_file(name, text);
+}
+
+static void check_ids(pid_t pid, pid_t ppid, pid_t pgid, pid_t sid, char *out, size_t len)
+{
+	if (getpid() != pid || getppid() != ppid || getpgid(0) != pgid || getsid(0) != sid)
+		snprintf(out, len, "pid %d: pid/ppid/pgid/sid %d/%d/%d/%d, were %d/%d/%d/%d", (int)pid,
+			 (int)getpid(), (int)getppid(), (int)getpgid(0), (int)getsid(0), (int)pid, (int)ppid,
+			 (int)pgid, (int)sid);
+	else
+		snprintf(out, len, "PASS");
+}
+
+static void reap_kids(void)
+{
+	for (int i = 0; i < nkids; i++)
+		waitpid(kids[i], NULL, 0);
+}
+
+/* The life of every non-root process after its own children are forked. */
+static void member(void)
+{
+	pid_t pid = getpid(), ppid = getppid(), pgid = getpgid(0), sid = getsid(0);
+	wl_wait_check(NULL);
+	char verdict[256];
+	check_ids(pid, ppid, pgid, sid, verdict, sizeof(verdict));
+	if (zombie && !strcmp(verdict, "PASS")) {
+		int status;
+		if (waitpid(zombie, &status, WNOHANG) != zombie)
+			snprintf(verdict, sizeof(verdict), "zombie %d is not waiting to be reaped", (int)zombie);
+		else if (!WIFEXITED(status) || WEXITSTATUS(status) != 42)
+			snprintf(verdict, sizeof(verdict), "zombie status %#x, expected exit 42", status);
+	}
+	report(verdict);
+	reap_kids();
+	exit(0);
+}
+
+static pid_t spawn(void (*body)(void))
+{
+	pid_t p = fork();
+	if (p < 0)
+		wl_die("fork");
+	if (p == 0) {
+		nkids = 0;
+		zombie = 0;
+		body();
+		member();
+	}
+	kids[nkids++] = p;
+	return p;
+}
+
+static void leaf(void) {}
+static void a3(void) { spawn(leaf); }
+static void a(void) { spawn(leaf); spawn(leaf); spawn(a3); }
+static void b(void)
+{
+	spawn(leaf);
+	spawn(leaf);
+	zombie = fork();
+	if (zombie == 0)
+		_exit(42);
+	/* Wait until it is a zombie. */
+	char path[64], buf[256];
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)zombie);
+	for (;;) {
+		FILE *f = fopen(path, "r");
+		if (f && fgets(buf, sizeof(buf), f) && strstr(buf, ") Z ")) {
+			fclose(f);
+			break;
+		}
+		if (f)
+			fclose(f);
+		usleep(1000);
+	}
+}
+static pid_t c_pid;
+static void c(void) { setpgid(0, 0); spawn(leaf); spawn(leaf); }
+static void d(void) { setpgid(0, c_pid); }
+
+/* Processes (zombies included) whose session is `sid`, from /proc. */
+static int session_size(pid_t sid)
+{
+	DIR *dir = opendir("/proc");
+	int n = 0;
+	struct dirent *e;
+	while (dir && (e = readdir(dir))) {
+		char path[300], buf[512];
+		if (e->d_name[0] < '0' || e->d_name[0] > '9')
+			continue;
+		snprintf(path, sizeof(path), "/proc/%s/stat", e->d_name);
+		FILE *f = fopen(path, "r");
+		if (!f)
+			continue;
+		if (fgets(buf, sizeof(buf), f)) {
+			char *r = strrchr(buf, ')');
+			int ppid, pgrp, session;
+			char state;
+			if (r && sscanf(r + 2, "%c %d %d %d", &state, &ppid, &pgrp, &session) == 4 &&
+			    session == sid)
+				n++;
+		}
+		fclose(f);
+	}
+	if (dir)
+		closedir(dir);
+	return n;
+}
+
+static int count_results(void)
+{
+	DIR *dir = opendir(".");
+	int n = 0;
+	struct dirent *e;
+	while (dir && (e = readdir(dir)))
+		if (!strncmp(e->d_name, "res.", 4) && !strstr(e->d_name, ".tmp"))
+			n++;
+	if (dir)
+		closedir(dir);
+	return n;
+}
+
+int main(void)
+{
+	wl_init();
+	if (setsid() < 0)
+		wl_die("setsid");
+	pid_t pid = getpid(), sid = getsid(0);
+	spawn(a);
+	spawn(b);
+	c_pid = spawn(c);
+	/* c must lead its group before d joins it. */
+	while (getpgid(c_pid) != c_pid)
+		usleep(1000);
+	spawn(d);
+	/* Wait until the whole tree is up: 13 live processes and the zombie. */
+	while (session_size(sid) < 14)
+		usleep(10000);
+	wl_ready();
+	wl_wait_check(NULL);
+	char verdict[256];
+	check_ids(pid, getppid(), pid, pid, verdict, sizeof(verdict));
+	if (strcmp(verdict, "PASS"))
+		wl_fail("%s", verdict);
+	double end = wl_now(CLOCK_MONOTONIC) + 30;
+	while (count_results() < 12 && wl_now(CLOCK_MONOTONIC) < end)
+		usleep(10000);
+	if (count_results() != 12)
+		wl_fail("%d of 12 processes reported", count_results());
+	DIR *dir = opendir(".");
+	struct dirent *e;
+	while (dir && (e = readdir(dir))) {
+		if (strncmp(e->d_name, "res.", 4) || strstr(e->d_name, ".tmp"))
+			continue;
+		char buf[300] = "";
+		FILE *f = fopen(e->d_name, "r");
+		if (f) {
+			if (!fgets(buf, sizeof(buf), f))
+				buf[0] = 0;
+			fclose(f);
+		}
+		buf[strcspn(buf, "\n")] = 0;
+		if (strcmp(buf, "PASS"))
+			wl_fail("%s", buf);
+	}
+	if (dir)
+		closedir(dir);
+	reap_kids();
+	return wl_finish();
+}
