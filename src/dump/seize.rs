@@ -167,7 +167,8 @@ impl SeizedTree {
                 .map_err(|source| DumpError::Seize { pid, source })?;
         }
         for p in self.procs.values().filter(|p| p.zombie.is_none()) {
-            for &tid in &p.tids {
+            // The leader's exit is reported only after every other thread's: leader last.
+            for &tid in p.tids.iter().rev() {
                 while let Ok(Some((_, st))) = ptrace::wait(tid, 0) {
                     if matches!(st, WaitStatus::Exited(_) | WaitStatus::Signaled(_)) {
                         break;

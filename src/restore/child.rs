@@ -46,7 +46,18 @@ fn run_inner(
         match super::fork_at(kid).map_err(|e| format!("forking child {kid}: {e}"))? {
             0 if entry.zombie => task::die_with_status(entry.exit_status),
             0 => run(plan, images, kid, report),
-            _ => {}
+            _ => {
+                // Both parent and child set the child's group (as shells do), so a sibling
+                // forked next can join it whichever of the two runs first.
+                let target = match plan.join(kid) {
+                    Join::NewGroup => Some(kid),
+                    Join::Group(g) => Some(g),
+                    _ => None,
+                };
+                if let Some(g) = target {
+                    let _ = task::setpgid_of(kid, g);
+                }
+            }
         }
     }
     let img = images

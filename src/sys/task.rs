@@ -204,6 +204,13 @@ pub fn setpgid(pgid: i32) -> SysResult<()> {
     check("setpgid", r as libc::c_long).map(drop)
 }
 
+/// setpgid(pid, pgid) on a child.
+pub fn setpgid_of(pid: i32, pgid: i32) -> SysResult<()> {
+    // SAFETY: plain syscall.
+    let r = unsafe { libc::setpgid(pid, pgid) };
+    check("setpgid", r as libc::c_long).map(drop)
+}
+
 /// Waits for signals forever (a restore child waiting to be taken over).
 pub fn pause_forever() -> ! {
     loop {
