@@ -205,3 +205,15 @@ fn hold_pid(pid: i32) -> Option<PidHolder> {
         Err(_) => None,
     }
 }
+
+#[test]
+fn shared_anonymous_memory_stays_shared() {
+    let _serial = serial();
+    let Some(bin) = prepare("shared_anonymous_memory_stays_shared", "shm") else {
+        return;
+    };
+    let mut w = Workload::start(&bin, &[]);
+    let tree = descendants(w.pid);
+    assert_eq!(tree.len(), 2, "expected a parent and a child: {tree:?}");
+    dump_restore_check(&mut w, &tree);
+}

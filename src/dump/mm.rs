@@ -73,7 +73,12 @@ pub fn collect_vmas(pid: i32, maps: &[MapEntry]) -> Result<(Vec<Vma>, Vec<PageRu
         if kind == VmaKind::VmaStack {
             flags |= libc::MAP_GROWSDOWN as u32;
         }
-        let file = if matches!(kind, VmaKind::VmaFilePrivate | VmaKind::VmaFileShared) {
+        // Shared anonymous memory is a shmem file: its identity (dev, ino) tells which
+        // mappings, in this process or others, are the same memory.
+        let file = if matches!(
+            kind,
+            VmaKind::VmaFilePrivate | VmaKind::VmaFileShared | VmaKind::VmaAnonShared
+        ) {
             let st = proc::map_file_stat(pid, m.start, m.end)?;
             Some(FileId {
                 path: m.path.clone(),

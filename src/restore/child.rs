@@ -10,9 +10,16 @@ use crate::sys::task;
 use std::collections::BTreeMap;
 use std::os::fd::RawFd;
 
-/// Runs restore process `pid` (in the freshly forked child). Never returns.
-pub fn run(plan: &Plan, images: &BTreeMap<i32, ProcessImage>, pid: i32, report: RawFd) -> ! {
-    match run_inner(plan, images, pid, report) {
+/// Runs restore process `pid` (in the freshly forked child). `keep` are fds cryo prepared
+/// that must survive into the process (shared memory objects). Never returns.
+pub fn run(
+    plan: &Plan,
+    images: &BTreeMap<i32, ProcessImage>,
+    pid: i32,
+    report: RawFd,
+    keep: &[RawFd],
+) -> ! {
+    match run_inner(plan, images, pid, report, keep) {
         Ok(report) => {
             task::write_all(report, format!("R {pid}\n").as_bytes());
             task::close(report);
@@ -31,6 +38,7 @@ fn run_inner(
     images: &BTreeMap<i32, ProcessImage>,
     pid: i32,
     report: RawFd,
+    keep: &[RawFd],
 ) -> Result<RawFd, String> {
     task::set_pdeathsig(libc::SIGKILL).map_err(|e| e.to_string())?;
     match plan.join(pid) {
@@ -45,7 +53,7 @@ fn run_inner(
             .ok_or_else(|| format!("child {kid} missing from the plan"))?;
         match super::fork_at(kid).map_err(|e| format!("forking child {kid}: {e}"))? {
             0 if entry.zombie => task::die_with_status(entry.exit_status),
-            0 => run(plan, images, kid, report),
+            0 => run(plan, images, kid, report, keep),
             _ => {
                 // Both parent and child set the child's group (as shells do), so a sibling
                 // forked next can join it whichever of the two runs first.
@@ -63,12 +71,12 @@ fn run_inner(
     let img = images
         .get(&pid)
         .ok_or_else(|| format!("no images for pid {pid}"))?;
-    prepare(img, report)
+    prepare(img, report, keep)
 }
 
 /// fds, cwd, root, umask, rlimits and name. Returns the report fd's new number.
-fn prepare(img: &ProcessImage, report_fd: RawFd) -> Result<RawFd, String> {
-    let report = super::files::install_fds(&img.fds, report_fd)?;
+fn prepare(img: &ProcessImage, report_fd: RawFd, keep: &[RawFd]) -> Result<RawFd, String> {
+    let report = super::files::install_fds(&img.fds, report_fd, keep)?;
     let core = &img.core;
     if !core.root.is_empty() && core.root != "/" {
         task::chroot(&core.root).map_err(|e| format!("chroot({}): {e}", core.root))?;

@@ -20,8 +20,9 @@ const REOPEN_FLAGS: i32 = libc::O_ACCMODE
     | libc::O_DSYNC;
 
 /// Installs `fds` in the calling process: every other fd is closed except `report_fd`, which
-/// is moved above the saved fd numbers. Returns the report fd's new number.
-pub fn install_fds(fds: &[FdEntry], report_fd: RawFd) -> Result<RawFd, String> {
+/// is moved above the saved fd numbers, and `keep` (fds cryo prepared for the restorer, all
+/// above every saved fd). Returns the report fd's new number.
+pub fn install_fds(fds: &[FdEntry], report_fd: RawFd, keep: &[RawFd]) -> Result<RawFd, String> {
     let max_target = fds.iter().map(|f| f.fd).max().unwrap_or(2);
     let high = max_target.max(2) + 1;
     let report = task::dup_above(report_fd, high).map_err(|e| e.to_string())?;
@@ -42,7 +43,12 @@ pub fn install_fds(fds: &[FdEntry], report_fd: RawFd) -> Result<RawFd, String> {
         let p = task::dup_above(src, high).map_err(|e| format!("fd {}: {e}", f.fd))?;
         parked.push((f.fd, p));
     }
-    let keep: Vec<RawFd> = parked.iter().map(|p| p.1).chain([report]).collect();
+    let keep: Vec<RawFd> = parked
+        .iter()
+        .map(|p| p.1)
+        .chain([report])
+        .chain(keep.iter().copied())
+        .collect();
     for fd in task::own_fds() {
         if !keep.contains(&fd) {
             task::close(fd);

@@ -195,16 +195,21 @@ fn mremap(ctx: &mut Ctx, from: u64, len: u64, to: u64) -> Result<(), RestoreErro
     Ok(())
 }
 
-/// Whether restore writes page contents into this VMA.
-fn takes_pages(v: &Vma) -> bool {
-    !is_special(v) && v.kind() != VmaKind::VmaFileShared
+/// Whether restore writes page contents into this VMA (shared memory gets its contents
+/// through its shared object, see [`super::shmem`]).
+pub fn takes_pages(v: &Vma) -> bool {
+    !is_special(v) && v.kind() != VmaKind::VmaFileShared && v.kind() != VmaKind::VmaAnonShared
 }
 
 /// Maps every saved VMA at its address. VMAs that receive page contents are mapped writable
 /// for now; [`fix_protections`] sets the saved protections afterwards.
-pub fn map_vmas(ctx: &mut Ctx, img: &ProcessImage) -> Result<(), RestoreError> {
+pub fn map_vmas(
+    ctx: &mut Ctx,
+    img: &ProcessImage,
+    shared: &super::shmem::SharedMem,
+) -> Result<(), RestoreError> {
     let mut file_fds: HashMap<(String, bool), u64> = HashMap::new();
-    let result = map_vmas_inner(ctx, img, &mut file_fds);
+    let result = map_vmas_inner(ctx, img, shared, &mut file_fds);
     for (_, fd) in file_fds {
         let _ = ctx.sys(|| "close".into(), libc::SYS_close, [fd, 0, 0, 0, 0, 0]);
     }
@@ -214,6 +219,7 @@ pub fn map_vmas(ctx: &mut Ctx, img: &ProcessImage) -> Result<(), RestoreError> {
 fn map_vmas_inner(
     ctx: &mut Ctx,
     img: &ProcessImage,
+    shared: &super::shmem::SharedMem,
     file_fds: &mut HashMap<(String, bool), u64>,
 ) -> Result<(), RestoreError> {
     for v in img.mm.vmas.iter().filter(|v| !is_special(v)) {
@@ -245,6 +251,14 @@ fn map_vmas_inner(
                     }
                 };
                 (fd, v.pgoff)
+            }
+            VmaKind::VmaAnonShared => {
+                // The shared object was prepared by cryo and inherited at a known fd.
+                let fd = shared.fd_for(v).ok_or_else(|| RestoreError::Invalid {
+                    pid: ctx.pid(),
+                    what: format!("no shared memory object for the VMA at {:#x}", v.start),
+                })?;
+                (fd as u64, v.pgoff)
             }
             _ => {
                 flags |= libc::MAP_ANONYMOUS as u64;
@@ -287,7 +301,12 @@ pub fn fill_pages(ctx: &mut Ctx, img: &ProcessImage, pages_path: &str) -> Result
         ],
     )?;
     let res = (|| {
-        for run in &img.pagemap {
+        for run in img.pagemap.iter().filter(|r| {
+            img.mm
+                .vmas
+                .iter()
+                .any(|v| v.start <= r.vaddr && r.vaddr < v.end && takes_pages(v))
+        }) {
             let total = run.nr_pages * crate::sys::PAGE_SIZE;
             let mut done = 0u64;
             while done < total {

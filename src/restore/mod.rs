@@ -17,12 +17,15 @@ mod files;
 pub mod layout;
 mod memory;
 mod remote_ctx;
+mod shmem;
 mod task_state;
 pub mod tree;
 
 use crate::image::{ImageError, ImageReader, ImageType};
 use crate::infect::remote::{find_syscall_insn, RemoteError, RemoteTask};
-use crate::proto::{FdEntry, FdKind, MmState, PageRun, ProcessCore, PstreeEntry, TaskCore};
+use crate::proto::{
+    FdEntry, FdKind, MmState, PageRun, ProcessCore, PstreeEntry, TaskCore, VmaKind,
+};
 use crate::sys::ptrace::{self, WaitStatus};
 use crate::sys::{proc_ctl, task, SysError, PAGE_SIZE};
 use remote_ctx::{Ctx, TRAMPOLINE_CODE, TRAMPOLINE_LEN};
@@ -173,7 +176,8 @@ impl ProcessImage {
                 ));
             }
             prev_end = v.end;
-            if let Some(f) = v.file.as_ref().filter(|_| !memory::is_special(v)) {
+            let by_path = matches!(v.kind(), VmaKind::VmaFilePrivate | VmaKind::VmaFileShared);
+            if let Some(f) = v.file.as_ref().filter(|_| by_path) {
                 if f.path.is_empty() {
                     return bad(format!("mm-{pid}.img: file VMA {:#x} has no path", v.start));
                 }
@@ -345,10 +349,19 @@ pub fn restore(opts: &RestoreOpts) -> Result<RestoreOutcome, RestoreError> {
         pids: Vec::new(),
         armed: true,
     };
+    let fd_base = images
+        .values()
+        .flat_map(|i| i.fds.iter().map(|f| f.fd))
+        .chain(task::own_fds())
+        .max()
+        .unwrap_or(2)
+        + 1;
+    let shared = shmem::SharedMem::prepare(&images, &pages_paths, fd_base)?;
+    let keep = shared.fds();
     let child = fork_at(root)?;
     if child == 0 {
         task::close(rd);
-        child::run(&plan, &images, root, wr);
+        child::run(&plan, &images, root, wr, &keep);
     }
     task::close(wr);
     guard.pids = plan.entries().map(|e| e.pid).collect();
@@ -361,7 +374,7 @@ pub fn restore(opts: &RestoreOpts) -> Result<RestoreOutcome, RestoreError> {
         let pid = img.pid();
         seize_ready(pid)?;
         held.push(pid);
-        let tids = build(img, tramps[&pid], &pages_paths[&pid])?;
+        let tids = build(img, tramps[&pid], &pages_paths[&pid], &shared)?;
         held.extend(tids);
     }
     for &tid in &held {
@@ -490,7 +503,12 @@ pub(crate) fn fork_at(pid: i32) -> Result<i32, RestoreError> {
 
 /// Builds the seized restore process into the saved process, threads included. Returns the
 /// thread ids it created (all stopped, ready to be detached).
-fn build(img: &ProcessImage, tramp: u64, pages_path: &str) -> Result<Vec<i32>, RestoreError> {
+fn build(
+    img: &ProcessImage,
+    tramp: u64,
+    pages_path: &str,
+    shared: &shmem::SharedMem,
+) -> Result<Vec<i32>, RestoreError> {
     let pid = img.pid();
     let maps_path = format!("/proc/{pid}/maps");
     let maps = std::fs::read_to_string(&maps_path).map_err(|source| RestoreError::Io {
@@ -524,7 +542,14 @@ fn build(img: &ProcessImage, tramp: u64, pages_path: &str) -> Result<Vec<i32>, R
 
     memory::drop_inherited_rseq(&mut ctx)?;
     memory::clear_and_move_specials(&mut ctx, img)?;
-    memory::map_vmas(&mut ctx, img)?;
+    memory::map_vmas(&mut ctx, img, shared)?;
+    for fd in shared.fds() {
+        ctx.sys(
+            || format!("close of inherited shared memory fd {fd}"),
+            libc::SYS_close,
+            [fd as u64, 0, 0, 0, 0, 0],
+        )?;
+    }
     memory::fill_pages(&mut ctx, img, pages_path)?;
     memory::fix_protections(&mut ctx, img)?;
     memory::set_mm_fields(&mut ctx, img)?;

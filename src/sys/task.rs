@@ -237,3 +237,14 @@ pub fn die_with_status(status: i32) -> ! {
     }
     exit_now(libc::WEXITSTATUS(status))
 }
+
+/// memfd_create(2) with MFD_CLOEXEC, as a File.
+pub fn memfd_create(name: &str) -> SysResult<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    let c = cstr("memfd_create", name)?;
+    // SAFETY: c is a valid C string.
+    let fd = unsafe { libc::memfd_create(c.as_ptr(), libc::MFD_CLOEXEC) };
+    let fd = check("memfd_create", fd as libc::c_long)? as RawFd;
+    // SAFETY: the kernel returned a new fd that nobody else owns.
+    Ok(unsafe { std::fs::File::from_raw_fd(fd) })
+}

@@ -40,6 +40,7 @@ pub const WORKLOADS: &[&str] = &[
     "itimer_pending",
     "threads",
     "tree",
+    "shm",
 ];
 
 /// x86_64 syscall numbers a workload may be found blocked in.
