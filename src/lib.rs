@@ -7,6 +7,7 @@
 
 pub mod check;
 pub mod dump;
+pub mod fault;
 pub mod image;
 pub mod infect;
 pub mod restore;

@@ -69,6 +69,9 @@ pub enum DumpError {
         /// What, and why.
         what: String,
     },
+    /// A fault injected by a test (`CRYO_FAULT`).
+    #[error(transparent)]
+    Fault(#[from] crate::fault::InjectedFault),
     /// The process does not exist (any more).
     #[error("pid {pid}: no such process")]
     Gone {
@@ -118,6 +121,7 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats, DumpError> {
     let mut writer = ImageWriter::create(&opts.dir, opts.overwrite)?;
     let t0 = Instant::now();
     let tree = SeizedTree::seize(pid)?;
+    crate::fault::point("dump:seized")?;
     let procs = tree.procs();
     let mut stats = DumpStats::default();
     let mut entries = Vec::with_capacity(procs.len());
@@ -137,6 +141,7 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats, DumpError> {
         });
     }
     writer.write(ImageType::Pstree, None, &entries)?;
+    crate::fault::point("dump:images")?;
     writer.commit(Inventory {
         format_major: crate::image::FORMAT_MAJOR,
         format_minor: crate::image::FORMAT_MINOR,
@@ -210,7 +215,9 @@ fn collect(
         brk?
     };
 
+    crate::fault::point("dump:collected")?;
     let mut parasite = Parasite::infect(pid, &maps_text)?;
+    crate::fault::point("dump:infected")?;
     let sigactions = parasite.sigactions()?;
     let itimers: Vec<ItimerVal> = parasite.itimers()?;
     let ids: Vec<i32> = timers.iter().map(|t| t.id).collect();
@@ -220,7 +227,9 @@ fn collect(
     let tid_addr = parasite.tid_address()?;
     let mut pages = writer.create_pages(pid)?;
     let stored = parasite.dump_pages(&runs, &mut pages.file)?;
+    crate::fault::point("dump:pages")?;
     parasite.cure()?;
+    crate::fault::point("dump:cured")?;
     writer.finish_pages(pages)?;
     stats.pages_stored += stored.iter().map(|r| r.nr_pages).sum::<u64>();
 

@@ -403,14 +403,17 @@ fn to_text(c: &Checkpoint) -> String {
             );
             for e in tree {
                 let threads: Vec<String> = e.threads.iter().map(i32::to_string).collect();
+                let state = if e.zombie {
+                    format!("zombie, wait status {:#x}", e.exit_status)
+                } else if e.stopped {
+                    format!("{} (stopped)", threads.join(" "))
+                } else {
+                    threads.join(" ")
+                };
                 let _ = writeln!(
                     s,
                     "  {:>7} {:>7} {:>7} {:>7}  {}",
-                    e.pid,
-                    e.ppid,
-                    e.pgid,
-                    e.sid,
-                    threads.join(" ")
+                    e.pid, e.ppid, e.pgid, e.sid, state
                 );
             }
         }
@@ -651,7 +654,8 @@ fn to_json(c: &Checkpoint) -> Value {
                 .map(|e| {
                     json!({
                         "pid": e.pid, "ppid": e.ppid, "pgid": e.pgid, "sid": e.sid,
-                        "threads": e.threads,
+                        "threads": e.threads, "zombie": e.zombie,
+                        "exit_status": e.exit_status, "stopped": e.stopped,
                     })
                 })
                 .collect(),

@@ -68,6 +68,7 @@ fn run_inner(
             }
         }
     }
+    crate::fault::point("restore:child").map_err(|e| e.to_string())?;
     let img = images
         .get(&pid)
         .ok_or_else(|| format!("no images for pid {pid}"))?;

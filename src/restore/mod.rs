@@ -69,6 +69,9 @@ pub enum RestoreError {
     /// The child failed while preparing itself.
     #[error("{0}")]
     Child(String),
+    /// A fault injected by a test (`CRYO_FAULT`).
+    #[error(transparent)]
+    Fault(#[from] crate::fault::InjectedFault),
     /// A file could not be read.
     #[error("{path}: {source}")]
     Io {
@@ -334,6 +337,7 @@ pub fn restore(opts: &RestoreOpts) -> Result<RestoreOutcome, RestoreError> {
         }
     }
 
+    crate::fault::point("restore:validated")?;
     // Orphans of a failed restore must come back to us to be reaped.
     proc_ctl::set_child_subreaper(true).map_err(|source| RestoreError::Sys {
         pid: root,
@@ -374,9 +378,11 @@ pub fn restore(opts: &RestoreOpts) -> Result<RestoreOutcome, RestoreError> {
         let pid = img.pid();
         seize_ready(pid)?;
         held.push(pid);
+        crate::fault::point("restore:seized")?;
         let tids = build(img, tramps[&pid], &pages_paths[&pid], &shared)?;
         held.extend(tids);
     }
+    crate::fault::point("restore:detach")?;
     for &tid in &held {
         ptrace::detach(tid, 0).map_err(|source| RestoreError::Sys {
             pid: tid,
@@ -553,6 +559,7 @@ fn build(
     memory::fill_pages(&mut ctx, img, pages_path)?;
     memory::fix_protections(&mut ctx, img)?;
     memory::set_mm_fields(&mut ctx, img)?;
+    crate::fault::point("restore:memory")?;
     task_state::restore_sigactions(&mut ctx, img)?;
     task_state::restore_itimers(&mut ctx, img)?;
     task_state::restore_posix_timers(&mut ctx, img)?;
@@ -568,6 +575,7 @@ fn build(
     for t in img.tasks.iter().skip(1) {
         threads.push(create_thread(&mut ctx, img, t)?);
     }
+    crate::fault::point("restore:threads")?;
     // Credentials are per thread.
     for th in threads.iter_mut() {
         task_state::restore_creds(th, img)?;

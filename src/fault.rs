@@ -1,0 +1,39 @@
+//! Test-only fault injection. In debug builds (the ones `cargo test` runs), setting
+//! `CRYO_FAULT=<point>` makes [`point`] fail at that step of dump or restore, so tests can
+//! prove that every failure leaves the target running untouched (dump) or leaves no process
+//! behind (restore). Release builds never read the variable.
+
+/// The dump steps where a fault can be injected, in order.
+pub const DUMP_POINTS: &[&str] = &[
+    "dump:seized",
+    "dump:collected",
+    "dump:infected",
+    "dump:pages",
+    "dump:cured",
+    "dump:images",
+];
+
+/// The restore steps where a fault can be injected, in order.
+pub const RESTORE_POINTS: &[&str] = &[
+    "restore:validated",
+    "restore:child",
+    "restore:seized",
+    "restore:memory",
+    "restore:threads",
+    "restore:detach",
+];
+
+/// An injected failure.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("injected fault at {0} (CRYO_FAULT)")]
+pub struct InjectedFault(pub &'static str);
+
+/// Fails when `CRYO_FAULT` names this point (debug builds only).
+pub fn point(name: &'static str) -> Result<(), InjectedFault> {
+    #[cfg(debug_assertions)]
+    if std::env::var("CRYO_FAULT").is_ok_and(|v| v == name) {
+        return Err(InjectedFault(name));
+    }
+    let _ = name;
+    Ok(())
+}

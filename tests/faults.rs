@@ -1,0 +1,209 @@
+//! Fault injection (issue 6): cryo is made to fail at every step of dump and of restore
+//! (`CRYO_FAULT`, honoured by debug builds). After a failed dump the target runs on exactly as
+//! before: same mappings, same fds, same signal state, not stopped, not traced, no checkpoint
+//! presented as good, and it still passes its own check. After a failed restore no process of
+//! the checkpoint is left, and the checkpoint still restores afterwards.
+
+mod common;
+
+use common::*;
+use cryo::sys::ptrace;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+fn cryo_with_fault(point: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cryo"))
+        .args(args)
+        .env("CRYO_FAULT", point)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run cryo")
+}
+
+/// What must not change in a process that a failed dump touched.
+fn fingerprint(pid: i32) -> (String, Vec<String>, Vec<String>) {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| {
+                    let target = std::fs::read_link(e.path()).unwrap_or_default();
+                    format!(
+                        "{} -> {}",
+                        e.file_name().to_string_lossy(),
+                        target.display()
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    fds.sort();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let sig: Vec<String> = status
+        .lines()
+        .filter(|l| l.starts_with("SigBlk") || l.starts_with("SigIgn") || l.starts_with("SigCgt"))
+        .map(str::to_string)
+        .collect();
+    (maps, fds, sig)
+}
+
+#[test]
+fn failed_dump_at_every_step_leaves_the_target_intact() {
+    let _serial = serial();
+    const TEST: &str = "failed_dump_at_every_step_leaves_the_target_intact";
+    if !require_root(TEST) {
+        return;
+    }
+    require_cli();
+    let Some(bin) = workload_bin(TEST, "full_state") else {
+        return;
+    };
+    let mut w = Workload::start(&bin, &[]);
+    for point in cryo::fault::DUMP_POINTS {
+        let before = fingerprint(w.pid);
+        let images = images_dir();
+        let out = cryo_with_fault(
+            point,
+            &[
+                "dump",
+                "-t",
+                &w.pid.to_string(),
+                "-D",
+                images.path().to_str().unwrap(),
+            ],
+        );
+        assert!(!out.status.success(), "{point}: dump succeeded");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("injected fault"), "{point}: {err}");
+        assert!(
+            w.original_running(),
+            "{point}: the target died\n{}",
+            w.logs()
+        );
+        assert!(
+            !matches!(proc_state(w.pid), Some('T' | 't')),
+            "{point}: the target is left stopped"
+        );
+        assert_eq!(
+            tracer_pid(w.pid),
+            Some(0),
+            "{point}: the target is still traced"
+        );
+        assert!(
+            !images.path().join("inventory.img").exists(),
+            "{point}: a failed dump left a checkpoint that looks good"
+        );
+        let after = fingerprint(w.pid);
+        assert_eq!(before.0, after.0, "{point}: the target's mappings changed");
+        assert_eq!(before.1, after.1, "{point}: the target's fds changed");
+        assert_eq!(
+            before.2, after.2,
+            "{point}: the target's signal state changed"
+        );
+    }
+    let result = w.check();
+    assert_eq!(result, "PASS", "{}", w.logs());
+    w.wait_exit();
+}
+
+/// Every process of the tree rooted at `root` (from /proc).
+fn descendants(root: i32) -> Vec<i32> {
+    let mut out = vec![root];
+    let mut i = 0;
+    while i < out.len() {
+        let pid = out[i];
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+            for t in tasks.flatten() {
+                if let Ok(text) = std::fs::read_to_string(t.path().join("children")) {
+                    out.extend(
+                        text.split_whitespace()
+                            .filter_map(|s| s.parse::<i32>().ok()),
+                    );
+                }
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+fn all_gone(pids: &[i32]) -> bool {
+    wait_until(Duration::from_secs(20), || {
+        for &p in pids {
+            let _ = ptrace::wait(p, libc::WNOHANG);
+        }
+        pids.iter()
+            .all(|p| !Path::new(&format!("/proc/{p}")).exists())
+    })
+}
+
+#[test]
+fn failed_restore_at_every_step_leaves_nothing_behind() {
+    let _serial = serial();
+    const TEST: &str = "failed_restore_at_every_step_leaves_nothing_behind";
+    if !require_root(TEST) {
+        return;
+    }
+    require_cli();
+    // A tree with threads would be better still; the tree covers forking, sessions, zombies.
+    let Some(bin) = workload_bin(TEST, "tree") else {
+        return;
+    };
+    let mut w = Workload::start(&bin, &[]);
+    let tree = descendants(w.pid);
+    let images = images_dir();
+    dump_ok(&w, images.path(), &[]);
+    w.wait_killed_by_dump();
+    assert!(all_gone(&tree), "the dumped tree did not go away");
+    for point in cryo::fault::RESTORE_POINTS {
+        let out = cryo_with_fault(
+            point,
+            &["restore", "-d", "-D", images.path().to_str().unwrap()],
+        );
+        assert!(!out.status.success(), "{point}: restore succeeded");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("injected fault"), "{point}: {err}");
+        assert!(
+            all_gone(&tree),
+            "{point}: a failed restore left processes of the checkpoint behind: {:?}",
+            tree.iter()
+                .filter(|p| Path::new(&format!("/proc/{p}")).exists())
+                .collect::<Vec<_>>()
+        );
+    }
+    let result = restore_and_check(&w, images.path());
+    assert_eq!(result, "PASS", "{}", w.logs());
+}
+
+#[test]
+fn failed_dump_of_threads_leaves_every_thread_intact() {
+    let _serial = serial();
+    const TEST: &str = "failed_dump_of_threads_leaves_every_thread_intact";
+    if !require_root(TEST) {
+        return;
+    }
+    require_cli();
+    let Some(bin) = workload_bin(TEST, "threads") else {
+        return;
+    };
+    let mut w = Workload::start(&bin, &[]);
+    for point in ["dump:collected", "dump:infected", "dump:pages"] {
+        let images = images_dir();
+        let out = cryo_with_fault(
+            point,
+            &[
+                "dump",
+                "-t",
+                &w.pid.to_string(),
+                "-D",
+                images.path().to_str().unwrap(),
+            ],
+        );
+        assert!(!out.status.success(), "{point}: dump succeeded");
+        assert!(w.original_running(), "{point}: the target died");
+    }
+    let result = w.check();
+    assert_eq!(result, "PASS", "{}", w.logs());
+    w.wait_exit();
+}
