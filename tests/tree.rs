@@ -217,3 +217,15 @@ fn shared_anonymous_memory_stays_shared() {
     assert_eq!(tree.len(), 2, "expected a parent and a child: {tree:?}");
     dump_restore_check(&mut w, &tree);
 }
+
+#[test]
+fn stopped_child_comes_back_stopped() {
+    let _serial = serial();
+    let Some(bin) = prepare("stopped_child_comes_back_stopped", "stopped") else {
+        return;
+    };
+    let mut w = Workload::start(&bin, &[]);
+    let tree = descendants(w.pid);
+    assert_eq!(tree.len(), 2, "expected a parent and a child: {tree:?}");
+    dump_restore_check(&mut w, &tree);
+}

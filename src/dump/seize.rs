@@ -179,13 +179,23 @@ impl SeizedTree {
         Ok(())
     }
 
-    /// Lets the tree run on.
+    /// Lets the tree run on (stopped processes stopped again).
     pub fn release(mut self) -> Result<(), DumpError> {
         self.done = true;
+        self.detach_all()
+    }
+
+    fn detach_all(&self) -> Result<(), DumpError> {
         let mut first = Ok(());
         for p in self.procs.values() {
+            // Running code in a stopped task ends its group stop: queue a SIGSTOP while it is
+            // still held, so it stops again before running any code of its own.
+            if p.stopped && p.zombie.is_none() {
+                let _ = crate::sys::proc_ctl::kill(p.pid, libc::SIGSTOP);
+            }
             for &tid in &p.tids {
                 if let Err(source) = ptrace::detach(tid, 0) {
+                    tracing::error!(pid = tid, error = %source, "could not detach");
                     if first.is_ok() {
                         first = Err(DumpError::Seize { pid: tid, source });
                     }
@@ -199,13 +209,7 @@ impl SeizedTree {
 impl Drop for SeizedTree {
     fn drop(&mut self) {
         if !self.done {
-            for p in self.procs.values() {
-                for &tid in &p.tids {
-                    if let Err(e) = ptrace::detach(tid, 0) {
-                        tracing::error!(pid = tid, error = %e, "could not detach");
-                    }
-                }
-            }
+            let _ = self.detach_all();
         }
     }
 }

@@ -151,19 +151,38 @@ impl RemoteTask {
 
     fn wait_syscall_stop(&self, nr: libc::c_long) -> Result<(), RemoteError> {
         let pid = self.pid;
-        let (_, status) = ptrace::wait(pid, 0)
-            .map_err(|source| RemoteError::Ptrace { pid, source })?
-            .ok_or_else(|| RemoteError::Ptrace {
-                pid,
-                source: ptrace::unexpected("waitpid"),
-            })?;
-        match status {
-            WaitStatus::Stopped { sig, event: 0 } if sig == (libc::SIGTRAP | 0x80) => Ok(()),
-            other => Err(RemoteError::UnexpectedStop {
-                pid,
-                what: format!("syscall {nr}"),
-                status: other,
-            }),
+        loop {
+            let (_, status) = ptrace::wait(pid, 0)
+                .map_err(|source| RemoteError::Ptrace { pid, source })?
+                .ok_or_else(|| RemoteError::Ptrace {
+                    pid,
+                    source: ptrace::unexpected("waitpid"),
+                })?;
+            match status {
+                WaitStatus::Stopped { sig, event: 0 } if sig == (libc::SIGTRAP | 0x80) => {
+                    return Ok(())
+                }
+                // A task of a stopped (group-stop) process reports the group stop again when
+                // first resumed; resume it once more to reach the syscall stop. (The dumper
+                // stops it again when it lets it go.)
+                WaitStatus::Stopped { sig, event }
+                    if event == ptrace::PTRACE_EVENT_STOP
+                        && matches!(
+                            sig,
+                            libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
+                        ) =>
+                {
+                    ptrace::syscall(pid, 0)
+                        .map_err(|source| RemoteError::Ptrace { pid, source })?;
+                }
+                other => {
+                    return Err(RemoteError::UnexpectedStop {
+                        pid,
+                        what: format!("syscall {nr}"),
+                        status: other,
+                    })
+                }
+            }
         }
     }
 

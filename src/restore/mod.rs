@@ -383,15 +383,38 @@ pub fn restore(opts: &RestoreOpts) -> Result<RestoreOutcome, RestoreError> {
         held.extend(tids);
     }
     crate::fault::point("restore:detach")?;
-    for &tid in &held {
+    // A process that was stopped gets its SIGSTOP while still held, so that it stops before
+    // running a single instruction of its own.
+    for e in plan.entries().filter(|e| e.stopped && !e.zombie) {
+        let _ = proc_ctl::kill(e.pid, libc::SIGSTOP);
+    }
+    // Stopped processes go first, and are seen stopped before anything else runs, so that no
+    // restored process can observe one of them running.
+    let stopped: Vec<i32> = plan
+        .entries()
+        .filter(|e| e.stopped && !e.zombie)
+        .map(|e| e.pid)
+        .collect();
+    let tgid_of = |tid: i32| {
+        plan.entries()
+            .find(|e| e.threads.contains(&tid))
+            .map_or(tid, |e| e.pid)
+    };
+    held.sort_by_key(|&tid| !stopped.contains(&tgid_of(tid)));
+    for (i, &tid) in held.iter().enumerate() {
         ptrace::detach(tid, 0).map_err(|source| RestoreError::Sys {
             pid: tid,
             what: "detaching the restored task".into(),
             source,
         })?;
-    }
-    for e in plan.entries().filter(|e| e.stopped && !e.zombie) {
-        let _ = proc_ctl::kill(e.pid, libc::SIGSTOP);
+        let next_runs = held
+            .get(i + 1)
+            .is_none_or(|&n| !stopped.contains(&tgid_of(n)));
+        if next_runs && stopped.contains(&tgid_of(tid)) {
+            for &pid in &stopped {
+                wait_stopped(pid);
+            }
+        }
     }
     guard.armed = false;
     let _ = proc_ctl::set_child_subreaper(false);
@@ -423,6 +446,19 @@ pub fn restore(opts: &RestoreOpts) -> Result<RestoreOutcome, RestoreError> {
             _ => continue,
         }
     }
+}
+
+/// Waits (briefly) until `pid` shows as stopped in /proc.
+fn wait_stopped(pid: i32) {
+    for _ in 0..1000 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat.rsplit_once(") ").and_then(|(_, r)| r.chars().next());
+        if matches!(state, Some('T') | None) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    tracing::warn!(pid, "a stopped process did not stop again after restore");
 }
 
 /// Checks that every live process of the plan reported `R <pid>`; the first `E` message, or

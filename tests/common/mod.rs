@@ -41,6 +41,7 @@ pub const WORKLOADS: &[&str] = &[
     "threads",
     "tree",
     "shm",
+    "stopped",
 ];
 
 /// x86_64 syscall numbers a workload may be found blocked in.
