@@ -229,3 +229,31 @@ fn stopped_child_comes_back_stopped() {
     assert_eq!(tree.len(), 2, "expected a parent and a child: {tree:?}");
     dump_restore_check(&mut w, &tree);
 }
+
+#[test]
+fn vfork_child_is_refused_and_both_run_on() {
+    let _serial = serial();
+    let Some(bin) = prepare("vfork_child_is_refused_and_both_run_on", "vfork") else {
+        return;
+    };
+    let w = Workload::start(&bin, &[]);
+    let mut tree = vec![w.pid];
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            tree = descendants(w.pid);
+            tree.len() == 2
+        }),
+        "the vfork child did not appear"
+    );
+    let images = images_dir();
+    let out = dump(&w, images.path(), &[]);
+    assert!(!out.status.success(), "a vfork child was dumped");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("vfork"), "the refusal does not say why: {err}");
+    for &p in &tree {
+        assert!(Path::new(&format!("/proc/{p}")).exists(), "pid {p} died");
+        assert_eq!(tracer_pid(p), Some(0), "pid {p} is still traced");
+    }
+    let _ = cryo::sys::proc_ctl::kill(tree[1], libc::SIGKILL);
+    reap_tree(&tree[1..]);
+}

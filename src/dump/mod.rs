@@ -123,6 +123,7 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats, DumpError> {
     let tree = SeizedTree::seize(pid)?;
     crate::fault::point("dump:seized")?;
     let procs = tree.procs();
+    refuse_shared_with_parent(&procs)?;
     let mut stats = DumpStats::default();
     let mut entries = Vec::with_capacity(procs.len());
     for p in &procs {
@@ -169,6 +170,38 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats, DumpError> {
         "dumped"
     );
     Ok(stats)
+}
+
+/// Refuses processes that share their memory (vfork), fd table (CLONE_FILES) or fs info
+/// (CLONE_FS) with their parent: restore would give them separate copies.
+fn refuse_shared_with_parent(procs: &[SeizedProc]) -> Result<(), DumpError> {
+    use crate::sys::proc_ctl::{kcmp_same, KCMP_FILES, KCMP_FS, KCMP_VM};
+    for p in procs.iter().filter(|p| p.zombie.is_none() && p.ppid != 0) {
+        for (kind, what) in [
+            (KCMP_VM, "shares its memory with its parent (a vfork child)"),
+            (
+                KCMP_FILES,
+                "shares its fd table with its parent (CLONE_FILES)",
+            ),
+            (
+                KCMP_FS,
+                "shares cwd, root and umask with its parent (CLONE_FS)",
+            ),
+        ] {
+            let same = kcmp_same(p.pid, p.ppid, kind).map_err(|source| DumpError::Ptrace {
+                pid: p.pid,
+                what: "kcmp with its parent",
+                source,
+            })?;
+            if same {
+                return Err(DumpError::Unsupported {
+                    pid: p.pid,
+                    what: format!("{what}; not supported yet"),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 fn ptrace_err(pid: i32, what: &'static str) -> impl FnOnce(SysError) -> DumpError {

@@ -121,9 +121,25 @@ impl SeizedTree {
             self.procs.insert(pid, p);
             return Ok(());
         }
+        // A vfork parent sleeps unkillably-but-for-SIGKILL until its child execs or exits, so
+        // it could never be frozen: refuse before touching it.
+        let threads = proc::list_threads(pid)?;
+        for &tid in &threads {
+            for kid in proc::list_children(pid, tid).unwrap_or_default() {
+                if crate::sys::proc_ctl::kcmp_same(pid, kid, crate::sys::proc_ctl::KCMP_VM)
+                    .unwrap_or(false)
+                {
+                    return Err(DumpError::Unsupported {
+                        pid,
+                        what: format!(
+                            "it is waiting in vfork() for its child {kid}, which shares its memory; not supported yet"
+                        ),
+                    });
+                }
+            }
+        }
         // Insert first so that a failure half-way still detaches what was seized.
         self.procs.insert(pid, p);
-        let threads = proc::list_threads(pid)?;
         for tid in threads {
             if seize_one(tid)? {
                 if let Some(p) = self.procs.get_mut(&pid) {
@@ -232,9 +248,20 @@ fn seize_one(tid: i32) -> Result<bool, DumpError> {
 /// Waits for the PTRACE_EVENT_STOP that follows PTRACE_INTERRUPT. A signal that arrives first
 /// is delivered on (it would have been delivered anyway) and we keep waiting for the stop.
 fn wait_interrupted(tid: i32) -> Result<(), DumpError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let st = ptrace::wait(tid, 0).map_err(|source| DumpError::Seize { pid: tid, source })?;
+        let st = ptrace::wait(tid, libc::WNOHANG)
+            .map_err(|source| DumpError::Seize { pid: tid, source })?;
         match st {
+            None if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+            None => {
+                return Err(DumpError::Unsupported {
+                    pid: tid,
+                    what: "it did not stop within 10 s (uninterruptible sleep?)".into(),
+                })
+            }
             Some((_, WaitStatus::Stopped { event, .. })) if event == PTRACE_EVENT_STOP => {
                 return Ok(())
             }
@@ -252,7 +279,7 @@ fn wait_interrupted(tid: i32) -> Result<(), DumpError> {
             Some((_, WaitStatus::Exited(_) | WaitStatus::Signaled(_))) => {
                 return Err(DumpError::Gone { pid: tid })
             }
-            _ => continue,
+            Some(_) => continue,
         }
     }
 }

@@ -132,3 +132,19 @@ pub fn fork_with_pid_fallback(pid: i32) -> SysResult<i32> {
     }
     Ok(ret)
 }
+
+/// kcmp(2) types.
+pub const KCMP_VM: i32 = 1;
+/// Shared fd table.
+pub const KCMP_FILES: i32 = 2;
+/// Shared fs info (cwd, root, umask).
+pub const KCMP_FS: i32 = 3;
+/// One open file description.
+pub const KCMP_FILE: i32 = 0;
+
+/// kcmp(2): Ok(true) when the two processes share the kernel object of `kind`.
+pub fn kcmp_same(pid1: i32, pid2: i32, kind: i32) -> SysResult<bool> {
+    // SAFETY: plain syscall with integer arguments.
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, pid1, pid2, kind, 0, 0) };
+    check("kcmp", r).map(|r| r == 0)
+}

@@ -42,6 +42,7 @@ pub const WORKLOADS: &[&str] = &[
     "tree",
     "shm",
     "stopped",
+    "vfork",
 ];
 
 /// x86_64 syscall numbers a workload may be found blocked in.
