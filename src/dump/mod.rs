@@ -8,6 +8,9 @@
 //! (guard cures on drop) for signal actions, timers and the pages; cure; write every image;
 //! commit the inventory; only then kill the target (or detach with `--leave-running`).
 
+pub mod fd_data;
+pub mod fd_event;
+pub mod fd_pipe;
 pub mod files;
 pub mod mm;
 pub mod proc;

@@ -11,7 +11,8 @@ use std::path::Path;
 use serde_json::{json, Map, Value};
 
 use crate::proto::{
-    FdEntry, FdKind, Inventory, MmState, PageRun, ProcessCore, PstreeEntry, TaskCore, VmaKind,
+    fd_entry::State, FdEntry, FdKind, Inventory, MmState, PageRun, ProcessCore, PstreeEntry,
+    TaskCore, VmaKind,
 };
 
 use super::{ImageError, ImageReader, ImageType, PAGE_SIZE};
@@ -281,6 +282,102 @@ fn fd_kind_name(kind: i32) -> String {
             .to_ascii_lowercase(),
         Err(_) => format!("kind {kind}"),
     }
+}
+
+fn secs_text(ns: u64) -> String {
+    format!("{}.{:09}s", ns / 1_000_000_000, ns % 1_000_000_000)
+}
+
+/// What an fd holds beyond its path and flags: sharing with lower fds and the saved state of
+/// its kind.
+fn fd_detail(f: &FdEntry, all: &[FdEntry]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let earlier = |same: &dyn Fn(&FdEntry) -> bool| {
+        all.iter()
+            .take_while(|o| o.fd != f.fd)
+            .find(|o| same(o))
+            .map(|o| o.fd)
+    };
+    if f.desc_id != 0 {
+        if let Some(d) = earlier(&|o: &FdEntry| o.desc_id == f.desc_id) {
+            parts.push(format!("dup of fd {d}"));
+        } else if f.inode_id != 0 {
+            if let Some(d) = earlier(&|o: &FdEntry| o.inode_id == f.inode_id) {
+                parts.push(format!("same object as fd {d}"));
+            }
+        }
+    }
+    match &f.state {
+        Some(State::FileData(d)) => {
+            if f.kind() == FdKind::FdMemfd {
+                parts.push(format!("memfd {:?}", d.name));
+            }
+            parts.push(format!("{} bytes saved", d.contents.len()));
+            if d.seals != 0 {
+                parts.push(format!("seals {:#x}", d.seals));
+            }
+        }
+        Some(State::PipeData(p)) => {
+            parts.push(format!(
+                "{} bytes buffered, size {}",
+                p.data.len(),
+                p.buf_size
+            ));
+        }
+        Some(State::Eventfd(e)) => {
+            parts.push(format!("count {}", e.count));
+            if e.semaphore {
+                parts.push("semaphore".into());
+            }
+        }
+        Some(State::Timerfd(t)) => {
+            parts.push(clock_name(t.clockid));
+            if t.value_ns == 0 && t.interval_ns == 0 {
+                parts.push("disarmed".into());
+            } else {
+                parts.push(format!("next in {}", secs_text(t.value_ns)));
+            }
+            if t.interval_ns != 0 {
+                parts.push(format!("every {}", secs_text(t.interval_ns)));
+            }
+            if t.ticks != 0 {
+                parts.push(format!("{} unread expirations", t.ticks));
+            }
+            if t.settime_flags & 1 != 0 {
+                parts.push("absolute".into());
+            }
+        }
+        Some(State::Signalfd(sf)) => {
+            parts.push(format!("mask {}", mask_names(sf.sigmask).join(",")))
+        }
+        Some(State::Epoll(ep)) => {
+            for t in &ep.targets {
+                parts.push(format!(
+                    "watches fd {} events {:#x} data {:#x}",
+                    t.tfd, t.events, t.data
+                ));
+            }
+            if ep.targets.is_empty() {
+                parts.push("no watches".into());
+            }
+        }
+        Some(State::Inotify(ino)) => {
+            for w in &ino.watches {
+                parts.push(format!("wd {} {} mask {:#x}", w.wd, w.path, w.mask));
+            }
+            if ino.watches.is_empty() {
+                parts.push("no watches".into());
+            }
+        }
+        None => {}
+    }
+    if let Some(o) = &f.owner {
+        parts.push(format!("owner {} (type {})", o.pid, o.r#type));
+        if o.signum != 0 {
+            parts.push(format!("signal {}", signal_name(o.signum as u32)));
+        }
+    }
+    parts.join("; ")
 }
 
 /// Open flags as `O_RDWR|O_APPEND|...`.
@@ -581,19 +678,23 @@ fn process_text(s: &mut String, p: &Process) {
             let _ = writeln!(s, "  fds: {}", fds.len());
             let _ = writeln!(
                 s,
-                "    {:>5}  {:<5}  {:<32}  {:>10}  PATH",
+                "    {:>5}  {:<8}  {:<32}  {:>10}  PATH",
                 "FD", "KIND", "FLAGS", "POS"
             );
             for f in fds {
                 let _ = writeln!(
                     s,
-                    "    {:>5}  {:<5}  {:<32}  {:>10}  {}",
+                    "    {:>5}  {:<8}  {:<32}  {:>10}  {}",
                     f.fd,
                     fd_kind_name(f.kind),
                     open_flags_text(f.flags, f.cloexec),
                     f.pos,
                     f.path
                 );
+                let detail = fd_detail(f, fds);
+                if !detail.is_empty() {
+                    let _ = writeln!(s, "    {:>5}  {}", "", detail);
+                }
             }
         }
     }
@@ -783,6 +884,9 @@ fn process_json(p: &Process) -> Value {
                         "path": f.path,
                         "flags": open_flags_text(f.flags, f.cloexec),
                         "pos": f.pos,
+                        "desc_id": f.desc_id,
+                        "inode_id": f.inode_id,
+                        "detail": fd_detail(f, fds),
                     })
                 })
                 .collect(),

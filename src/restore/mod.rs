@@ -13,6 +13,9 @@
 //! `PTRACE_O_EXITKILL` and `PR_SET_PDEATHSIG`), so nothing is left behind.
 
 mod child;
+mod fd_data;
+mod fd_event;
+mod fd_pipe;
 mod files;
 pub mod layout;
 mod memory;

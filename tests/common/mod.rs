@@ -38,6 +38,7 @@ pub const WORKLOADS: &[&str] = &[
     "counter",
     "bigmem",
     "itimer_pending",
+    "fd_regular",
 ];
 
 /// x86_64 syscall numbers a workload may be found blocked in.
