@@ -39,3 +39,14 @@ fn regular_files_directories_devices_and_deleted_files() {
         assert_eq!(result, "PASS");
     }
 }
+
+/// dup'd fds (dup, dup2, F_DUPFD_CLOEXEC, stdout and stderr on one file) come back as one
+/// open file description: one offset, one set of status flags; a second open stays separate.
+#[test]
+fn duplicated_fds_share_one_description() {
+    let _serial = serial();
+    if let Some(result) = dump_restore_check("duplicated_fds_share_one_description", "fd_dup", &[])
+    {
+        assert_eq!(result, "PASS");
+    }
+}

@@ -39,6 +39,7 @@ pub const WORKLOADS: &[&str] = &[
     "bigmem",
     "itimer_pending",
     "fd_regular",
+    "fd_dup",
 ];
 
 /// x86_64 syscall numbers a workload may be found blocked in.
