@@ -50,3 +50,68 @@ fn duplicated_fds_share_one_description() {
         assert_eq!(result, "PASS");
     }
 }
+
+/// Pipes with both ends in the process and a FIFO keep their buffered bytes, sizes, flags and
+/// extra descriptions. A dump with --leave-running reads the buffers without consuming them:
+/// the original passes its check, then the checkpoint is restored and passes it again.
+#[test]
+fn pipes_and_fifos_with_buffered_data() {
+    let _serial = serial();
+    let Some(bin) = prepare("pipes_and_fifos_with_buffered_data", "fd_pipe") else {
+        return;
+    };
+    let mut w = Workload::start(&bin, &[]);
+    let images = images_dir();
+    dump_ok(&w, images.path(), &["--leave-running"]);
+    assert_eq!(
+        w.check(),
+        "PASS",
+        "after dump --leave-running\n{}",
+        w.logs()
+    );
+    w.wait_exit();
+    w.reset_protocol();
+    assert_eq!(restore_and_check(&w, images.path()), "PASS");
+}
+
+/// An fd cryo cannot restore makes the dump fail before anything is killed: the error names
+/// the fd and its kind, the target keeps running, untraced, and passes its own check.
+#[test]
+fn unsupported_fds_are_refused_and_the_target_runs_on() {
+    let _serial = serial();
+    let test = "unsupported_fds_are_refused_and_the_target_runs_on";
+    let Some(bin) = prepare(test, "fd_refused") else {
+        return;
+    };
+    for (mode, kind) in [
+        ("pidfd", "pidfd"),
+        ("inet", "socket"),
+        ("halfpipe", "pipe"),
+        ("flock", "lock"),
+        ("inotify-queued", "inotify"),
+    ] {
+        let mut w = Workload::start(&bin, &[mode]);
+        let fd = std::fs::read_to_string(w.path("fdnum")).expect("fdnum");
+        let fd = fd.trim();
+        let images = images_dir();
+        let out = dump(&w, images.path(), &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{mode}: dump succeeded\n{err}");
+        assert!(
+            err.contains(&format!("fd {fd} ")) && err.contains(kind),
+            "{mode}: the error does not name fd {fd} and {kind:?}:\n{err}"
+        );
+        assert!(
+            w.original_running(),
+            "{mode}: the target died\n{}",
+            w.logs()
+        );
+        assert_eq!(tracer_pid(w.pid), Some(0), "{mode}: still traced");
+        assert!(
+            !images.path().join("inventory.img").exists(),
+            "{mode}: a checkpoint was written"
+        );
+        assert_eq!(w.check(), "PASS", "{mode}\n{}", w.logs());
+        w.wait_exit();
+    }
+}

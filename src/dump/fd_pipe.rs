@@ -41,8 +41,8 @@ pub fn check_pipe_ends(pid: i32, fds: &[FdEntry]) -> Result<(), DumpError> {
             return Err(DumpError::Unsupported {
                 pid,
                 what: format!(
-                    "fd {} ({}): the {has} end of a pipe whose {lacks} end is outside the \
-                     process; pipes are supported when both ends are in the checkpoint",
+                    "fd {} ({}): the {has} end of a pipe whose {lacks} end is not in the \
+                     process; a pipe is supported when both its ends are in the checkpoint",
                     e.fd, e.path
                 ),
             });

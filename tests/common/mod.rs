@@ -40,6 +40,8 @@ pub const WORKLOADS: &[&str] = &[
     "itimer_pending",
     "fd_regular",
     "fd_dup",
+    "fd_pipe",
+    "fd_refused",
 ];
 
 /// x86_64 syscall numbers a workload may be found blocked in.
