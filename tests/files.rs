@@ -28,6 +28,32 @@ fn dump_restore_check(test: &str, workload: &str, args: &[&str]) -> Option<Strin
     Some(restore_and_check(&w, images.path()))
 }
 
+/// Every workload of this file passes its own check when nothing is done to it: this
+/// validates the workloads, independently of cryo.
+#[test]
+fn fd_workloads_self_check_without_dump() {
+    let _serial = serial();
+    const TEST: &str = "fd_workloads_self_check_without_dump";
+    for (name, args) in [
+        ("fd_regular", &[][..]),
+        ("fd_dup", &[]),
+        ("fd_pipe", &[]),
+        ("fd_event", &[]),
+        ("fd_inotify_memfd", &[]),
+        ("fd_refused", &["halfpipe"]),
+        ("fd_refused", &["flock"]),
+        ("fd_refused", &["inotify-queued"]),
+    ] {
+        let Some(bin) = workload_bin(TEST, name) else {
+            return;
+        };
+        let mut w = Workload::start(&bin, args);
+        assert_eq!(w.check(), "PASS", "{name} {args:?}\n{}", w.logs());
+        let status = w.wait_exit();
+        assert!(status.success(), "{name} exited with {status}");
+    }
+}
+
 /// Regular files keep flags, offsets and close-on-exec; a directory continues its getdents
 /// walk; /dev/null, /dev/zero, /dev/urandom are reopened; files deleted while open come back
 /// deleted, with their contents, mode and a shared inode for two opens.
@@ -114,4 +140,82 @@ fn unsupported_fds_are_refused_and_the_target_runs_on() {
         assert_eq!(w.check(), "PASS", "{mode}\n{}", w.logs());
         w.wait_exit();
     }
+}
+
+/// eventfd (count, semaphore), timerfd (relative, periodic, absolute, unread expirations,
+/// disarmed), signalfd (mask) and epoll (watched fds with events and data) work as before.
+#[test]
+fn event_objects_eventfd_timerfd_signalfd_epoll() {
+    let _serial = serial();
+    if let Some(result) = dump_restore_check(
+        "event_objects_eventfd_timerfd_signalfd_epoll",
+        "fd_event",
+        &[],
+    ) {
+        assert_eq!(result, "PASS");
+    }
+}
+
+/// inotify watches keep their descriptors and deliver events; memfds keep name, contents,
+/// offset and seals, and a second description of one memfd still shows the same file.
+#[test]
+fn inotify_watches_and_memfds() {
+    let _serial = serial();
+    if let Some(result) = dump_restore_check("inotify_watches_and_memfds", "fd_inotify_memfd", &[])
+    {
+        assert_eq!(result, "PASS");
+    }
+}
+
+/// `cryo show` lists every fd with its kind and saved state, in text and JSON.
+#[test]
+fn show_lists_fds_with_their_kinds() {
+    let _serial = serial();
+    let Some(bin) = prepare("show_lists_fds_with_their_kinds", "fd_event") else {
+        return;
+    };
+    let w = Workload::start(&bin, &[]);
+    let images = images_dir();
+    dump_ok(&w, images.path(), &["--leave-running"]);
+    let dir = images.path().to_str().expect("utf-8");
+    let text = cryo_output(&["show", "-D", dir], TIMEOUT);
+    assert!(text.status.success(), "{}", show_output("cryo show", &text));
+    let text = String::from_utf8_lossy(&text.stdout);
+    for want in [
+        "eventfd",
+        "count 7",
+        "semaphore",
+        "timerfd",
+        "every 0.020000000s",
+        "absolute",
+        "signalfd",
+        "mask SIGUSR1",
+        "pipe",
+        "epoll",
+        "data 0xdeadbeefcafef00d",
+        "same object as fd",
+    ] {
+        assert!(text.contains(want), "cryo show lacks {want:?}:\n{text}");
+    }
+    let json = cryo_output(&["show", "-D", dir, "--json"], TIMEOUT);
+    assert!(
+        json.status.success(),
+        "{}",
+        show_output("cryo show --json", &json)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON");
+    let fds = v
+        .pointer("/processes/0/fds")
+        .and_then(|f| f.as_array())
+        .unwrap_or_else(|| panic!("no processes[0].fds in {v}"));
+    let kinds: Vec<&str> = fds.iter().filter_map(|f| f["kind"].as_str()).collect();
+    for k in ["eventfd", "timerfd", "signalfd", "epoll", "pipe"] {
+        assert!(kinds.contains(&k), "JSON fds lack {k}: {kinds:?}");
+    }
+    assert_eq!(
+        w.check(),
+        "PASS",
+        "after dump --leave-running\n{}",
+        w.logs()
+    );
 }

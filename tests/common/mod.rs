@@ -42,6 +42,8 @@ pub const WORKLOADS: &[&str] = &[
     "fd_dup",
     "fd_pipe",
     "fd_refused",
+    "fd_event",
+    "fd_inotify_memfd",
 ];
 
 /// x86_64 syscall numbers a workload may be found blocked in.
