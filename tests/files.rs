@@ -40,6 +40,7 @@ fn fd_workloads_self_check_without_dump() {
         ("fd_pipe", &[]),
         ("fd_event", &[]),
         ("fd_inotify_memfd", &[]),
+        ("fd_unix", &[]),
         ("fd_refused", &["halfpipe"]),
         ("fd_refused", &["flock"]),
         ("fd_refused", &["inotify-queued"]),
@@ -218,4 +219,15 @@ fn show_lists_fds_with_their_kinds() {
         "after dump --leave-running\n{}",
         w.logs()
     );
+}
+
+/// Unix sockets: stream, datagram and seqpacket pairs with data queued both ways (datagram
+/// and packet boundaries intact), shutdowns, a closed peer, a listener bound to a path, an
+/// abstract name, an unbound socket, and their options.
+#[test]
+fn unix_sockets_with_queued_data() {
+    let _serial = serial();
+    if let Some(result) = dump_restore_check("unix_sockets_with_queued_data", "fd_unix", &[]) {
+        assert_eq!(result, "PASS");
+    }
 }

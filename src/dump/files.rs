@@ -14,7 +14,7 @@
 
 use super::proc::{self, FdInfo, FdLink};
 use super::DumpError;
-use super::{fd_data, fd_event, fd_pipe};
+use super::{fd_data, fd_event, fd_pipe, fd_unix};
 use crate::proto::{fd_entry::State, FdEntry, FdKind, FileOwner};
 use crate::sys::{files_ffi as ffi, proc_ctl, SysError};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -78,6 +78,13 @@ fn classify(r: &FdRef, link: &FdLink, shell_job: bool) -> Result<FdKind, DumpErr
             "anon_inode:[signalfd]" => Ok(FdKind::FdSignalfd),
             "anon_inode:[eventpoll]" => Ok(FdKind::FdEpoll),
             "anon_inode:inotify" => Ok(FdKind::FdInotify),
+            _ if t.starts_with("socket:[") => match fd_unix::domain(r)? {
+                libc::AF_UNIX => Ok(FdKind::FdUnix),
+                d => Err(r.refuse(format!(
+                    "{} socket file descriptors are not supported yet",
+                    fd_unix::family_name(d)
+                ))),
+            },
             _ => Err(r.refuse(format!(
                 "{} file descriptors are not supported yet",
                 unsupported_kind_name(t)
@@ -227,7 +234,7 @@ pub fn collect_fds(pid: i32, shell_job: bool) -> Result<Vec<FdEntry>, DumpError>
         }
         if same_desc.is_none() {
             e.owner = owner(&r, &e, pgid)?;
-            e.state = desc_state(&r, kind, &info)?;
+            e.state = desc_state(&r, &e, &info)?;
         }
         tracing::debug!(pid, fd = e.fd, kind = ?kind, desc = e.desc_id, inode = e.inode_id, "fd");
         out.push(e);
@@ -256,18 +263,20 @@ pub fn collect_fds(pid: i32, shell_job: bool) -> Result<Vec<FdEntry>, DumpError>
         };
         out[i].state = state;
     }
+    fd_unix::pair_sockets(pid, &mut out, next_inode)?;
     fd_event::check_epoll_targets(pid, &out)?;
     Ok(out)
 }
 
 /// The state of a description, read from fdinfo and a copy of the fd.
-fn desc_state(r: &FdRef, kind: FdKind, info: &FdInfo) -> Result<Option<State>, DumpError> {
-    Ok(match kind {
+fn desc_state(r: &FdRef, e: &FdEntry, info: &FdInfo) -> Result<Option<State>, DumpError> {
+    Ok(match e.kind() {
         FdKind::FdEventfd => Some(State::Eventfd(fd_event::eventfd(r, info)?)),
         FdKind::FdTimerfd => Some(State::Timerfd(fd_event::timerfd(r, info)?)),
         FdKind::FdSignalfd => Some(State::Signalfd(fd_event::signalfd(r, info)?)),
         FdKind::FdEpoll => Some(State::Epoll(fd_event::epoll(r, info)?)),
         FdKind::FdInotify => Some(State::Inotify(fd_event::inotify(r, info)?)),
+        FdKind::FdUnix => Some(State::UnixSocket(fd_unix::unix_socket(r, info, e.ino)?)),
         _ => None,
     })
 }

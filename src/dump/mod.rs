@@ -11,6 +11,7 @@
 pub mod fd_data;
 pub mod fd_event;
 pub mod fd_pipe;
+pub mod fd_unix;
 pub mod files;
 pub mod mm;
 pub mod proc;

@@ -369,6 +369,38 @@ fn fd_detail(f: &FdEntry, all: &[FdEntry]) -> String {
                 parts.push("no watches".into());
             }
         }
+        Some(State::UnixSocket(u)) => {
+            parts.push(
+                match u.r#type {
+                    libc::SOCK_STREAM => "stream",
+                    libc::SOCK_DGRAM => "dgram",
+                    libc::SOCK_SEQPACKET => "seqpacket",
+                    _ => "unix",
+                }
+                .to_string(),
+            );
+            match u.state {
+                10 => parts.push(format!("listening, backlog {}", u.backlog)),
+                1 if u.peer_closed => parts.push("peer closed".into()),
+                1 => parts.push(format!("connected to socket:[{}]", u.peer_ino)),
+                _ => parts.push("unconnected".into()),
+            }
+            if let Some(first) = u.name.first() {
+                let name = String::from_utf8_lossy(&u.name[1..]);
+                if *first == 0 {
+                    parts.push(format!("bound to @{name}"));
+                } else {
+                    parts.push(format!("bound to {}", String::from_utf8_lossy(&u.name)));
+                }
+            }
+            if !u.queue.is_empty() {
+                let bytes: usize = u.queue.iter().map(Vec::len).sum();
+                parts.push(format!("{} queued ({bytes} bytes)", u.queue.len()));
+            }
+            if u.shutdown != 0 {
+                parts.push(format!("shutdown {}", u.shutdown));
+            }
+        }
         None => {}
     }
     if let Some(o) = &f.owner {

@@ -12,13 +12,14 @@
 //!    viewed by several descriptions (keyed by `inode_id`: a pipe, a memfd, a deleted file),
 //!    at fd numbers above the restored table ([`Descriptions`]);
 //! 2. place: `dup2` each description to every fd number that had it;
-//! 3. wire what refers to other fds by number: epoll registrations.
+//! 3. what needs other fds in place: unix socket queues (sent from the peer) and shutdowns,
+//!    epoll registrations.
 //!
 //! Regular files, directories, FIFOs and character devices are reopened by path; a terminal
 //! is inherited from cryo (`--shell-job`); the other kinds are built by
-//! [`super::fd_pipe`], [`super::fd_data`] and [`super::fd_event`].
+//! [`super::fd_pipe`], [`super::fd_data`], [`super::fd_event`] and [`super::fd_unix`].
 
-use super::{fd_data, fd_event, fd_pipe};
+use super::{fd_data, fd_event, fd_pipe, fd_unix};
 use crate::proto::{fd_entry::State, FdEntry, FdKind};
 use crate::sys::files_ffi as ffi;
 use crate::sys::task;
@@ -66,6 +67,14 @@ pub(super) enum Inode {
     /// A file reopened through /proc/self/fd (memfd, deleted file), or a FIFO's helper fd
     /// that keeps it open for reading and writing while its descriptions are opened.
     File(RawFd),
+    /// A connected pair of unix sockets: its two ends, and the saved inode of the socket
+    /// that took each end (0: not taken yet; a closed peer's end is never taken).
+    SocketPair {
+        /// The two ends.
+        ends: [RawFd; 2],
+        /// Who took them.
+        takers: [u64; 2],
+    },
 }
 
 /// Descriptions and objects under construction, at fd numbers at or above `high`. Dropping it
@@ -124,6 +133,7 @@ impl Drop for Descriptions {
                     task::close(w);
                 }
                 Inode::File(fd) => task::close(fd),
+                Inode::SocketPair { ends, .. } => ends.into_iter().for_each(task::close),
             }
         }
     }
@@ -161,6 +171,8 @@ pub fn preflight(fds: &[FdEntry]) -> Result<(), String> {
             | (FdKind::FdInotify, Some(State::Inotify(_))) => true,
             (FdKind::FdEventfd | FdKind::FdTimerfd | FdKind::FdSignalfd, _)
             | (FdKind::FdEpoll | FdKind::FdInotify, _) => !first_desc,
+            (FdKind::FdUnix, Some(State::UnixSocket(_))) => true,
+            (FdKind::FdUnix, _) => !first_desc,
             (FdKind::FdPipe, Some(State::PipeData(_))) => true,
             (FdKind::FdPipe, _) => !first_inode,
             (FdKind::FdUnlinked | FdKind::FdMemfd, Some(State::FileData(_))) => true,
@@ -247,6 +259,7 @@ pub fn install_fds(fds: &[FdEntry], report_fd: RawFd) -> Result<RawFd, String> {
             .ok_or_else(|| format!("fd {}: its description was not created", f.fd))?;
         place(src, f)?;
     }
+    fd_unix::fill_and_shut(fds, &descs)?;
     fd_event::register_epoll_targets(fds)?;
     drop(descs);
     Ok(report)
@@ -306,6 +319,7 @@ fn create_one(f: &FdEntry, descs: &mut Descriptions) -> Result<RawFd, String> {
         | FdKind::FdSignalfd
         | FdKind::FdEpoll
         | FdKind::FdInotify => fd_event::create(f),
+        FdKind::FdUnix => fd_unix::create(f, descs),
     }
 }
 

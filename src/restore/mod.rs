@@ -16,6 +16,7 @@ mod child;
 mod fd_data;
 mod fd_event;
 mod fd_pipe;
+mod fd_unix;
 mod files;
 pub mod layout;
 mod memory;

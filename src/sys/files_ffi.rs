@@ -461,11 +461,14 @@ pub fn set_sockopt_int(fd: RawFd, level: i32, name: i32, v: i32) -> SysResult<()
     check("setsockopt", r as libc::c_long).map(drop)
 }
 
-/// recv(2) with MSG_PEEK | MSG_DONTWAIT | MSG_TRUNC (and the socket's peek offset): returns
-/// the full length of the data or datagram at the peek offset, of which at most `buf.len()`
-/// bytes were copied; `None` when nothing more is queued.
-pub fn peek(fd: RawFd, buf: &mut [u8]) -> SysResult<Option<usize>> {
-    let flags = libc::MSG_PEEK | libc::MSG_DONTWAIT | libc::MSG_TRUNC;
+/// recv(2) with MSG_PEEK | MSG_DONTWAIT (and the socket's peek offset), plus MSG_TRUNC when
+/// `trunc` (datagrams: the return value is then the datagram's full length, of which at most
+/// `buf.len()` bytes were copied). `None` when nothing more is queued.
+pub fn peek(fd: RawFd, buf: &mut [u8], trunc: bool) -> SysResult<Option<usize>> {
+    let mut flags = libc::MSG_PEEK | libc::MSG_DONTWAIT;
+    if trunc {
+        flags |= libc::MSG_TRUNC;
+    }
     // SAFETY: buf is a valid writable buffer of buf.len() bytes.
     let r = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), flags) };
     match check("recv(MSG_PEEK)", r as libc::c_long) {
@@ -571,4 +574,145 @@ pub fn unix_name(fd: RawFd) -> SysResult<Vec<u8>> {
         }
     }
     Ok(name)
+}
+
+/// The address family of a socket (SO_DOMAIN).
+pub fn socket_domain(fd: RawFd) -> SysResult<i32> {
+    sockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN)
+}
+
+/// What sock_diag reports about one unix socket.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UnixDiag {
+    /// SOCK_STREAM, SOCK_DGRAM or SOCK_SEQPACKET.
+    pub kind: u8,
+    /// TCP_ESTABLISHED (1), TCP_CLOSE (7), TCP_LISTEN (10), ...
+    pub state: u8,
+    /// The socket's inode.
+    pub ino: u32,
+    /// The bound name as the kernel keeps it (a path with its NUL, or NUL + abstract name).
+    pub name: Option<Vec<u8>>,
+    /// The socket file of a path-bound socket: (inode, device in the kernel's encoding).
+    pub vfs: Option<(u32, u32)>,
+    /// The peer's inode (0 when the peer is closed).
+    pub peer: Option<u32>,
+    /// Connections waiting to be accepted (listening sockets): their inodes.
+    pub icons: Vec<u32>,
+    /// (receive queue, send queue); for a listening socket (backlog, max backlog).
+    pub rqlen: Option<(u32, u32)>,
+    /// RCV_SHUTDOWN (1) | SEND_SHUTDOWN (2).
+    pub shutdown: Option<u8>,
+}
+
+/// `SOCK_DIAG_BY_FAMILY`.
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+/// `NLMSG_ERROR`.
+const NLMSG_ERROR: u16 = 2;
+/// UDIAG_SHOW_NAME | VFS | PEER | ICONS | RQLEN, and SHUTDOWN (0x80, no flag: always sent).
+const UDIAG_SHOW: u32 = 0x01 | 0x02 | 0x04 | 0x08 | 0x10;
+
+/// Asks sock_diag (NETLINK_SOCK_DIAG) about the unix socket with inode `ino` in cryo's network
+/// namespace.
+pub fn unix_diag(ino: u32) -> SysResult<UnixDiag> {
+    // SAFETY: plain syscall on integers.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            libc::NETLINK_SOCK_DIAG,
+        )
+    };
+    let fd = ret_fd("socket(NETLINK_SOCK_DIAG)", fd as libc::c_long)?;
+    // SAFETY: fd was just created and is owned here only.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // nlmsghdr (16 bytes) + unix_diag_req (24 bytes).
+    let mut req = [0u8; 40];
+    req[0..4].copy_from_slice(&40u32.to_ne_bytes());
+    req[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    req[6..8].copy_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
+    req[8..12].copy_from_slice(&1u32.to_ne_bytes());
+    req[16] = libc::AF_UNIX as u8;
+    req[20..24].copy_from_slice(&u32::MAX.to_ne_bytes()); // every state
+    req[24..28].copy_from_slice(&ino.to_ne_bytes());
+    req[28..32].copy_from_slice(&UDIAG_SHOW.to_ne_bytes());
+    req[32..40].copy_from_slice(&[0xff; 8]); // no cookie
+                                             // SAFETY: sockaddr_nl is plain data; zero means the kernel.
+    let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    // SAFETY: req and kernel are valid for the sizes given.
+    let r = unsafe {
+        libc::sendto(
+            fd,
+            req.as_ptr().cast(),
+            req.len(),
+            0,
+            (&kernel as *const libc::sockaddr_nl).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    };
+    check("sendto(sock_diag)", r as libc::c_long)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    // SAFETY: buf is a valid writable buffer.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+    let n = check("recv(sock_diag)", n as libc::c_long)? as usize;
+    drop(sock);
+    parse_unix_diag(&buf[..n])
+}
+
+fn u32_at(b: &[u8], i: usize) -> Option<u32> {
+    Some(u32::from_ne_bytes(b.get(i..i + 4)?.try_into().ok()?))
+}
+
+fn u16_at(b: &[u8], i: usize) -> Option<u16> {
+    Some(u16::from_ne_bytes(b.get(i..i + 2)?.try_into().ok()?))
+}
+
+/// Parses one sock_diag answer for a unix socket (a netlink message with a unix_diag_msg and
+/// its attributes, or a netlink error).
+pub fn parse_unix_diag(b: &[u8]) -> SysResult<UnixDiag> {
+    let bad = || SysError::from_errno("sock_diag answer", libc::EPROTO);
+    let len = u32_at(b, 0).ok_or_else(bad)? as usize;
+    let kind = u16_at(b, 4).ok_or_else(bad)?;
+    if len > b.len() || len < 16 {
+        return Err(bad());
+    }
+    let b = &b[..len];
+    if kind == NLMSG_ERROR {
+        let err = i32::from_ne_bytes(
+            b.get(16..20)
+                .ok_or_else(bad)?
+                .try_into()
+                .map_err(|_| bad())?,
+        );
+        return Err(SysError::from_errno("sock_diag", -err));
+    }
+    if kind != SOCK_DIAG_BY_FAMILY || b.len() < 32 {
+        return Err(bad());
+    }
+    let mut d = UnixDiag {
+        kind: b[17],
+        state: b[18],
+        ino: u32_at(b, 20).ok_or_else(bad)?,
+        ..Default::default()
+    };
+    let mut i = 32;
+    while i + 4 <= b.len() {
+        let alen = u16_at(b, i).ok_or_else(bad)? as usize;
+        let atype = u16_at(b, i + 2).ok_or_else(bad)?;
+        if alen < 4 || i + alen > b.len() {
+            return Err(bad());
+        }
+        let v = &b[i + 4..i + alen];
+        match atype {
+            0 => d.name = Some(v.to_vec()),
+            1 => d.vfs = Some((u32_at(v, 0).ok_or_else(bad)?, u32_at(v, 4).ok_or_else(bad)?)),
+            2 => d.peer = Some(u32_at(v, 0).ok_or_else(bad)?),
+            3 => d.icons = v.chunks_exact(4).filter_map(|c| u32_at(c, 0)).collect(),
+            4 => d.rqlen = Some((u32_at(v, 0).ok_or_else(bad)?, u32_at(v, 4).ok_or_else(bad)?)),
+            6 => d.shutdown = v.first().copied(),
+            _ => {}
+        }
+        i += (alen + 3) & !3;
+    }
+    Ok(d)
 }

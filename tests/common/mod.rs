@@ -44,6 +44,7 @@ pub const WORKLOADS: &[&str] = &[
     "fd_refused",
     "fd_event",
     "fd_inotify_memfd",
+    "fd_unix",
 ];
 
 /// x86_64 syscall numbers a workload may be found blocked in.
