@@ -49,6 +49,10 @@ enum Cmd {
         /// Replace a checkpoint that is already in DIR.
         #[arg(long)]
         overwrite: bool,
+        /// Save the file locks the process holds (restore takes them again); without it a
+        /// held lock makes the dump fail.
+        #[arg(short = 'l', long = "file-locks")]
+        file_locks: bool,
         #[command(flatten)]
         log: LogArgs,
     },
@@ -128,6 +132,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             leave_running,
             shell_job,
             overwrite,
+            file_locks,
             log,
         } => {
             init_logging(&log, Some(&dir))?;
@@ -137,6 +142,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 leave_running,
                 shell_job,
                 overwrite,
+                file_locks,
             };
             dump(&opts)
                 .with_context(|| format!("dump of pid {pid} into {} failed", dir.display()))?;

@@ -41,6 +41,7 @@ fn fd_workloads_self_check_without_dump() {
         ("fd_event", &[]),
         ("fd_inotify_memfd", &[]),
         ("fd_unix", &[]),
+        ("fd_locks", &[]),
         ("fd_refused", &["halfpipe"]),
         ("fd_refused", &["flock"]),
         ("fd_refused", &["inotify-queued"]),
@@ -230,4 +231,28 @@ fn unix_sockets_with_queued_data() {
     if let Some(result) = dump_restore_check("unix_sockets_with_queued_data", "fd_unix", &[]) {
         assert_eq!(result, "PASS");
     }
+}
+
+/// With --file-locks, flock, POSIX and OFD locks are saved and held again after restore:
+/// other descriptions and another process cannot take them. Without the flag the dump
+/// refuses, naming the lock, and the target keeps running.
+#[test]
+fn file_locks_with_the_flag_refused_without() {
+    let _serial = serial();
+    let Some(bin) = prepare("file_locks_with_the_flag_refused_without", "fd_locks") else {
+        return;
+    };
+    let mut w = Workload::start(&bin, &[]);
+    let images = images_dir();
+    let out = dump(&w, images.path(), &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "dump without --file-locks succeeded");
+    assert!(
+        err.contains("--file-locks") && err.contains("FLOCK"),
+        "{err}"
+    );
+    assert!(w.original_running(), "the target died\n{}", w.logs());
+    dump_ok(&w, images.path(), &["--file-locks"]);
+    w.wait_killed_by_dump();
+    assert_eq!(restore_and_check(&w, images.path()), "PASS");
 }

@@ -14,7 +14,7 @@
 
 use super::proc::{self, FdInfo, FdLink};
 use super::DumpError;
-use super::{fd_data, fd_event, fd_pipe, fd_unix};
+use super::{fd_data, fd_event, fd_locks, fd_pipe, fd_unix};
 use crate::proto::{fd_entry::State, FdEntry, FdKind, FileOwner};
 use crate::sys::{files_ffi as ffi, proc_ctl, SysError};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -58,6 +58,15 @@ impl<'a> FdRef<'a> {
     pub fn copy(&self) -> Result<OwnedFd, DumpError> {
         proc_ctl::pidfd_getfd(self.pidfd, self.fd).map_err(self.sys("copying the fd into cryo"))
     }
+}
+
+/// What the user allowed for fds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FdOpts {
+    /// Terminal fds are allowed (`--shell-job`): restore gives the process cryo's terminal.
+    pub shell_job: bool,
+    /// File locks are saved and taken again at restore (`--file-locks`).
+    pub file_locks: bool,
 }
 
 /// The link target of a deleted file ends with this.
@@ -163,7 +172,7 @@ fn has_inode_id(kind: FdKind, mode: u32) -> bool {
 
 /// The fds of `pid`, in fd order, with sharing and kind-specific state. The process must be
 /// frozen (seized) so that nothing changes while it is read.
-pub fn collect_fds(pid: i32, shell_job: bool) -> Result<Vec<FdEntry>, DumpError> {
+pub fn collect_fds(pid: i32, opts: FdOpts) -> Result<Vec<FdEntry>, DumpError> {
     let links = proc::list_fds(pid)?;
     let pidfd = proc_ctl::pidfd_open(pid).map_err(|e| DumpError::Unsupported {
         pid,
@@ -179,13 +188,8 @@ pub fn collect_fds(pid: i32, shell_job: bool) -> Result<Vec<FdEntry>, DumpError>
             target: &link.target,
             pidfd: &pidfd,
         };
-        let kind = classify(&r, link, shell_job)?;
+        let kind = classify(&r, link, opts.shell_job)?;
         let info = proc::read_fdinfo(pid, link.fd)?;
-        if let Some((_, l)) = info.extra.iter().find(|(k, _)| k == "lock") {
-            return Err(r.refuse(format!(
-                "holds a file lock ({l}); file locks are not supported yet"
-            )));
-        }
         let st = link
             .stat
             .as_ref()
@@ -233,6 +237,7 @@ pub fn collect_fds(pid: i32, shell_job: bool) -> Result<Vec<FdEntry>, DumpError>
             });
         }
         if same_desc.is_none() {
+            e.locks = fd_locks::locks(&r, &info, opts.file_locks)?;
             e.owner = owner(&r, &e, pgid)?;
             e.state = desc_state(&r, &e, &info)?;
         }

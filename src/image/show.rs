@@ -403,6 +403,18 @@ fn fd_detail(f: &FdEntry, all: &[FdEntry]) -> String {
         }
         None => {}
     }
+    for l in &f.locks {
+        let range = if l.len == 0 {
+            format!("{}-EOF", l.start)
+        } else {
+            format!("{}-{}", l.start, l.start + l.len - 1)
+        };
+        parts.push(format!(
+            "{} {} lock {range}",
+            l.kind().as_str_name().to_ascii_lowercase(),
+            if l.write { "write" } else { "read" }
+        ));
+    }
     if let Some(o) = &f.owner {
         parts.push(format!("owner {} (type {})", o.pid, o.r#type));
         if o.signum != 0 {

@@ -13,13 +13,13 @@
 //!    at fd numbers above the restored table ([`Descriptions`]);
 //! 2. place: `dup2` each description to every fd number that had it;
 //! 3. what needs other fds in place: unix socket queues (sent from the peer) and shutdowns,
-//!    epoll registrations.
+//!    epoll registrations; and, once the temporary fds are closed, file locks.
 //!
 //! Regular files, directories, FIFOs and character devices are reopened by path; a terminal
 //! is inherited from cryo (`--shell-job`); the other kinds are built by
 //! [`super::fd_pipe`], [`super::fd_data`], [`super::fd_event`] and [`super::fd_unix`].
 
-use super::{fd_data, fd_event, fd_pipe, fd_unix};
+use super::{fd_data, fd_event, fd_locks, fd_pipe, fd_unix};
 use crate::proto::{fd_entry::State, FdEntry, FdKind};
 use crate::sys::files_ffi as ffi;
 use crate::sys::task;
@@ -262,6 +262,7 @@ pub fn install_fds(fds: &[FdEntry], report_fd: RawFd) -> Result<RawFd, String> {
     fd_unix::fill_and_shut(fds, &descs)?;
     fd_event::register_epoll_targets(fds)?;
     drop(descs);
+    fd_locks::take_locks(fds)?;
     Ok(report)
 }
 

@@ -15,6 +15,7 @@
 mod child;
 mod fd_data;
 mod fd_event;
+mod fd_locks;
 mod fd_pipe;
 mod fd_unix;
 mod files;

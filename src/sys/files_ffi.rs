@@ -716,3 +716,34 @@ pub fn parse_unix_diag(b: &[u8]) -> SysResult<UnixDiag> {
     }
     Ok(d)
 }
+
+/// flock(2) without blocking: `exclusive` for LOCK_EX, else LOCK_SH.
+pub fn flock(fd: RawFd, exclusive: bool) -> SysResult<()> {
+    let op = if exclusive {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_SH
+    };
+    // SAFETY: plain syscall on integers.
+    let r = unsafe { libc::flock(fd, op | libc::LOCK_NB) };
+    check("flock", r as libc::c_long).map(drop)
+}
+
+/// Takes a record lock without blocking: an open file description lock (F_OFD_SETLK) when
+/// `ofd`, else a POSIX lock of the calling process (F_SETLK). `len` 0 means to end of file.
+pub fn record_lock(fd: RawFd, ofd: bool, write: bool, start: u64, len: u64) -> SysResult<()> {
+    // SAFETY: flock is plain data; all-zero is valid (l_pid must be 0 for OFD locks).
+    let mut l: libc::flock = unsafe { std::mem::zeroed() };
+    l.l_type = if write { libc::F_WRLCK } else { libc::F_RDLCK } as libc::c_short;
+    l.l_whence = libc::SEEK_SET as libc::c_short;
+    l.l_start = start as libc::off_t;
+    l.l_len = len as libc::off_t;
+    let (cmd, call) = if ofd {
+        (libc::F_OFD_SETLK, "fcntl(F_OFD_SETLK)")
+    } else {
+        (libc::F_SETLK, "fcntl(F_SETLK)")
+    };
+    // SAFETY: l is a valid struct flock the kernel reads.
+    let r = unsafe { libc::fcntl(fd, cmd, &l as *const libc::flock) };
+    check(call, r as libc::c_long).map(drop)
+}

@@ -45,6 +45,7 @@ pub const WORKLOADS: &[&str] = &[
     "fd_event",
     "fd_inotify_memfd",
     "fd_unix",
+    "fd_locks",
 ];
 
 /// x86_64 syscall numbers a workload may be found blocked in.
