@@ -111,14 +111,26 @@ fn unsupported_fds_are_refused_and_the_target_runs_on() {
     let Some(bin) = prepare(test, "fd_refused") else {
         return;
     };
+    let sockdir = tempfile::TempDir::with_prefix("cryo-unix-peer-").expect("tempdir");
+    let sockpath = sockdir.path().join("listener");
+    let listener = std::os::unix::net::UnixListener::bind(&sockpath).expect("bind");
+    let sockpath = sockpath.to_str().expect("utf-8").to_string();
     for (mode, kind) in [
         ("pidfd", "pidfd"),
-        ("inet", "socket"),
+        ("inet", "inet socket"),
         ("halfpipe", "pipe"),
         ("flock", "lock"),
         ("inotify-queued", "inotify"),
+        ("ptmx", "character device"),
+        ("unix-peer", "outside the process"),
     ] {
-        let mut w = Workload::start(&bin, &[mode]);
+        let args: Vec<&str> = if mode == "unix-peer" {
+            vec![mode, &sockpath]
+        } else {
+            vec![mode]
+        };
+        let mut w = Workload::start(&bin, &args);
+        let _accepted = (mode == "unix-peer").then(|| listener.accept().expect("accept"));
         let fd = std::fs::read_to_string(w.path("fdnum")).expect("fdnum");
         let fd = fd.trim();
         let images = images_dir();

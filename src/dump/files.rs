@@ -129,7 +129,17 @@ fn classify(r: &FdRef, link: &FdLink, shell_job: bool) -> Result<FdKind, DumpErr
         return Ok(FdKind::FdTty);
     }
     let kind = match fmt {
-        libc::S_IFCHR => FdKind::FdChr,
+        libc::S_IFCHR => {
+            let (major, minor) = (libc::major(st.rdev), libc::minor(st.rdev));
+            if !stateless_device(major, minor) {
+                return Err(r.refuse(format!(
+                    "the character device {major}:{minor} keeps state that reopening it by \
+                     path would lose (a pseudo-terminal master, tun, ...); only /dev/null, \
+                     /dev/zero, /dev/full, /dev/random and /dev/urandom are supported"
+                )));
+            }
+            FdKind::FdChr
+        }
         libc::S_IFREG | libc::S_IFDIR | libc::S_IFIFO => FdKind::FdReg,
         _ => {
             return Err(r.refuse(format!("file type {fmt:#o} is not supported yet")));
@@ -143,6 +153,12 @@ fn classify(r: &FdRef, link: &FdLink, shell_job: bool) -> Result<FdKind, DumpErr
         }
         Err(e) => Err(r.refuse(format!("its path cannot be reached: {e}"))),
     }
+}
+
+/// Character devices that a fresh open by path gives back exactly: the memory devices null,
+/// zero, full, random, urandom (major 1).
+fn stateless_device(major: u32, minor: u32) -> bool {
+    major == 1 && matches!(minor, 3 | 5 | 7 | 8 | 9)
 }
 
 /// A short name for an fd kind cryo does not restore, from its link target:

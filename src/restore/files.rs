@@ -280,6 +280,10 @@ pub fn create_descriptions(fds: &[FdEntry], descs: &mut Descriptions) -> Result<
             ffi::set_owner(fd, o.r#type, o.pid, o.signum)
                 .map_err(|e| format!("fd {}: restoring its owner: {e}", f.fd))?;
         }
+        // open(2) ignores O_ASYNC; F_SETFL sets it, now that the owner is in place.
+        if f.flags as i32 & (libc::O_ASYNC | libc::O_PATH) == libc::O_ASYNC {
+            set_flags(fd, f)?;
+        }
     }
     for (fd, seals) in std::mem::take(&mut descs.seals) {
         ffi::add_seals(fd, seals).map_err(|e| format!("adding memfd seals {seals:#x}: {e}"))?;
@@ -306,10 +310,6 @@ fn create_one(f: &FdEntry, descs: &mut Descriptions) -> Result<RawFd, String> {
             if seekable {
                 task::seek(fd, f.pos)
                     .map_err(|e| format!("fd {}: seeking {} to {}: {e}", f.fd, f.path, f.pos))?;
-            }
-            // open(2) ignores O_ASYNC; F_SETFL sets it.
-            if flags & libc::O_PATH == 0 && f.flags as i32 & libc::O_ASYNC != 0 {
-                set_flags(fd, f)?;
             }
             Ok(fd)
         }

@@ -1,7 +1,8 @@
 /*
  * fd_pipe: pipes whose both ends are in the process, and a FIFO, with data in their buffers.
  *
- *   a  "hello pipe" buffered; read end O_NONBLOCK
+ *   a  "hello pipe" buffered; read end O_NONBLOCK|O_ASYNC, owned by the process with
+ *      F_SETSIG SIGRTMIN (blocked), so data arriving queues SIGRTMIN
  *   b  1 MiB buffer (F_SETPIPE_SZ) holding 300000 bytes of a pattern, written in pieces
  *   c  the self-pipe trick: empty, both ends O_NONBLOCK|O_CLOEXEC
  *   d  4096-byte buffer, full; its write end duplicated (dup) and its read end opened a
@@ -15,6 +16,7 @@
  * consumed anything.
  */
 #include "protocol.c"
+#include <signal.h>
 
 #define BSIZE 300000
 
@@ -86,6 +88,13 @@ int main(void)
 	fcntl(a[0], F_SETFL, O_NONBLOCK);
 	if (write(a[1], "hello pipe", 10) != 10)
 		wl_die("write a");
+	sigset_t rt;
+	sigemptyset(&rt);
+	sigaddset(&rt, SIGRTMIN);
+	sigprocmask(SIG_BLOCK, &rt, NULL);
+	if (fcntl(a[0], F_SETOWN, getpid()) || fcntl(a[0], F_SETSIG, SIGRTMIN) ||
+	    fcntl(a[0], F_SETFL, O_NONBLOCK | O_ASYNC))
+		wl_die("O_ASYNC");
 	if (fcntl(b[1], F_SETPIPE_SZ, 1 << 20) != 1 << 20)
 		wl_die("F_SETPIPE_SZ 1M");
 	for (long i = 0; i < BSIZE; i++)
@@ -141,7 +150,14 @@ int main(void)
 	if (fcntl(d[0], F_GETFL) & O_NONBLOCK)
 		wl_fail("d: the two read descriptions are one");
 
+	if (!(fcntl(a[0], F_GETFL) & O_ASYNC))
+		wl_fail("a: O_ASYNC lost");
+	if (fcntl(a[0], F_GETOWN) != getpid() || fcntl(a[0], F_GETSIG) != SIGRTMIN)
+		wl_fail("a: owner %d signal %d", fcntl(a[0], F_GETOWN), fcntl(a[0], F_GETSIG));
 	expect_connected("a", a[0], a[1]);
+	struct timespec second = {1, 0};
+	if (sigtimedwait(&rt, NULL, &second) != SIGRTMIN)
+		wl_fail("a: no SIGRTMIN when data arrived");
 	expect_connected("b", b[0], b[1]);
 	expect_connected("c", c[0], c[1]);
 	expect_connected("d", d[0], dw2);

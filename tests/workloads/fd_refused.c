@@ -2,7 +2,9 @@
  * fd_refused MODE: holds one fd of a kind cryo refuses to dump, and writes its number to the
  * file `fdnum`. Modes: "pidfd" (a pidfd of itself), "inet" (a TCP socket), "halfpipe" (the
  * read end of a pipe whose write end was closed, with data in it), "flock" (a file with an
- * flock lock held), "inotify-queued" (an inotify instance with an unread event).
+ * flock lock held), "inotify-queued" (an inotify instance with an unread event), "ptmx" (a
+ * pseudo-terminal master), "unix-peer PATH" (a stream socket connected to PATH, a listener
+ * outside the process).
  *
  * The check (after the dump was refused) sees the fd still working as before: the dump must
  * have left it alone.
@@ -12,6 +14,7 @@
 #include <sys/inotify.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 
 int main(int argc, char **argv)
 {
@@ -37,6 +40,14 @@ int main(int argc, char **argv)
 			wl_die("inotify_add_watch");
 		int t = open("new-file", O_WRONLY | O_CREAT, 0644);
 		close(t);
+	} else if (!strcmp(mode, "ptmx")) {
+		fd = open("/dev/ptmx", O_RDWR | O_NOCTTY);
+	} else if (!strcmp(mode, "unix-peer") && argc > 2) {
+		struct sockaddr_un a = {.sun_family = AF_UNIX};
+		snprintf(a.sun_path, sizeof(a.sun_path), "%s", argv[2]);
+		fd = socket(AF_UNIX, SOCK_STREAM, 0);
+		if (fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof(a)))
+			wl_die("connect");
 	} else {
 		fprintf(stderr, "unknown mode %s\n", mode);
 		return 2;
