@@ -268,3 +268,30 @@ fn file_locks_with_the_flag_refused_without() {
     w.wait_killed_by_dump();
     assert_eq!(restore_and_check(&w, images.path()), "PASS");
 }
+
+/// A file replaced (same path, another inode) between dump and restore is reported: restore
+/// warns, naming the fd and the path, and reopens the new file.
+#[test]
+fn file_replaced_since_dump_is_reported() {
+    let _serial = serial();
+    let Some(bin) = prepare("file_replaced_since_dump_is_reported", "fd_dup") else {
+        return;
+    };
+    let mut w = Workload::start(&bin, &[]);
+    let images = images_dir();
+    dump_ok(&w, images.path(), &[]);
+    w.wait_killed_by_dump();
+    let shared = w.path("shared");
+    let copy = w.path("shared.new");
+    std::fs::copy(&shared, &copy).expect("copy");
+    std::fs::rename(&copy, &shared).expect("replace");
+    let mut restore = restore_spawn(images.path(), &[]);
+    let result = w.check_with(|| restore.try_wait().map(|s| format!("restore exited ({s})")));
+    let out = restore.finish(TIMEOUT);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(result, "PASS", "{err}");
+    assert!(
+        err.contains("replaced since the dump") && err.contains("shared"),
+        "no warning about the replaced file:\n{err}"
+    );
+}
