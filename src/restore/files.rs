@@ -335,3 +335,90 @@ fn place(src: RawFd, f: &FdEntry) -> Result<(), String> {
     task::dup2(src, f.fd).map_err(|e| format!("fd {}: {e}", f.fd))?;
     task::set_cloexec(f.fd, f.cloexec).map_err(|e| format!("fd {}: {e}", f.fd))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{EpollState, EpollTarget, EventfdState, PipeData};
+
+    fn entry(fd: i32, kind: FdKind, desc: u32, inode: u32, state: Option<State>) -> FdEntry {
+        FdEntry {
+            fd,
+            kind: kind as i32,
+            path: format!("test:{fd}"),
+            desc_id: desc,
+            inode_id: inode,
+            state,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn desc_keys() {
+        let a = entry(3, FdKind::FdEventfd, 7, 0, None);
+        let b = entry(4, FdKind::FdEventfd, 7, 0, None);
+        assert_eq!(desc_key(&a), desc_key(&b));
+        // Images without ids: every fd is its own description.
+        let c = entry(3, FdKind::FdReg, 0, 0, None);
+        let d = entry(4, FdKind::FdReg, 0, 0, None);
+        assert_ne!(desc_key(&c), desc_key(&d));
+        assert_ne!(desc_key(&c), desc_key(&a));
+    }
+
+    #[test]
+    fn preflight_wants_state_on_the_first_fd() {
+        let ev = Some(State::Eventfd(EventfdState {
+            count: 1,
+            semaphore: false,
+        }));
+        // The first fd of a description carries the state; its dups do not need it.
+        let ok = [
+            entry(3, FdKind::FdEventfd, 1, 0, ev.clone()),
+            entry(4, FdKind::FdEventfd, 1, 0, None),
+        ];
+        assert!(preflight(&ok).is_ok());
+        let missing = [entry(3, FdKind::FdEventfd, 1, 0, None)];
+        assert!(preflight(&missing).unwrap_err().contains("no state"));
+        // A pipe's state is on the first fd of the pipe, whatever its description.
+        let pipe = Some(State::PipeData(PipeData {
+            data: b"x".to_vec(),
+            buf_size: 4096,
+        }));
+        let ok = [
+            entry(5, FdKind::FdPipe, 2, 1, pipe),
+            entry(6, FdKind::FdPipe, 3, 1, None),
+        ];
+        assert!(preflight(&ok).is_ok());
+        let no_object = [entry(5, FdKind::FdPipe, 2, 0, None)];
+        assert!(preflight(&no_object).is_err());
+    }
+
+    #[test]
+    fn preflight_checks_kinds_and_epoll_targets() {
+        let ev = Some(State::Eventfd(EventfdState::default()));
+        let mixed = [
+            entry(3, FdKind::FdEventfd, 1, 0, ev.clone()),
+            entry(4, FdKind::FdSignalfd, 1, 0, None),
+        ];
+        assert!(preflight(&mixed).unwrap_err().contains("another kind"));
+        let ep = |tfd| {
+            Some(State::Epoll(EpollState {
+                targets: vec![EpollTarget {
+                    tfd,
+                    events: 1,
+                    data: 0,
+                }],
+            }))
+        };
+        let ok = [
+            entry(3, FdKind::FdEventfd, 1, 0, ev.clone()),
+            entry(4, FdKind::FdEpoll, 2, 0, ep(3)),
+        ];
+        assert!(preflight(&ok).is_ok());
+        let dangling = [
+            entry(3, FdKind::FdEventfd, 1, 0, ev),
+            entry(4, FdKind::FdEpoll, 2, 0, ep(9)),
+        ];
+        assert!(preflight(&dangling).unwrap_err().contains("fd 9"));
+    }
+}

@@ -747,3 +747,64 @@ pub fn record_lock(fd: RawFd, ofd: bool, write: bool, start: u64, len: u64) -> S
     let r = unsafe { libc::fcntl(fd, cmd, &l as *const libc::flock) };
     check(call, r as libc::c_long).map(drop)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attr(t: u16, v: &[u8]) -> Vec<u8> {
+        let mut a = Vec::new();
+        a.extend_from_slice(&((4 + v.len()) as u16).to_ne_bytes());
+        a.extend_from_slice(&t.to_ne_bytes());
+        a.extend_from_slice(v);
+        while a.len() % 4 != 0 {
+            a.push(0);
+        }
+        a
+    }
+
+    fn message(kind: u16, body: &[u8]) -> Vec<u8> {
+        let mut m = Vec::new();
+        m.extend_from_slice(&((16 + body.len()) as u32).to_ne_bytes());
+        m.extend_from_slice(&kind.to_ne_bytes());
+        m.extend_from_slice(&[0; 10]);
+        m.extend_from_slice(body);
+        m
+    }
+
+    #[test]
+    fn unix_diag_answers() {
+        let mut body = vec![libc::AF_UNIX as u8, libc::SOCK_STREAM as u8, 10, 0];
+        body.extend_from_slice(&4242u32.to_ne_bytes());
+        body.extend_from_slice(&[0; 8]);
+        body.extend(attr(0, b"/tmp/sock\0"));
+        let mut vfs = 77u32.to_ne_bytes().to_vec();
+        vfs.extend_from_slice(&0xfe0_0000u32.to_ne_bytes());
+        body.extend(attr(1, &vfs));
+        body.extend(attr(2, &0u32.to_ne_bytes()));
+        body.extend(attr(3, &[5, 0, 0, 0, 6, 0, 0, 0]));
+        let mut rq = 0u32.to_ne_bytes().to_vec();
+        rq.extend_from_slice(&128u32.to_ne_bytes());
+        body.extend(attr(4, &rq));
+        body.extend(attr(6, &[2]));
+        let d = parse_unix_diag(&message(SOCK_DIAG_BY_FAMILY, &body)).unwrap();
+        assert_eq!(d.kind, libc::SOCK_STREAM as u8);
+        assert_eq!(d.state, 10);
+        assert_eq!(d.ino, 4242);
+        assert_eq!(d.name.as_deref(), Some(&b"/tmp/sock\0"[..]));
+        assert_eq!(d.vfs, Some((77, 0xfe0_0000)));
+        assert_eq!(d.peer, Some(0));
+        assert_eq!(d.icons, [5, 6]);
+        assert_eq!(d.rqlen, Some((0, 128)));
+        assert_eq!(d.shutdown, Some(2));
+
+        let err = parse_unix_diag(&message(NLMSG_ERROR, &(-libc::ENOENT).to_ne_bytes()));
+        assert_eq!(err.unwrap_err().errno, libc::ENOENT);
+        assert!(parse_unix_diag(&[1, 2, 3]).is_err());
+        let mut bad = message(SOCK_DIAG_BY_FAMILY, &body);
+        bad.truncate(bad.len() - 4);
+        let len = bad.len() as u32;
+        bad[0..4].copy_from_slice(&len.to_ne_bytes());
+        assert!(parse_unix_diag(&bad).is_err());
+    }
+}
