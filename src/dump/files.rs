@@ -2,15 +2,24 @@
 //! cryo restores exactly, or refused (naming the fd and its kind) before anything is changed
 //! in the target. This module owns the fd table as a whole: classifying each fd, telling
 //! which fds share an open file description (kcmp) and which descriptions are views of one
-//! object (a pipe's two ends, a memfd opened twice), assigning their ids, and checks that span
-//! several fds (a pipe needs both ends in the process). The state of each kind is read by its
-//! own module: [`super::fd_data`] (contents of deleted files and memfds), [`super::fd_pipe`]
-//! (pipe and FIFO buffers), [`super::fd_event`] (eventfd, timerfd, signalfd, epoll, inotify).
+//! object (a pipe's two ends, a memfd opened twice, a socket pair), assigning their ids, the
+//! SIGIO owner, and checks that span several fds (a pipe needs both ends in the process). The
+//! state of each kind is read by its own module: [`super::fd_data`] (contents of deleted
+//! files and memfds), [`super::fd_pipe`] (pipe and FIFO buffers), [`super::fd_event`]
+//! (eventfd, timerfd, signalfd, epoll, inotify), [`super::fd_unix`] (unix sockets),
+//! [`super::fd_locks`] (file locks).
+//!
+//! Ids: `desc_id` and `inode_id` are numbered from 1 within the process. A tree dump will
+//! have to number them across the checkpoint (kcmp between processes tells shared
+//! descriptions apart the same way).
+//!
+//! Failed syscalls on the target's fds are reported as [`DumpError::Unsupported`] naming the
+//! fd and what was being done (the dump cannot go on either way).
 //!
 //! It reads /proc, compares files with kcmp and looks at copies of the target's fds taken with
 //! pidfd_getfd; it never reads from a file in a way that changes what the target would see
-//! (pipes are peeked at with tee, files read with pread), so `--leave-running` leaves every
-//! object as it was.
+//! (pipes are peeked at with tee, sockets with MSG_PEEK, files read with pread), so
+//! `--leave-running` leaves every object as it was.
 
 use super::proc::{self, FdInfo, FdLink};
 use super::DumpError;

@@ -2,6 +2,10 @@
 //! was held through. This runs last in the fd table's construction, after cryo's temporary
 //! fds are closed, because closing any fd of a file drops the process's POSIX locks on it. A
 //! lock someone else holds by now makes the restore fail rather than run without it.
+//!
+//! Known gap: the restorer later maps files by opening and closing them in the process; if the
+//! process had a POSIX-locked file mapped, that close drops the lock. Taking POSIX locks at the
+//! very end of the restore (a hook after the memory is built) would close that gap.
 
 use crate::proto::{file_lock::Kind, FdEntry};
 use crate::sys::files_ffi as ffi;

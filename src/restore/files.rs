@@ -15,6 +15,11 @@
 //! 3. what needs other fds in place: unix socket queues (sent from the peer) and shutdowns,
 //!    epoll registrations; and, once the temporary fds are closed, file locks.
 //!
+//! For a tree, cryo would run [`create_descriptions`] itself for the descriptions and objects
+//! that several processes share (ids are then checkpoint-wide), at numbers above every
+//! process's table, fork the tree, and have each child keep those fds instead of closing them
+//! before it places its own; every child inherits the very same open file descriptions.
+//!
 //! Regular files, directories, FIFOs and character devices are reopened by path; a terminal
 //! is inherited from cryo (`--shell-job`); the other kinds are built by
 //! [`super::fd_pipe`], [`super::fd_data`], [`super::fd_event`] and [`super::fd_unix`].
