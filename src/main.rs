@@ -53,6 +53,10 @@ enum Cmd {
         /// held lock makes the dump fail.
         #[arg(short = 'l', long = "file-locks")]
         file_locks: bool,
+        /// Allow a datagram unix socket connected to a named socket outside the process;
+        /// restore connects it to that name again.
+        #[arg(long = "ext-unix-sk")]
+        ext_unix_sk: bool,
         #[command(flatten)]
         log: LogArgs,
     },
@@ -133,6 +137,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             shell_job,
             overwrite,
             file_locks,
+            ext_unix_sk,
             log,
         } => {
             init_logging(&log, Some(&dir))?;
@@ -143,6 +148,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 shell_job,
                 overwrite,
                 file_locks,
+                ext_unix_sk,
             };
             dump(&opts)
                 .with_context(|| format!("dump of pid {pid} into {} failed", dir.display()))?;

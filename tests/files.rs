@@ -295,3 +295,36 @@ fn file_replaced_since_dump_is_reported() {
         "no warning about the replaced file:\n{err}"
     );
 }
+
+/// A datagram socket connected to a socket outside the process is refused without
+/// --ext-unix-sk (the error says so); with it, restore connects it to the same name again
+/// and its datagrams arrive there.
+#[test]
+fn external_datagram_peer_with_ext_unix_sk() {
+    let _serial = serial();
+    let Some(bin) = prepare("external_datagram_peer_with_ext_unix_sk", "fd_unix_ext") else {
+        return;
+    };
+    let dir = tempfile::TempDir::with_prefix("cryo-ext-unix-").expect("tempdir");
+    let path = dir.path().join("peer");
+    let peer = std::os::unix::net::UnixDatagram::bind(&path).expect("bind");
+    peer.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    let path = path.to_str().expect("utf-8");
+    let mut w = Workload::start(&bin, &[path]);
+    let mut buf = [0u8; 64];
+    let n = peer.recv(&mut buf).expect("first datagram");
+    assert_eq!(&buf[..n], b"before");
+    let images = images_dir();
+    let out = dump(&w, images.path(), &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--ext-unix-sk"),
+        "{err}"
+    );
+    assert!(w.original_running(), "the target died\n{}", w.logs());
+    dump_ok(&w, images.path(), &["--ext-unix-sk"]);
+    w.wait_killed_by_dump();
+    assert_eq!(restore_and_check(&w, images.path()), "PASS");
+    let n = peer.recv(&mut buf).expect("datagram after restore");
+    assert_eq!(&buf[..n], b"after restore");
+}

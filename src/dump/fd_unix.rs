@@ -7,8 +7,11 @@
 //!
 //! Supported: connected pairs whose both ends are in the process (socketpair, or a stream half
 //! whose peer was closed), unconnected sockets (bound to a path or an abstract name, or not),
-//! listening sockets without connections waiting. Refused, naming the socket: a peer outside
-//! the process, connected sockets bound to paths, queued data on an unconnected datagram socket
+//! listening sockets without connections waiting, and with `--ext-unix-sk` a datagram socket
+//! connected to a named socket outside (restore connects it to that name again; datagrams
+//! carry no connection state). Refused, naming the socket: any other peer outside the
+//! process (a stream's peer holds state of the connection that cannot be recreated),
+//! connected sockets bound to paths, queued data on an unconnected datagram socket
 //! (its senders cannot be recreated), connections waiting to be accepted, fds in flight
 //! (SCM_RIGHTS).
 
@@ -213,9 +216,15 @@ fn peek_all(r: &FdRef, fd: i32, kind: i32, shutdown: u32) -> Result<Vec<Vec<u8>>
 }
 
 /// Pairs connected sockets: both ends must be in the process, connected to each other, and
-/// unnamed; each pair gets an object id (`inode_id`), starting at `next_id`. Returns the next
-/// free id.
-pub fn pair_sockets(pid: i32, fds: &mut [FdEntry], mut next_id: u32) -> Result<u32, DumpError> {
+/// unnamed; each pair gets an object id (`inode_id`), starting at `next_id`. With
+/// `ext_unix_sk`, a datagram socket whose peer is outside keeps the peer's name instead.
+/// Returns the next free id.
+pub fn pair_sockets(
+    pid: i32,
+    fds: &mut [FdEntry],
+    mut next_id: u32,
+    ext_unix_sk: bool,
+) -> Result<u32, DumpError> {
     let state = |e: &FdEntry| match &e.state {
         Some(State::UnixSocket(s)) => Some(s.clone()),
         _ => None,
@@ -244,11 +253,24 @@ pub fn pair_sockets(pid: i32, fds: &mut [FdEntry], mut next_id: u32) -> Result<u
             continue;
         }
         let Some((j, peer)) = carriers.iter().find(|(_, p)| p.ino == s.peer_ino) else {
+            if ext_unix_sk && s.r#type == libc::SOCK_DGRAM {
+                let ext_peer = external_peer(s).map_err(|why| refuse(e, why))?;
+                if let Some(State::UnixSocket(st)) = &mut fds[*i].state {
+                    st.ext_peer = ext_peer;
+                    st.peer_ino = 0;
+                }
+                continue;
+            }
+            let hint = if s.r#type == libc::SOCK_DGRAM {
+                " (dump with --ext-unix-sk to connect it to the same name again at restore)"
+            } else {
+                ""
+            };
             return Err(refuse(
                 e,
                 format!(
                     "connected to socket:[{}] outside the process; unix sockets are supported \
-                     when both ends are in the checkpoint",
+                     when both ends are in the checkpoint{hint}",
                     s.peer_ino
                 ),
             ));
@@ -286,4 +308,34 @@ pub fn pair_sockets(pid: i32, fds: &mut [FdEntry], mut next_id: u32) -> Result<u
         }
     }
     Ok(next_id)
+}
+
+/// The name of a datagram socket's peer outside the process, to connect to again at restore.
+fn external_peer(s: &UnixSocketState) -> Result<Vec<u8>, String> {
+    if !s.queue.is_empty() {
+        return Err(format!(
+            "{} datagrams from its peer outside the process are queued; they cannot be sent \
+             again from there",
+            s.queue.len()
+        ));
+    }
+    let diag = ffi::unix_diag(s.peer_ino as u32).map_err(|e| {
+        format!(
+            "asking sock_diag about its peer socket:[{}]: {e}",
+            s.peer_ino
+        )
+    })?;
+    let mut name = diag.name.unwrap_or_default();
+    if name.first().is_some_and(|&c| c != 0) {
+        while name.last() == Some(&0) {
+            name.pop();
+        }
+        if name.first() != Some(&b'/') {
+            return Err("its peer outside is bound to a relative path".into());
+        }
+    }
+    if name.is_empty() {
+        return Err("its peer outside the process has no name to connect to again".into());
+    }
+    Ok(name)
 }

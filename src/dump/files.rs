@@ -76,6 +76,9 @@ pub struct FdOpts {
     pub shell_job: bool,
     /// File locks are saved and taken again at restore (`--file-locks`).
     pub file_locks: bool,
+    /// A datagram unix socket connected to a socket outside is connected to its name again
+    /// at restore (`--ext-unix-sk`).
+    pub ext_unix_sk: bool,
 }
 
 /// The link target of a deleted file ends with this.
@@ -293,7 +296,7 @@ pub fn collect_fds(pid: i32, opts: FdOpts) -> Result<Vec<FdEntry>, DumpError> {
         };
         out[i].state = state;
     }
-    fd_unix::pair_sockets(pid, &mut out, next_inode)?;
+    fd_unix::pair_sockets(pid, &mut out, next_inode, opts.ext_unix_sk)?;
     fd_event::check_epoll_targets(pid, &out)?;
     Ok(out)
 }

@@ -97,6 +97,8 @@ pub struct DumpOpts {
     pub overwrite: bool,
     /// Save file locks (`--file-locks`); without it a held lock refuses the dump.
     pub file_locks: bool,
+    /// Allow datagram unix sockets connected outside the process (`--ext-unix-sk`).
+    pub ext_unix_sk: bool,
 }
 
 /// Figures from a dump.
@@ -179,6 +181,7 @@ fn collect(
     let fd_opts = files::FdOpts {
         shell_job: opts.shell_job,
         file_locks: opts.file_locks,
+        ext_unix_sk: opts.ext_unix_sk,
     };
     let fds = files::collect_fds(pid, fd_opts)?;
     let (vmas, runs) = mm::collect_vmas(pid, &maps)?;

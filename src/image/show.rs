@@ -382,6 +382,10 @@ fn fd_detail(f: &FdEntry, all: &[FdEntry]) -> String {
             match u.state {
                 10 => parts.push(format!("listening, backlog {}", u.backlog)),
                 1 if u.peer_closed => parts.push("peer closed".into()),
+                1 if !u.ext_peer.is_empty() => parts.push(format!(
+                    "connected outside to {}",
+                    String::from_utf8_lossy(&u.ext_peer)
+                )),
                 1 => parts.push(format!("connected to socket:[{}]", u.peer_ino)),
                 _ => parts.push("unconnected".into()),
             }

@@ -4,7 +4,8 @@
 //! end bound to an abstract name (an autobind) is bound to it again. An unconnected
 //! socket is created and bound to its name: a stale socket file of the dead original at the
 //! path is removed first, the new one gets the old mode and owner, and a socket whose file had
-//! been removed has it removed again. A listening socket listens with its backlog.
+//! been removed has it removed again. A listening socket listens with its backlog. A datagram
+//! socket connected outside the checkpoint (`--ext-unix-sk`) is connected to its peer's name.
 //!
 //! Queued messages are sent again from the peer once every fd is in place (phase 3 of
 //! [`super::files`]), one send per datagram or packet so boundaries are kept; then shutdowns
@@ -140,6 +141,17 @@ pub fn create(f: &FdEntry, descs: &mut Descriptions) -> Result<RawFd, String> {
         let fd = descs.keep(fd, &format!("fd {}", f.fd))?;
         if !s.name.is_empty() {
             bind_named(f, fd, s).inspect_err(|_| task::close(fd))?;
+        }
+        if !s.ext_peer.is_empty() {
+            ffi::unix_connect(fd, &s.ext_peer)
+                .inspect_err(|_| task::close(fd))
+                .map_err(|e| {
+                    format!(
+                        "fd {}: connecting to {} outside the checkpoint again: {e}",
+                        f.fd,
+                        String::from_utf8_lossy(&s.ext_peer)
+                    )
+                })?;
         }
         if s.state == TCP_LISTEN {
             ffi::listen(fd, s.backlog as i32)

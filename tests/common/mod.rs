@@ -46,6 +46,7 @@ pub const WORKLOADS: &[&str] = &[
     "fd_inotify_memfd",
     "fd_unix",
     "fd_locks",
+    "fd_unix_ext",
 ];
 
 /// x86_64 syscall numbers a workload may be found blocked in.
