@@ -49,6 +49,14 @@ enum Cmd {
         /// Replace a checkpoint that is already in DIR.
         #[arg(long)]
         overwrite: bool,
+        /// Save the file locks the process holds (restore takes them again); without it a
+        /// held lock makes the dump fail.
+        #[arg(short = 'l', long = "file-locks")]
+        file_locks: bool,
+        /// Allow a datagram unix socket connected to a named socket outside the process;
+        /// restore connects it to that name again.
+        #[arg(long = "ext-unix-sk")]
+        ext_unix_sk: bool,
         #[command(flatten)]
         log: LogArgs,
     },
@@ -128,6 +136,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             leave_running,
             shell_job,
             overwrite,
+            file_locks,
+            ext_unix_sk,
             log,
         } => {
             init_logging(&log, Some(&dir))?;
@@ -137,6 +147,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 leave_running,
                 shell_job,
                 overwrite,
+                file_locks,
+                ext_unix_sk,
             };
             dump(&opts)
                 .with_context(|| format!("dump of pid {pid} into {} failed", dir.display()))?;

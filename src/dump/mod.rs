@@ -8,6 +8,11 @@
 //! (guard cures on drop) for signal actions, timers and the pages; cure; write every image;
 //! commit the inventory; only then kill the target (or detach with `--leave-running`).
 
+pub mod fd_data;
+pub mod fd_event;
+pub mod fd_locks;
+pub mod fd_pipe;
+pub mod fd_unix;
 pub mod files;
 pub mod mm;
 pub mod proc;
@@ -93,6 +98,10 @@ pub struct DumpOpts {
     pub shell_job: bool,
     /// Replace an existing checkpoint in `dir`.
     pub overwrite: bool,
+    /// Save file locks (`--file-locks`); without it a held lock refuses the dump.
+    pub file_locks: bool,
+    /// Allow datagram unix sockets connected outside the process (`--ext-unix-sk`).
+    pub ext_unix_sk: bool,
 }
 
 /// Figures from a dump.
@@ -221,7 +230,12 @@ fn collect(
     let maps_text = std::fs::read_to_string(format!("/proc/{pid}/maps"))
         .map_err(|_| DumpError::Gone { pid })?;
     let maps = proc::parse_maps(&maps_text)?;
-    let fds = files::collect_fds(pid, opts.shell_job)?;
+    let fd_opts = files::FdOpts {
+        shell_job: opts.shell_job,
+        file_locks: opts.file_locks,
+        ext_unix_sk: opts.ext_unix_sk,
+    };
+    let fds = files::collect_fds(pid, fd_opts)?;
     let (vmas, runs) = mm::collect_vmas(pid, &maps)?;
     stats.pages_scanned += runs.iter().map(|r| r.nr_pages).sum::<u64>();
 

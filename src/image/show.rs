@@ -11,7 +11,8 @@ use std::path::Path;
 use serde_json::{json, Map, Value};
 
 use crate::proto::{
-    FdEntry, FdKind, Inventory, MmState, PageRun, ProcessCore, PstreeEntry, TaskCore, VmaKind,
+    fd_entry::State, FdEntry, FdKind, Inventory, MmState, PageRun, ProcessCore, PstreeEntry,
+    TaskCore, VmaKind,
 };
 
 use super::{ImageError, ImageReader, ImageType, PAGE_SIZE};
@@ -281,6 +282,150 @@ fn fd_kind_name(kind: i32) -> String {
             .to_ascii_lowercase(),
         Err(_) => format!("kind {kind}"),
     }
+}
+
+fn secs_text(ns: u64) -> String {
+    format!("{}.{:09}s", ns / 1_000_000_000, ns % 1_000_000_000)
+}
+
+/// What an fd holds beyond its path and flags: sharing with lower fds and the saved state of
+/// its kind.
+fn fd_detail(f: &FdEntry, all: &[FdEntry]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let earlier = |same: &dyn Fn(&FdEntry) -> bool| {
+        all.iter()
+            .take_while(|o| o.fd != f.fd)
+            .find(|o| same(o))
+            .map(|o| o.fd)
+    };
+    if f.desc_id != 0 {
+        if let Some(d) = earlier(&|o: &FdEntry| o.desc_id == f.desc_id) {
+            parts.push(format!("dup of fd {d}"));
+        } else if f.inode_id != 0 {
+            if let Some(d) = earlier(&|o: &FdEntry| o.inode_id == f.inode_id) {
+                parts.push(format!("same object as fd {d}"));
+            }
+        }
+    }
+    match &f.state {
+        Some(State::FileData(d)) => {
+            if f.kind() == FdKind::FdMemfd {
+                parts.push(format!("memfd {:?}", d.name));
+            }
+            parts.push(format!("{} bytes saved", d.contents.len()));
+            if d.seals != 0 {
+                parts.push(format!("seals {:#x}", d.seals));
+            }
+        }
+        Some(State::PipeData(p)) => {
+            parts.push(format!(
+                "{} bytes buffered, size {}",
+                p.data.len(),
+                p.buf_size
+            ));
+        }
+        Some(State::Eventfd(e)) => {
+            parts.push(format!("count {}", e.count));
+            if e.semaphore {
+                parts.push("semaphore".into());
+            }
+        }
+        Some(State::Timerfd(t)) => {
+            parts.push(clock_name(t.clockid));
+            if t.value_ns == 0 && t.interval_ns == 0 {
+                parts.push("disarmed".into());
+            } else {
+                parts.push(format!("next in {}", secs_text(t.value_ns)));
+            }
+            if t.interval_ns != 0 {
+                parts.push(format!("every {}", secs_text(t.interval_ns)));
+            }
+            if t.ticks != 0 {
+                parts.push(format!("{} unread expirations", t.ticks));
+            }
+            if t.settime_flags & 1 != 0 {
+                parts.push("absolute".into());
+            }
+        }
+        Some(State::Signalfd(sf)) => {
+            parts.push(format!("mask {}", mask_names(sf.sigmask).join(",")))
+        }
+        Some(State::Epoll(ep)) => {
+            for t in &ep.targets {
+                parts.push(format!(
+                    "watches fd {} events {:#x} data {:#x}",
+                    t.tfd, t.events, t.data
+                ));
+            }
+            if ep.targets.is_empty() {
+                parts.push("no watches".into());
+            }
+        }
+        Some(State::Inotify(ino)) => {
+            for w in &ino.watches {
+                parts.push(format!("wd {} {} mask {:#x}", w.wd, w.path, w.mask));
+            }
+            if ino.watches.is_empty() {
+                parts.push("no watches".into());
+            }
+        }
+        Some(State::UnixSocket(u)) => {
+            parts.push(
+                match u.r#type {
+                    libc::SOCK_STREAM => "stream",
+                    libc::SOCK_DGRAM => "dgram",
+                    libc::SOCK_SEQPACKET => "seqpacket",
+                    _ => "unix",
+                }
+                .to_string(),
+            );
+            match u.state {
+                10 => parts.push(format!("listening, backlog {}", u.backlog)),
+                1 if u.peer_closed => parts.push("peer closed".into()),
+                1 if !u.ext_peer.is_empty() => parts.push(format!(
+                    "connected outside to {}",
+                    String::from_utf8_lossy(&u.ext_peer)
+                )),
+                1 => parts.push(format!("connected to socket:[{}]", u.peer_ino)),
+                _ => parts.push("unconnected".into()),
+            }
+            if let Some(first) = u.name.first() {
+                let name = String::from_utf8_lossy(&u.name[1..]);
+                if *first == 0 {
+                    parts.push(format!("bound to @{name}"));
+                } else {
+                    parts.push(format!("bound to {}", String::from_utf8_lossy(&u.name)));
+                }
+            }
+            if !u.queue.is_empty() {
+                let bytes: usize = u.queue.iter().map(Vec::len).sum();
+                parts.push(format!("{} queued ({bytes} bytes)", u.queue.len()));
+            }
+            if u.shutdown != 0 {
+                parts.push(format!("shutdown {}", u.shutdown));
+            }
+        }
+        None => {}
+    }
+    for l in &f.locks {
+        let range = if l.len == 0 {
+            format!("{}-EOF", l.start)
+        } else {
+            format!("{}-{}", l.start, l.start + l.len - 1)
+        };
+        parts.push(format!(
+            "{} {} lock {range}",
+            l.kind().as_str_name().to_ascii_lowercase(),
+            if l.write { "write" } else { "read" }
+        ));
+    }
+    if let Some(o) = &f.owner {
+        parts.push(format!("owner {} (type {})", o.pid, o.r#type));
+        if o.signum != 0 {
+            parts.push(format!("signal {}", signal_name(o.signum as u32)));
+        }
+    }
+    parts.join("; ")
 }
 
 /// Open flags as `O_RDWR|O_APPEND|...`.
@@ -584,19 +729,23 @@ fn process_text(s: &mut String, p: &Process) {
             let _ = writeln!(s, "  fds: {}", fds.len());
             let _ = writeln!(
                 s,
-                "    {:>5}  {:<5}  {:<32}  {:>10}  PATH",
+                "    {:>5}  {:<8}  {:<32}  {:>10}  PATH",
                 "FD", "KIND", "FLAGS", "POS"
             );
             for f in fds {
                 let _ = writeln!(
                     s,
-                    "    {:>5}  {:<5}  {:<32}  {:>10}  {}",
+                    "    {:>5}  {:<8}  {:<32}  {:>10}  {}",
                     f.fd,
                     fd_kind_name(f.kind),
                     open_flags_text(f.flags, f.cloexec),
                     f.pos,
                     f.path
                 );
+                let detail = fd_detail(f, fds);
+                if !detail.is_empty() {
+                    let _ = writeln!(s, "    {:>5}  {}", "", detail);
+                }
             }
         }
     }
@@ -787,6 +936,9 @@ fn process_json(p: &Process) -> Value {
                         "path": f.path,
                         "flags": open_flags_text(f.flags, f.cloexec),
                         "pos": f.pos,
+                        "desc_id": f.desc_id,
+                        "inode_id": f.inode_id,
+                        "detail": fd_detail(f, fds),
                     })
                 })
                 .collect(),

@@ -13,6 +13,11 @@
 //! `PTRACE_O_EXITKILL` and `PR_SET_PDEATHSIG`), so nothing is left behind.
 
 mod child;
+mod fd_data;
+mod fd_event;
+mod fd_locks;
+mod fd_pipe;
+mod fd_unix;
 mod files;
 pub mod layout;
 mod memory;
@@ -218,6 +223,10 @@ impl ProcessImage {
                 check_open_file(pid, f)?;
             }
         }
+        files::preflight(&self.fds).map_err(|what| RestoreError::Invalid {
+            pid,
+            what: format!("fds-{pid}.img: {what}"),
+        })?;
         if !self.core.root.is_empty() && self.core.root != "/" {
             return bad(format!(
                 "root {} is not / (chroot is not supported yet)",

@@ -3,6 +3,7 @@
 //! callers add the context (pid, address, file). Nothing here knows about images or /proc
 //! formats.
 
+pub mod files_ffi;
 pub mod mem;
 pub mod parasite_ffi;
 pub mod probe;

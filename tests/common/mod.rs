@@ -43,6 +43,15 @@ pub const WORKLOADS: &[&str] = &[
     "shm",
     "stopped",
     "vfork",
+    "fd_regular",
+    "fd_dup",
+    "fd_pipe",
+    "fd_refused",
+    "fd_event",
+    "fd_inotify_memfd",
+    "fd_unix",
+    "fd_locks",
+    "fd_unix_ext",
 ];
 
 /// x86_64 syscall numbers a workload may be found blocked in.
