@@ -257,3 +257,15 @@ fn vfork_child_is_refused_and_both_run_on() {
     let _ = cryo::sys::proc_ctl::kill(tree[1], libc::SIGKILL);
     reap_tree(&tree[1..]);
 }
+
+#[test]
+fn shared_file_offset_and_pipe_between_processes() {
+    let _serial = serial();
+    let Some(bin) = prepare("shared_file_offset_and_pipe_between_processes", "xshare") else {
+        return;
+    };
+    let mut w = Workload::start(&bin, &[]);
+    let tree = descendants(w.pid);
+    assert_eq!(tree.len(), 2, "expected a parent and a child: {tree:?}");
+    dump_restore_check(&mut w, &tree);
+}

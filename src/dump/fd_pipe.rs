@@ -23,29 +23,36 @@ fn writable(e: &FdEntry) -> bool {
     e.flags as i32 & libc::O_ACCMODE != libc::O_RDONLY
 }
 
-/// Refuses an anonymous pipe unless the process holds both a readable and a writable end.
-pub fn check_pipe_ends(pid: i32, fds: &[FdEntry]) -> Result<(), DumpError> {
-    for e in fds.iter().filter(|e| e.kind() == FdKind::FdPipe) {
-        let ends = fds.iter().filter(|p| p.inode_id == e.inode_id);
-        let (mut r, mut w) = (false, false);
-        for p in ends {
-            r |= readable(p);
-            w |= writable(p);
-        }
-        if !(r && w) {
-            let (has, lacks) = if r {
-                ("read", "write")
-            } else {
-                ("write", "read")
-            };
-            return Err(DumpError::Unsupported {
-                pid,
-                what: format!(
-                    "fd {} ({}): the {has} end of a pipe whose {lacks} end is not in the \
-                     process; a pipe is supported when both its ends are in the checkpoint",
-                    e.fd, e.path
-                ),
-            });
+/// Refuses an anonymous pipe unless the checkpoint holds both a readable and a writable end
+/// of it (in one process or in two). `fds` are every process's fds, with ids numbered across
+/// the checkpoint.
+pub fn check_pipe_ends(fds: &[(i32, Vec<FdEntry>)]) -> Result<(), DumpError> {
+    for (pid, list) in fds {
+        for e in list.iter().filter(|e| e.kind() == FdKind::FdPipe) {
+            let ends = fds
+                .iter()
+                .flat_map(|(_, l)| l.iter())
+                .filter(|p| p.kind() == FdKind::FdPipe && p.inode_id == e.inode_id);
+            let (mut r, mut w) = (false, false);
+            for p in ends {
+                r |= readable(p);
+                w |= writable(p);
+            }
+            if !(r && w) {
+                let (has, lacks) = if r {
+                    ("read", "write")
+                } else {
+                    ("write", "read")
+                };
+                return Err(DumpError::Unsupported {
+                    pid: *pid,
+                    what: format!(
+                        "fd {} ({}): the {has} end of a pipe whose {lacks} end is not in the \
+                         checkpoint; a pipe is supported when both its ends are dumped",
+                        e.fd, e.path
+                    ),
+                });
+            }
         }
     }
     Ok(())

@@ -9,9 +9,10 @@
 //! (eventfd, timerfd, signalfd, epoll, inotify), [`super::fd_unix`] (unix sockets),
 //! [`super::fd_locks`] (file locks).
 //!
-//! Ids: `desc_id` and `inode_id` are numbered from 1 within the process. A tree dump will
-//! have to number them across the checkpoint (kcmp between processes tells shared
-//! descriptions apart the same way).
+//! Ids: `desc_id` and `inode_id` are numbered from 1 within the process by [`collect_fds`],
+//! then [`number_across_processes`] renumbers them across the checkpoint: a description
+//! shared by several processes (kcmp) gets one id, and so does a pipe whose ends are in
+//! different processes (same pipe inode).
 //!
 //! Failed syscalls on the target's fds are reported as [`DumpError::Unsupported`] naming the
 //! fd and what was being done (the dump cannot go on either way).
@@ -198,6 +199,97 @@ fn has_inode_id(kind: FdKind, mode: u32) -> bool {
     }
 }
 
+/// Renumbers the per-process `desc_id`s and `inode_id`s of every process (`(pid, fds)`, in
+/// dump order) so that they are unique across the checkpoint, and equal where two processes
+/// share an open file description (kcmp) or a pipe (same pipe inode).
+pub fn number_across_processes(all: &mut [(i32, Vec<FdEntry>)]) -> Result<(), DumpError> {
+    use std::collections::HashMap;
+    let (mut next_desc, mut next_inode) = (1u32, 1u32);
+    // (pid, fd, dev, ino, kind, global desc) of descriptions seen so far.
+    let mut seen: Vec<(i32, i32, u64, u64, i32, u32)> = Vec::new();
+    let mut pipes: HashMap<(u64, u64), u32> = HashMap::new();
+    for (pid, list) in all.iter_mut() {
+        let pid = *pid;
+        let mut desc_map: HashMap<u32, u32> = HashMap::new();
+        let mut inode_map: HashMap<u32, u32> = HashMap::new();
+        let entries = list.clone();
+        let mut out = entries.clone();
+        for (k, e) in entries.iter().enumerate() {
+            let desc = match desc_map.get(&e.desc_id) {
+                Some(d) => *d,
+                None => {
+                    let mut found = None;
+                    for s in seen
+                        .iter()
+                        .filter(|s| s.0 != pid && (s.2, s.3, s.4) == (e.dev, e.ino, e.kind))
+                    {
+                        let same = ffi::same_file(s.0, s.1, pid, e.fd).map_err(|source| {
+                            DumpError::Unsupported {
+                                pid,
+                                what: format!(
+                                    "fd {}: comparing with pid {} fd {}: {source}",
+                                    e.fd, s.0, s.1
+                                ),
+                            }
+                        })?;
+                        if same {
+                            found = Some(s.5);
+                            break;
+                        }
+                    }
+                    let d = found.unwrap_or_else(|| {
+                        next_desc += 1;
+                        next_desc - 1
+                    });
+                    desc_map.insert(e.desc_id, d);
+                    seen.push((pid, e.fd, e.dev, e.ino, e.kind, d));
+                    d
+                }
+            };
+            out[k].desc_id = desc;
+            if e.inode_id != 0 {
+                let ino = match inode_map.get(&e.inode_id) {
+                    Some(x) => *x,
+                    None => {
+                        let shared = (e.kind() == FdKind::FdPipe)
+                            .then(|| pipes.get(&(e.dev, e.ino)).copied())
+                            .flatten();
+                        let x = shared.unwrap_or_else(|| {
+                            next_inode += 1;
+                            next_inode - 1
+                        });
+                        if e.kind() == FdKind::FdPipe {
+                            pipes.insert((e.dev, e.ino), x);
+                        }
+                        inode_map.insert(e.inode_id, x);
+                        x
+                    }
+                };
+                out[k].inode_id = ino;
+            }
+        }
+        *list = out;
+    }
+    // The first end of a pipe in each process carries the pipe's state, also in a process that
+    // holds only the write end (whose buffer it could not read itself).
+    let states: HashMap<u32, State> = all
+        .iter()
+        .flat_map(|(_, l)| l.iter())
+        .filter(|e| e.kind() == FdKind::FdPipe && e.inode_id != 0)
+        .filter_map(|e| e.state.clone().map(|s| (e.inode_id, s)))
+        .collect();
+    for (_, list) in all.iter_mut() {
+        for k in 0..list.len() {
+            let e = &list[k];
+            let first = !list[..k].iter().any(|p| p.inode_id == e.inode_id);
+            if e.kind() == FdKind::FdPipe && e.inode_id != 0 && first && e.state.is_none() {
+                list[k].state = states.get(&list[k].inode_id).cloned();
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The fds of `pid`, in fd order, with sharing and kind-specific state. The process must be
 /// frozen (seized) so that nothing changes while it is read.
 pub fn collect_fds(pid: i32, opts: FdOpts) -> Result<Vec<FdEntry>, DumpError> {
@@ -272,7 +364,6 @@ pub fn collect_fds(pid: i32, opts: FdOpts) -> Result<Vec<FdEntry>, DumpError> {
         tracing::debug!(pid, fd = e.fd, kind = ?kind, desc = e.desc_id, inode = e.inode_id, "fd");
         out.push(e);
     }
-    fd_pipe::check_pipe_ends(pid, &out)?;
     for i in 0..out.len() {
         let e = &out[i];
         let first_of_inode = e.inode_id != 0 && !out[..i].iter().any(|p| p.inode_id == e.inode_id);

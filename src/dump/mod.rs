@@ -134,6 +134,19 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats, DumpError> {
     let procs = tree.procs();
     refuse_shared_with_parent(&procs)?;
     let mut stats = DumpStats::default();
+    // Every fd of every process first: refusals come before anything is injected, and
+    // descriptions and pipes shared between processes get ids valid across the checkpoint.
+    let fd_opts = files::FdOpts {
+        shell_job: opts.shell_job,
+        file_locks: opts.file_locks,
+        ext_unix_sk: opts.ext_unix_sk,
+    };
+    let mut all_fds: Vec<(i32, Vec<crate::proto::FdEntry>)> = Vec::new();
+    for p in procs.iter().filter(|p| p.zombie.is_none()) {
+        all_fds.push((p.pid, files::collect_fds(p.pid, fd_opts)?));
+    }
+    files::number_across_processes(&mut all_fds)?;
+    fd_pipe::check_pipe_ends(&all_fds)?;
     let mut entries = Vec::with_capacity(procs.len());
     for p in &procs {
         entries.push(match p.zombie {
@@ -147,7 +160,14 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats, DumpError> {
                 exit_status: status,
                 stopped: false,
             },
-            None => collect(p, opts, &mut writer, &mut stats)?,
+            None => {
+                let fds = all_fds
+                    .iter()
+                    .find(|(pid, _)| *pid == p.pid)
+                    .map(|(_, f)| f.as_slice())
+                    .unwrap_or_default();
+                collect(p, fds, &mut writer, &mut stats)?
+            }
         });
     }
     writer.write(ImageType::Pstree, None, &entries)?;
@@ -220,7 +240,7 @@ fn ptrace_err(pid: i32, what: &'static str) -> impl FnOnce(SysError) -> DumpErro
 /// Collects one live process and writes its images; returns its tree entry.
 fn collect(
     p: &SeizedProc,
-    opts: &DumpOpts,
+    fds: &[crate::proto::FdEntry],
     writer: &mut ImageWriter,
     stats: &mut DumpStats,
 ) -> Result<PstreeEntry, DumpError> {
@@ -230,12 +250,6 @@ fn collect(
     let maps_text = std::fs::read_to_string(format!("/proc/{pid}/maps"))
         .map_err(|_| DumpError::Gone { pid })?;
     let maps = proc::parse_maps(&maps_text)?;
-    let fd_opts = files::FdOpts {
-        shell_job: opts.shell_job,
-        file_locks: opts.file_locks,
-        ext_unix_sk: opts.ext_unix_sk,
-    };
-    let fds = files::collect_fds(pid, fd_opts)?;
     let (vmas, runs) = mm::collect_vmas(pid, &maps)?;
     stats.pages_scanned += runs.iter().map(|r| r.nr_pages).sum::<u64>();
 
@@ -338,7 +352,7 @@ fn collect(
     writer.write(ImageType::Tasks, Some(pid), &tasks)?;
     writer.write(ImageType::Mm, Some(pid), &[mm])?;
     writer.write(ImageType::Pagemap, Some(pid), &stored)?;
-    writer.write(ImageType::Fds, Some(pid), &fds)?;
+    writer.write(ImageType::Fds, Some(pid), fds)?;
     Ok(PstreeEntry {
         pid,
         ppid: p.ppid,

@@ -18,8 +18,9 @@ pub fn run(
     pid: i32,
     report: RawFd,
     keep: &[RawFd],
+    shared: &[(u64, RawFd)],
 ) -> ! {
-    match run_inner(plan, images, pid, report, keep) {
+    match run_inner(plan, images, pid, report, keep, shared) {
         Ok(report) => {
             task::write_all(report, format!("R {pid}\n").as_bytes());
             task::close(report);
@@ -39,6 +40,7 @@ fn run_inner(
     pid: i32,
     report: RawFd,
     keep: &[RawFd],
+    shared: &[(u64, RawFd)],
 ) -> Result<RawFd, String> {
     task::set_pdeathsig(libc::SIGKILL).map_err(|e| e.to_string())?;
     match plan.join(pid) {
@@ -53,7 +55,7 @@ fn run_inner(
             .ok_or_else(|| format!("child {kid} missing from the plan"))?;
         match super::fork_at(kid).map_err(|e| format!("forking child {kid}: {e}"))? {
             0 if entry.zombie => task::die_with_status(entry.exit_status),
-            0 => run(plan, images, kid, report, keep),
+            0 => run(plan, images, kid, report, keep, shared),
             _ => {
                 // Both parent and child set the child's group (as shells do), so a sibling
                 // forked next can join it whichever of the two runs first.
@@ -72,12 +74,17 @@ fn run_inner(
     let img = images
         .get(&pid)
         .ok_or_else(|| format!("no images for pid {pid}"))?;
-    prepare(img, report, keep)
+    prepare(img, report, keep, shared)
 }
 
 /// fds, cwd, root, umask, rlimits and name. Returns the report fd's new number.
-fn prepare(img: &ProcessImage, report_fd: RawFd, keep: &[RawFd]) -> Result<RawFd, String> {
-    let report = super::files::install_fds(&img.fds, report_fd, keep)?;
+fn prepare(
+    img: &ProcessImage,
+    report_fd: RawFd,
+    keep: &[RawFd],
+    shared: &[(u64, RawFd)],
+) -> Result<RawFd, String> {
+    let report = super::files::install_fds(&img.fds, report_fd, keep, shared)?;
     let core = &img.core;
     if !core.root.is_empty() && core.root != "/" {
         task::chroot(&core.root).map_err(|e| format!("chroot({}): {e}", core.root))?;

@@ -226,12 +226,21 @@ fn check_reopen(f: &FdEntry) -> Result<(), String> {
 /// Installs `fds` in the calling process: every other fd is closed except `report_fd`, which
 /// is moved above the saved fd numbers, and `keep` (fds cryo prepared for the restorer, all
 /// above every saved fd). Returns the report fd's new number.
-pub fn install_fds(fds: &[FdEntry], report_fd: RawFd, keep: &[RawFd]) -> Result<RawFd, String> {
+///
+/// `shared` are the descriptions cryo created before forking for objects that several
+/// processes share (see [`SharedDescs`]); they are used instead of creating new ones.
+pub fn install_fds(
+    fds: &[FdEntry],
+    report_fd: RawFd,
+    keep: &[RawFd],
+    shared: &[(u64, RawFd)],
+) -> Result<RawFd, String> {
     preflight(fds)?;
     let max_target = fds.iter().map(|f| f.fd).max().unwrap_or(2);
     let high = max_target.max(2) + 1;
     let report = task::dup_above(report_fd, high).map_err(|e| e.to_string())?;
     let mut descs = Descriptions::new(high);
+    descs.descs.extend(shared.iter().copied());
 
     // Terminals inherited from cryo (shell job): taken before cryo's fds are closed.
     for f in fds.iter().filter(|f| f.kind() == FdKind::FdTty) {
@@ -276,6 +285,56 @@ pub fn install_fds(fds: &[FdEntry], report_fd: RawFd, keep: &[RawFd]) -> Result<
     drop(descs);
     fd_locks::take_locks(fds)?;
     Ok(report)
+}
+
+/// Descriptions and objects shared by several processes of a tree (one open file description
+/// with one offset, a pipe whose ends are in different processes), created once by cryo
+/// before the tree is forked, so that every process inherits the same ones.
+pub struct SharedDescs {
+    descs: Descriptions,
+}
+
+impl SharedDescs {
+    /// Creates the shared ones among `all` (every process's fds, ids numbered across the
+    /// checkpoint) at fd numbers at or above `high`.
+    pub fn prepare(all: &[&[FdEntry]], high: RawFd) -> Result<Self, String> {
+        let mut desc_procs: HashMap<u64, usize> = HashMap::new();
+        let mut inode_procs: HashMap<u32, usize> = HashMap::new();
+        for fds in all {
+            let mut d: Vec<u64> = fds.iter().map(desc_key).collect();
+            d.sort_unstable();
+            d.dedup();
+            for k in d {
+                *desc_procs.entry(k).or_default() += 1;
+            }
+            let mut i: Vec<u32> = fds.iter().map(|f| f.inode_id).filter(|&i| i != 0).collect();
+            i.sort_unstable();
+            i.dedup();
+            for k in i {
+                *inode_procs.entry(k).or_default() += 1;
+            }
+        }
+        let mut subset: Vec<FdEntry> = Vec::new();
+        for fds in all {
+            for f in fds.iter() {
+                let shared = desc_procs.get(&desc_key(f)).is_some_and(|&n| n > 1)
+                    || (f.inode_id != 0 && inode_procs.get(&f.inode_id).is_some_and(|&n| n > 1));
+                if shared && !subset.iter().any(|s| desc_key(s) == desc_key(f)) {
+                    subset.push(f.clone());
+                }
+            }
+        }
+        // The entry that carries an object's state must come first.
+        subset.sort_by_key(|f| f.state.is_none());
+        let mut descs = Descriptions::new(high);
+        create_descriptions(&subset, &mut descs)?;
+        Ok(Self { descs })
+    }
+
+    /// (description key, fd) of every shared description.
+    pub fn seeds(&self) -> Vec<(u64, RawFd)> {
+        self.descs.descs.iter().map(|(k, v)| (*k, *v)).collect()
+    }
 }
 
 /// Phase 1: every description of `fds` not created yet (in fd order, so the fd that carries

@@ -35,6 +35,7 @@ use crate::sys::ptrace::{self, WaitStatus};
 use crate::sys::{proc_ctl, task, SysError, PAGE_SIZE};
 use remote_ctx::{Ctx, TRAMPOLINE_CODE, TRAMPOLINE_LEN};
 use std::collections::BTreeMap;
+use std::os::fd::RawFd;
 use std::path::PathBuf;
 
 /// Errors of restore. Each names the pid, file or address involved.
@@ -370,11 +371,25 @@ pub fn restore(opts: &RestoreOpts) -> Result<RestoreOutcome, RestoreError> {
         .unwrap_or(2)
         + 1;
     let shared = shmem::SharedMem::prepare(&images, &pages_paths, fd_base)?;
-    let keep = shared.fds();
+    let fd_lists: Vec<&[FdEntry]> = images.values().map(|i| i.fds.as_slice()).collect();
+    let shared_fds =
+        files::SharedDescs::prepare(&fd_lists, fd_base).map_err(|what| RestoreError::Invalid {
+            pid: root,
+            what: format!("creating files shared between processes: {what}"),
+        })?;
+    let seeds = shared_fds.seeds();
+    // The processes keep the shared descriptions (they close what they do not use) and the
+    // shared memory objects (closed after mapping); the raw objects behind shared descriptions
+    // stay with cryo.
+    let keep: Vec<RawFd> = shared
+        .fds()
+        .into_iter()
+        .chain(seeds.iter().map(|s| s.1))
+        .collect();
     let child = fork_at(root)?;
     if child == 0 {
         task::close(rd);
-        child::run(&plan, &images, root, wr, &keep);
+        child::run(&plan, &images, root, wr, &keep, &seeds);
     }
     task::close(wr);
     guard.pids = plan.entries().map(|e| e.pid).collect();

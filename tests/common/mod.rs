@@ -43,6 +43,7 @@ pub const WORKLOADS: &[&str] = &[
     "shm",
     "stopped",
     "vfork",
+    "xshare",
     "fd_regular",
     "fd_dup",
     "fd_pipe",
