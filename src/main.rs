@@ -49,6 +49,10 @@ enum Cmd {
         /// Replace a checkpoint that is already in DIR.
         #[arg(long)]
         overwrite: bool,
+        /// Sign the checkpoint: an HMAC-SHA256, under the key held in FILE (all its bytes, at
+        /// least 16), over a SHA-256 of every image file, written to DIR/signature.img.
+        #[arg(long = "sign-key", value_name = "FILE")]
+        sign_key: Option<PathBuf>,
         #[command(flatten)]
         log: LogArgs,
     },
@@ -66,6 +70,11 @@ enum Cmd {
         /// Restore a shell job: terminal fds get cryo's terminal.
         #[arg(short = 'j', long = "shell-job")]
         shell_job: bool,
+        /// Verify the checkpoint's signature with the key in FILE before anything else, and
+        /// refuse it if it is unsigned, signed with another key, or altered in any byte.
+        /// Without this flag a signed checkpoint is restored without checking its signature.
+        #[arg(long = "sign-key", value_name = "FILE")]
+        sign_key: Option<PathBuf>,
         #[command(flatten)]
         log: LogArgs,
     },
@@ -128,6 +137,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             leave_running,
             shell_job,
             overwrite,
+            sign_key,
             log,
         } => {
             init_logging(&log, Some(&dir))?;
@@ -137,6 +147,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 leave_running,
                 shell_job,
                 overwrite,
+                sign_key,
             };
             dump(&opts)
                 .with_context(|| format!("dump of pid {pid} into {} failed", dir.display()))?;
@@ -147,6 +158,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             detach,
             pidfile,
             shell_job,
+            sign_key,
             log,
         } => {
             init_logging(&log, Some(&dir))?;
@@ -155,6 +167,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 detach,
                 pidfile,
                 shell_job,
+                sign_key,
             };
             match restore(&opts)
                 .with_context(|| format!("restore from {} failed", dir.display()))?

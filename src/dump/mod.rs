@@ -90,6 +90,8 @@ pub struct DumpOpts {
     pub shell_job: bool,
     /// Replace an existing checkpoint in `dir`.
     pub overwrite: bool,
+    /// Sign the checkpoint with the key in this file (`--sign-key`, see `image::SignKey`).
+    pub sign_key: Option<PathBuf>,
 }
 
 /// Figures from a dump.
@@ -116,6 +118,7 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats, DumpError> {
         });
     }
     let mut writer = ImageWriter::create(&opts.dir, opts.overwrite)?;
+    writer.set_sign_key_file(opts.sign_key.as_deref())?;
     let threads = proc::list_threads(pid)?;
     if threads.len() != 1 {
         return Err(DumpError::Unsupported {

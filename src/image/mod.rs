@@ -94,6 +94,7 @@
 mod format;
 mod reader;
 pub mod show;
+mod sign;
 mod writer;
 
 #[cfg(test)]
@@ -102,8 +103,9 @@ mod tests;
 use std::io;
 use std::path::PathBuf;
 
-pub use format::{HEADER_LEN, MAGIC, MAX_RECORD_LEN, PAGE_SIZE};
-pub use reader::ImageReader;
+pub use format::{decode_records, encode_records, HEADER_LEN, MAGIC, MAX_RECORD_LEN, PAGE_SIZE};
+pub use reader::{check_page_store, ImageReader};
+pub use sign::{is_signed, SignKey, MAX_KEY_LEN, MIN_KEY_LEN, SIGNATURE_ALGORITHM, SIGNATURE_FILE};
 pub use writer::{ImageWriter, PagesFile};
 
 /// Major version of the image format written by this cryo; the only one it reads.
@@ -133,11 +135,13 @@ pub enum ImageType {
     Pages,
     /// `fds-PID.img`: `FdEntry` records.
     Fds,
+    /// `signature.img`: one `Signature` (only in a signed checkpoint; not in the manifest).
+    Signature,
 }
 
 impl ImageType {
     /// Every image type, in header-number order.
-    pub const ALL: [ImageType; 8] = [
+    pub const ALL: [ImageType; 9] = [
         ImageType::Inventory,
         ImageType::Pstree,
         ImageType::Core,
@@ -146,6 +150,7 @@ impl ImageType {
         ImageType::Pagemap,
         ImageType::Pages,
         ImageType::Fds,
+        ImageType::Signature,
     ];
 
     /// The number stored in the file header.
@@ -159,6 +164,7 @@ impl ImageType {
             ImageType::Pagemap => 6,
             ImageType::Pages => 7,
             ImageType::Fds => 8,
+            ImageType::Signature => 9,
         }
     }
 
@@ -168,7 +174,7 @@ impl ImageType {
     }
 
     /// The stem of the file name: `inventory`, `pstree`, `core`, `tasks`, `mm`, `pagemap`,
-    /// `pages`, `fds`.
+    /// `pages`, `fds`, `signature`.
     pub fn stem(self) -> &'static str {
         match self {
             ImageType::Inventory => "inventory",
@@ -179,12 +185,16 @@ impl ImageType {
             ImageType::Pagemap => "pagemap",
             ImageType::Pages => "pages",
             ImageType::Fds => "fds",
+            ImageType::Signature => "signature",
         }
     }
 
     /// Whether there is one file of this type per process (`NAME-PID.img`).
     pub fn per_process(self) -> bool {
-        !matches!(self, ImageType::Inventory | ImageType::Pstree)
+        !matches!(
+            self,
+            ImageType::Inventory | ImageType::Pstree | ImageType::Signature
+        )
     }
 
     /// Whether the file holds length-prefixed records (everything but the page store).
@@ -380,6 +390,36 @@ pub enum ImageError {
         path: PathBuf,
         /// What it is instead.
         what: &'static str,
+    },
+    /// A signing key file cannot be used.
+    #[error("{}: unusable signing key: {reason}", path.display())]
+    BadKey {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A key was given but the checkpoint carries no signature.
+    #[error("{}: missing: the checkpoint is not signed, and a signing key was given", path.display())]
+    Unsigned {
+        /// Where the signature should be (`DIR/signature.img`).
+        path: PathBuf,
+    },
+    /// A file of a signed checkpoint is not the one that was signed.
+    #[error("{}: {reason}: refusing an altered checkpoint", path.display())]
+    SignatureMismatch {
+        /// The file.
+        path: PathBuf,
+        /// How it differs.
+        reason: &'static str,
+    },
+    /// The signature does not verify under the key given (or is malformed).
+    #[error("{}: bad signature: {reason}", path.display())]
+    BadSignature {
+        /// The signature file.
+        path: PathBuf,
+        /// Why it does not verify.
+        reason: String,
     },
     /// The type and pid given do not make a valid image file, or the call does not apply to
     /// this type (e.g. `write` for the inventory, `read` for a page store).

@@ -87,6 +87,8 @@ pub struct RestoreOpts {
     pub pidfile: Option<PathBuf>,
     /// Give the restored process cryo's terminal (`-j`).
     pub shell_job: bool,
+    /// Refuse the checkpoint unless it is signed with the key in this file (`--sign-key`).
+    pub sign_key: Option<PathBuf>,
 }
 
 /// How a restore ended.
@@ -289,7 +291,7 @@ impl Drop for ChildGuard {
 
 /// Restores the checkpoint in `opts.dir`.
 pub fn restore(opts: &RestoreOpts) -> Result<RestoreOutcome, RestoreError> {
-    let reader = ImageReader::open(&opts.dir)?;
+    let reader = ImageReader::open_with_key_file(&opts.dir, opts.sign_key.as_deref())?;
     let tree: Vec<PstreeEntry> = reader.read(ImageType::Pstree, None)?;
     let root = reader.inventory().root_pid;
     if tree.len() != 1 || tree[0].pid != root {
