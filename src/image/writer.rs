@@ -200,6 +200,13 @@ impl ImageWriter {
                 path: dir.to_owned(),
             });
         }
+        // A directory that was there already keeps its mode (it is the user's), but one that
+        // others may enter is worth a word: the images hold the process's memory.
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(dir = %dir.display(), mode = format!("{mode:o}"),
+                "images directory is accessible to group or others; cryo creates its own 0700");
+        }
 
         let mut found = Vec::new();
         for entry in fs::read_dir(dir).map_err(|e| ImageError::io(dir, "read directory", e))? {
