@@ -51,6 +51,11 @@ if ! CRYO_FUZZ_CORPUS="$PWD/$SEEDS" cargo test -q --test robust fuzz_seed_corpus
 fi
 grep -h '^SKIP' target/fuzz-seeds.log || true
 
+if ! cargo fmt --manifest-path fuzz/Cargo.toml -- --check; then
+	echo "FAILED: fuzz/ is not formatted (cargo fmt --manifest-path fuzz/Cargo.toml)"
+	exit 1
+fi
+
 echo "== building the fuzz targets"
 if ! cargo +nightly fuzz build --sanitizer none; then
 	echo "FAILED: building the fuzz targets"

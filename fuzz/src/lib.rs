@@ -148,9 +148,12 @@ pub fn image_file(data: &[u8]) {
     }
 }
 
-/// Splits a checkpoint container into `(name, bytes)` pairs. Format: `[flags]` then any
-/// number of `[name_len: u8][name][data_len: u32 LE][data]`; a short tail is ignored.
-pub fn parse_container(data: &[u8]) -> Option<(u8, Vec<(String, Vec<u8>)>)> {
+/// The files of a checkpoint container: (name, contents).
+pub type Files = Vec<(String, Vec<u8>)>;
+
+/// Splits a checkpoint container into its flags and `(name, bytes)` pairs. Format: `[flags]`
+/// then any number of `[name_len: u8][name][data_len: u32 LE][data]`; a short tail is ignored.
+pub fn parse_container(data: &[u8]) -> Option<(u8, Files)> {
     let (&flags, mut rest) = data.split_first()?;
     let mut files = Vec::new();
     while let Some((&name_len, tail)) = rest.split_first() {
