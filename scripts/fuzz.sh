@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Fuzzes cryo's image readers: every target of fuzz/ (cargo-fuzz, nightly toolchain) runs for
 # SECONDS_PER_TARGET seconds (default 20), starting from a seed corpus made from real
-# checkpoints (tests/robust.rs, fuzz_seed_corpus) plus what earlier runs found (fuzz/corpus/).
+# checkpoints (tests/robust.rs, fuzz_seed_corpus).
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET]
+#
+# By default each run starts from the seeds alone, so that its time goes to fuzzing rather than
+# to replaying what earlier runs found. CRYO_FUZZ_KEEP=1 keeps what the fuzzer finds in
+# fuzz/corpus/TARGET/ (not committed) and starts from there next time, for longer sessions.
 #
 # Exit status: 0 when every target ran without finding anything, or when fuzzing is not
 # possible here (no nightly toolchain, cargo-fuzz not installable): then it says SKIP loudly
@@ -74,12 +78,17 @@ export TMPDIR=$FUZZ_TMP
 
 FAILED=0
 for t in "${TARGETS[@]}"; do
-	mkdir -p "fuzz/corpus/$t" "$SEEDS/$t"
-	echo "== fuzz $t: ${SECS} s, $(ls "$SEEDS/$t" | wc -l) seeds, $(ls "fuzz/corpus/$t" | wc -l) in fuzz/corpus/$t"
+	if [ "${CRYO_FUZZ_KEEP:-0}" = 1 ]; then
+		corpus="fuzz/corpus/$t"
+	else
+		corpus="$FUZZ_TMP/corpus-$t"
+	fi
+	mkdir -p "$corpus" "$SEEDS/$t"
+	echo "== fuzz $t: ${SECS} s, $(ls "$SEEDS/$t" | wc -l) seeds, $(ls "$corpus" | wc -l) in $corpus"
 	log="target/fuzz-$t.log"
 	# -timeout: one input may take at most 10 s; -rss_limit_mb: no input may make the readers
 	# allocate much (records are capped at 16 MiB before allocation).
-	if cargo +nightly fuzz run --sanitizer none "$t" "fuzz/corpus/$t" "$SEEDS/$t" -- \
+	if cargo +nightly fuzz run --sanitizer none "$t" "$corpus" "$SEEDS/$t" -- \
 		-max_total_time="$SECS" -timeout=10 -rss_limit_mb=1024 -print_final_stats=1 \
 		>"$log" 2>&1; then
 		grep -E '^Done|stat::number_of_executed_units' "$log" | sed 's/^/   /'

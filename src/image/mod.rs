@@ -17,6 +17,8 @@
 //!   pagemap-PID.img          PageRun records, in address order
 //!   fds-PID.img              FdEntry records
 //!   pages-PID.img            page store: raw 4 KiB pages, located by pagemap-PID.img
+//!   signature.img            one Signature record; only in a signed checkpoint, not in the
+//!                            manifest; written before the inventory
 //! ```
 //!
 //! Every file is created 0600 with `O_EXCL | O_NOFOLLOW`. Files not named like this are
@@ -32,7 +34,8 @@
 //!  +--------+------------+----------+----------+------------+
 //! ```
 //!
-//! Image types: inventory 1, pstree 2, core 3, tasks 4, mm 5, pagemap 6, pages 7, fds 8.
+//! Image types: inventory 1, pstree 2, core 3, tasks 4, mm 5, pagemap 6, pages 7, fds 8,
+//! signature 9.
 //! The format is [`FORMAT_MAJOR`].[`FORMAT_MINOR`]. A reader refuses a wrong magic ("not a cryo
 //! image"), a type other than the one it expects, and any other major version. A newer minor
 //! (additions an older reader may ignore) is accepted with a warning; the reserved field must
@@ -81,6 +84,18 @@
 //! data), and [`ImageReader::read`] checks the bytes it decodes against the manifest again.
 //! The inventory's own header is covered by a cross-check: its version must equal the
 //! `format_major`/`format_minor` inside its (checksummed) record.
+//!
+//! # Signed checkpoints
+//!
+//! With a key ([`ImageWriter::set_sign_key`], `cryo dump --sign-key FILE`), the commit hashes
+//! every file back from disk (SHA-256 of the whole file, page stores included), signs the
+//! digests with HMAC-SHA256 and writes `signature.img` before the inventory, so a checkpoint
+//! with an inventory always has its signature. [`ImageReader::open_signed`] hashes every file
+//! as it checks it and refuses the checkpoint unless the HMAC verifies over those digests;
+//! the digests in the record must equal them and the record must be in canonical form, so no
+//! byte of any file, the signature included, can change. crc32c alone would not do: it is
+//! linear, and a deliberate change can keep it. The byte string the HMAC covers is drawn in
+//! `sign.rs`. [`ImageReader::open`] ignores a signature.
 //!
 //! # Writing
 //!
