@@ -45,8 +45,9 @@ pub const OPEN_SIGNED: u8 = 4;
 /// The end record's length field.
 const END_MARKER: u32 = 0xFFFF_FFFF;
 
-/// A directory for this fuzzing process, emptied before each input. Under `$TMPDIR`
-/// (`scripts/fuzz.sh` points it at a tmpfs).
+/// A directory for this fuzzing process, emptied before each input. Under `$TMPDIR`:
+/// `scripts/fuzz.sh` points that at a directory of its own on a tmpfs and removes it at the
+/// end (libFuzzer exits without running destructors, so the target cannot).
 fn scratch_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
