@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The test command of the README: formatting, lints (the crate and the parasite blob crate),
-# then the whole test suite, and a summary. Exit status 0 only if every step passed.
+# the whole test suite, the soak (tests/soak.rs, CRYO_SOAK_CYCLES dump/restore cycles, 100 by
+# default), fuzzing of the image readers (scripts/fuzz.sh, CRYO_FUZZ_SECS seconds per target,
+# 20 by default; CRYO_FUZZ_SECS=0 leaves it out), and a summary with each step's time. Exit
+# status 0 only if every step passed.
 #
 # Integration tests that dump or restore serialize themselves (a lock in tests/common); tests
 # that need something this machine lacks print "SKIP: ..." and are listed in the summary.
@@ -37,13 +40,13 @@ declare -a STEPS=() RESULTS=()
 FAILED=0
 
 step() {
-	local name=$1
+	local name=$1 start=$SECONDS
 	shift
 	echo "== $name: $*"
 	if "$@"; then
-		RESULTS+=("ok      $name")
+		RESULTS+=("ok      $name ($((SECONDS - start)) s)")
 	else
-		RESULTS+=("FAILED  $name")
+		RESULTS+=("FAILED  $name ($((SECONDS - start)) s)")
 		FAILED=1
 	fi
 	STEPS+=("$name")
@@ -69,19 +72,36 @@ run_tests() {
 }
 step "tests" run_tests
 
+SOAK_LOG=target/soak-output.log
+run_soak() {
+	cargo test --test soak -- --ignored --nocapture 2>&1 | tee "$SOAK_LOG"
+	return "${PIPESTATUS[0]}"
+}
+step "soak" run_soak
+
+FUZZ_SECS=${CRYO_FUZZ_SECS:-20}
+if [ "$FUZZ_SECS" -gt 0 ]; then
+	step "fuzz" scripts/fuzz.sh "$FUZZ_SECS"
+else
+	echo "== fuzz: left out (CRYO_FUZZ_SECS=0)"
+	RESULTS+=("skipped fuzz: CRYO_FUZZ_SECS=0")
+fi
+
 echo
 echo "================ summary ================"
 printf '%s\n' "${RESULTS[@]}"
 if [ -f "$TEST_LOG" ]; then
-	awk '/^test result:/ {
+	cat "$TEST_LOG" "$SOAK_LOG" 2>/dev/null | awk '/^test result:/ {
 		for (i = 1; i <= NF; i++) {
 			if ($(i + 1) ~ /^passed/) p += $i
 			if ($(i + 1) ~ /^failed/) f += $i
 			if ($(i + 1) ~ /^ignored/) g += $i
 		}
-	} END { printf "tests: %d passed, %d failed, %d ignored\n", p, f, g }' "$TEST_LOG"
-	grep -E '^test .* FAILED$' "$TEST_LOG" | sed 's/^/  /' || true
+	} END { printf "tests: %d passed, %d failed, %d ignored\n", p, f, g }'
+	cat "$TEST_LOG" "$SOAK_LOG" 2>/dev/null | grep -E '^test .* FAILED$' | sed 's/^/  /' || true
+	grep -h '^soak:' "$SOAK_LOG" 2>/dev/null || true
 fi
+echo "total time: $SECONDS s"
 if [ -s target/tmp/skips.log ]; then
 	echo "skipped (the machine lacks something):"
 	sed 's/^/  /' target/tmp/skips.log

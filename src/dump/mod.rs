@@ -102,6 +102,8 @@ pub struct DumpOpts {
     pub file_locks: bool,
     /// Allow datagram unix sockets connected outside the process (`--ext-unix-sk`).
     pub ext_unix_sk: bool,
+    /// Sign the checkpoint with the key in this file (`--sign-key`, see `image::SignKey`).
+    pub sign_key: Option<PathBuf>,
 }
 
 /// Figures from a dump.
@@ -128,6 +130,7 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats, DumpError> {
         });
     }
     let mut writer = ImageWriter::create(&opts.dir, opts.overwrite)?;
+    writer.set_sign_key_file(opts.sign_key.as_deref())?;
     let t0 = Instant::now();
     let tree = SeizedTree::seize(pid)?;
     crate::fault::point("dump:seized")?;

@@ -90,8 +90,10 @@ pub(crate) fn check_header(
     Ok(())
 }
 
-/// Encodes a metadata file: header, one record per message, end record.
-pub(crate) fn encode_records<M: prost::Message>(
+/// Encodes a metadata file in memory: header (type `ty`, this format version), one record per
+/// message, end record. `path` only names the file in errors (a record over the limit, too
+/// many records).
+pub fn encode_records<M: prost::Message>(
     path: &Path,
     ty: ImageType,
     records: &[M],
@@ -267,9 +269,10 @@ pub(crate) fn scan_records<R: Read>(
     }
 }
 
-/// Scans a metadata file held in memory and decodes its records as `M`.
-#[cfg(test)]
-pub(crate) fn decode_records<M: prost::Message + Default>(
+/// Checks a whole metadata file held in memory (header against `ty`, framing, record
+/// checksums, end record) and decodes its records as `M`. `path` only names the file in errors.
+/// This is the decoding [`super::ImageReader`] applies to files on disk, without the manifest.
+pub fn decode_records<M: prost::Message + Default>(
     path: &Path,
     ty: ImageType,
     bytes: &[u8],

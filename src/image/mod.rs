@@ -17,6 +17,8 @@
 //!   pagemap-PID.img          PageRun records, in address order
 //!   fds-PID.img              FdEntry records
 //!   pages-PID.img            page store: raw 4 KiB pages, located by pagemap-PID.img
+//!   signature.img            one Signature record; only in a signed checkpoint, not in the
+//!                            manifest; written before the inventory
 //! ```
 //!
 //! Every file is created 0600 with `O_EXCL | O_NOFOLLOW`. Files not named like this are
@@ -32,7 +34,8 @@
 //!  +--------+------------+----------+----------+------------+
 //! ```
 //!
-//! Image types: inventory 1, pstree 2, core 3, tasks 4, mm 5, pagemap 6, pages 7, fds 8.
+//! Image types: inventory 1, pstree 2, core 3, tasks 4, mm 5, pagemap 6, pages 7, fds 8,
+//! signature 9.
 //! The format is [`FORMAT_MAJOR`].[`FORMAT_MINOR`]. A reader refuses a wrong magic ("not a cryo
 //! image"), a type other than the one it expects, and any other major version. A newer minor
 //! (additions an older reader may ignore) is accepted with a warning; the reserved field must
@@ -82,6 +85,18 @@
 //! The inventory's own header is covered by a cross-check: its version must equal the
 //! `format_major`/`format_minor` inside its (checksummed) record.
 //!
+//! # Signed checkpoints
+//!
+//! With a key ([`ImageWriter::set_sign_key`], `cryo dump --sign-key FILE`), the commit hashes
+//! every file back from disk (SHA-256 of the whole file, page stores included), signs the
+//! digests with HMAC-SHA256 and writes `signature.img` before the inventory, so a checkpoint
+//! with an inventory always has its signature. [`ImageReader::open_signed`] hashes every file
+//! as it checks it and refuses the checkpoint unless the HMAC verifies over those digests;
+//! the digests in the record must equal them and the record must be in canonical form, so no
+//! byte of any file, the signature included, can change. crc32c alone would not do: it is
+//! linear, and a deliberate change can keep it. The byte string the HMAC covers is drawn in
+//! `sign.rs`. [`ImageReader::open`] ignores a signature.
+//!
 //! # Writing
 //!
 //! [`ImageWriter::create`] refuses a directory holding any cryo image file (a checkpoint, or
@@ -94,6 +109,7 @@
 mod format;
 mod reader;
 pub mod show;
+mod sign;
 mod writer;
 
 #[cfg(test)]
@@ -102,8 +118,9 @@ mod tests;
 use std::io;
 use std::path::PathBuf;
 
-pub use format::{HEADER_LEN, MAGIC, MAX_RECORD_LEN, PAGE_SIZE};
-pub use reader::ImageReader;
+pub use format::{decode_records, encode_records, HEADER_LEN, MAGIC, MAX_RECORD_LEN, PAGE_SIZE};
+pub use reader::{check_page_store, ImageReader};
+pub use sign::{is_signed, SignKey, MAX_KEY_LEN, MIN_KEY_LEN, SIGNATURE_ALGORITHM, SIGNATURE_FILE};
 pub use writer::{ImageWriter, PagesFile};
 
 /// Major version of the image format written by this cryo; the only one it reads.
@@ -133,11 +150,13 @@ pub enum ImageType {
     Pages,
     /// `fds-PID.img`: `FdEntry` records.
     Fds,
+    /// `signature.img`: one `Signature` (only in a signed checkpoint; not in the manifest).
+    Signature,
 }
 
 impl ImageType {
     /// Every image type, in header-number order.
-    pub const ALL: [ImageType; 8] = [
+    pub const ALL: [ImageType; 9] = [
         ImageType::Inventory,
         ImageType::Pstree,
         ImageType::Core,
@@ -146,6 +165,7 @@ impl ImageType {
         ImageType::Pagemap,
         ImageType::Pages,
         ImageType::Fds,
+        ImageType::Signature,
     ];
 
     /// The number stored in the file header.
@@ -159,6 +179,7 @@ impl ImageType {
             ImageType::Pagemap => 6,
             ImageType::Pages => 7,
             ImageType::Fds => 8,
+            ImageType::Signature => 9,
         }
     }
 
@@ -168,7 +189,7 @@ impl ImageType {
     }
 
     /// The stem of the file name: `inventory`, `pstree`, `core`, `tasks`, `mm`, `pagemap`,
-    /// `pages`, `fds`.
+    /// `pages`, `fds`, `signature`.
     pub fn stem(self) -> &'static str {
         match self {
             ImageType::Inventory => "inventory",
@@ -179,12 +200,16 @@ impl ImageType {
             ImageType::Pagemap => "pagemap",
             ImageType::Pages => "pages",
             ImageType::Fds => "fds",
+            ImageType::Signature => "signature",
         }
     }
 
     /// Whether there is one file of this type per process (`NAME-PID.img`).
     pub fn per_process(self) -> bool {
-        !matches!(self, ImageType::Inventory | ImageType::Pstree)
+        !matches!(
+            self,
+            ImageType::Inventory | ImageType::Pstree | ImageType::Signature
+        )
     }
 
     /// Whether the file holds length-prefixed records (everything but the page store).
@@ -380,6 +405,36 @@ pub enum ImageError {
         path: PathBuf,
         /// What it is instead.
         what: &'static str,
+    },
+    /// A signing key file cannot be used.
+    #[error("{}: unusable signing key: {reason}", path.display())]
+    BadKey {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A key was given but the checkpoint carries no signature.
+    #[error("{}: missing: the checkpoint is not signed, and a signing key was given", path.display())]
+    Unsigned {
+        /// Where the signature should be (`DIR/signature.img`).
+        path: PathBuf,
+    },
+    /// A file of a signed checkpoint is not the one that was signed.
+    #[error("{}: {reason}: refusing an altered checkpoint", path.display())]
+    SignatureMismatch {
+        /// The file.
+        path: PathBuf,
+        /// How it differs.
+        reason: &'static str,
+    },
+    /// The signature does not verify under the key given (or is malformed).
+    #[error("{}: bad signature: {reason}", path.display())]
+    BadSignature {
+        /// The signature file.
+        path: PathBuf,
+        /// Why it does not verify.
+        reason: String,
     },
     /// The type and pid given do not make a valid image file, or the call does not apply to
     /// this type (e.g. `write` for the inventory, `read` for a page store).

@@ -1,6 +1,7 @@
 //! Reading and validating a checkpoint directory: the inventory and its manifest, metadata
-//! files, and page runs against page stores. Never writes, and never reads page data except
-//! in [`ImageReader::verify_pages`].
+//! files, page runs against page stores, and (when given a key) the signature. Never writes,
+//! and never reads page data except in [`ImageReader::verify_pages`] and, for a signed open,
+//! to hash it.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -8,11 +9,14 @@ use std::io::{self, BufReader, Read};
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::proto::{Inventory, ManifestEntry, PageRun};
+use sha2::{Digest, Sha256};
+
+use crate::proto::{FileDigest, Inventory, ManifestEntry, PageRun, Signature};
 
 use super::format::{
     check_header, decode_payload, scan_records, ScanSummary, HEADER_LEN, PAGE_SIZE,
 };
+use super::sign::{self, HashingReader, SignKey, SIGNATURE_FILE};
 use super::writer::checked_name;
 use super::{ImageError, ImageType, FORMAT_MAJOR, FORMAT_MINOR, INVENTORY_FILE};
 
@@ -29,11 +33,14 @@ pub struct ImageReader {
     dir: PathBuf,
     inventory: Inventory,
     manifest: BTreeMap<String, ManifestEntry>,
+    /// For a checkpoint opened with a key: the verified SHA-256 of every manifest file, which
+    /// [`ImageReader::read`] checks the bytes it decodes against again.
+    signed: Option<BTreeMap<String, [u8; 32]>>,
 }
 
 /// Opens an image file for reading without following symlinks (or blocking on a FIFO), and
 /// returns it with its size. `ENOENT` is reported as `missing` if given.
-fn open_image(path: &Path, missing_is_error: bool) -> Result<(File, u64), ImageError> {
+pub(crate) fn open_image(path: &Path, missing_is_error: bool) -> Result<(File, u64), ImageError> {
     let file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
@@ -72,17 +79,37 @@ fn open_image(path: &Path, missing_is_error: bool) -> Result<(File, u64), ImageE
     Ok((file, meta.len()))
 }
 
-/// Checks the header block of an open page store of `len` bytes.
-fn check_pages_header(file: &File, path: &Path, len: u64) -> Result<(), ImageError> {
+/// Checks a page store's size: the header block plus whole pages.
+fn check_pages_size(path: &Path, len: u64) -> Result<(), ImageError> {
     if len < PAGE_SIZE || len % PAGE_SIZE != 0 {
         return Err(ImageError::PagesSize {
             path: path.to_owned(),
             size: len,
         });
     }
+    Ok(())
+}
+
+/// Checks the header block of an open page store of `len` bytes.
+fn check_pages_header(file: &File, path: &Path, len: u64) -> Result<(), ImageError> {
+    check_pages_size(path, len)?;
     let mut block = vec![0u8; PAGE_SIZE as usize];
     file.read_exact_at(&mut block, 0)
         .map_err(|e| ImageError::io(path, "read header", e))?;
+    check_pages_block(path, &block)
+}
+
+/// Checks a page store held in memory the way [`ImageReader::open`] checks one on disk: its
+/// size (the header block plus whole pages) and its header block (header, then zeros). The
+/// page data is not looked at; `verify_pages` checks it against a page map. `path` only names
+/// the file in errors.
+pub fn check_page_store(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
+    check_pages_size(path, bytes.len() as u64)?;
+    check_pages_block(path, &bytes[..PAGE_SIZE as usize])
+}
+
+/// Checks the 4096-byte header block of a page store.
+fn check_pages_block(path: &Path, block: &[u8]) -> Result<(), ImageError> {
     check_header(path, &block[..HEADER_LEN], ImageType::Pages)?;
     if let Some(i) = block[HEADER_LEN..].iter().position(|&b| b != 0) {
         let offset = (HEADER_LEN + i) as u64;
@@ -96,14 +123,21 @@ fn check_pages_header(file: &File, path: &Path, len: u64) -> Result<(), ImageErr
 }
 
 /// Scans a whole metadata file (header, framing, checksums), calling `on_record` per record.
+/// With a `hasher`, every byte of the file (exactly `len` of them when the scan succeeds)
+/// goes into it as it is read.
 fn scan_file(
     file: File,
     len: u64,
     path: &Path,
     ty: ImageType,
+    hasher: Option<&mut Sha256>,
     on_record: impl FnMut(u64, &[u8]) -> Result<(), ImageError>,
 ) -> Result<ScanSummary, ImageError> {
-    let reader = BufReader::with_capacity(META_BUF, file.take(len));
+    let hashing = HashingReader {
+        inner: file.take(len),
+        hasher,
+    };
+    let reader = BufReader::with_capacity(META_BUF, hashing);
     scan_records(reader, len, path, ty, on_record)
 }
 
@@ -137,16 +171,43 @@ impl ImageReader {
     ///   checksums and the whole-file crc32c;
     /// - for a page store: its header block only (its data is checked by `verify_pages`).
     ///
-    /// Files not in the manifest are ignored.
+    /// Files not in the manifest are ignored, and so is a signature (`signature.img`): this
+    /// does not authenticate anything; see [`ImageReader::open_signed`].
     pub fn open(dir: &Path) -> Result<Self, ImageError> {
+        Self::open_inner(dir, None)
+    }
+
+    /// Like [`ImageReader::open`], and authenticates the checkpoint with `key`: while every
+    /// file is checked it is also hashed (SHA-256, whole file, page stores included), and the
+    /// HMAC-SHA256 in `signature.img` must verify over those digests (see `sign.rs`). Refuses
+    /// an unsigned checkpoint ([`ImageError::Unsigned`]), one signed with another key or whose
+    /// signature was altered ([`ImageError::BadSignature`]), and one where any byte of any file
+    /// differs from what was signed (naming the file). [`ImageReader::read`] then checks each
+    /// file's bytes against its verified digest again as it decodes them.
+    pub fn open_signed(dir: &Path, key: &SignKey) -> Result<Self, ImageError> {
+        Self::open_inner(dir, Some(key))
+    }
+
+    /// [`ImageReader::open_signed`] with the key read from `key_file` when there is one,
+    /// [`ImageReader::open`] otherwise (`cryo restore [--sign-key FILE]`).
+    pub fn open_with_key_file(dir: &Path, key_file: Option<&Path>) -> Result<Self, ImageError> {
+        match key_file {
+            Some(path) => Self::open_signed(dir, &SignKey::from_file(path)?),
+            None => Self::open(dir),
+        }
+    }
+
+    fn open_inner(dir: &Path, key: Option<&SignKey>) -> Result<Self, ImageError> {
         let inv_path = dir.join(INVENTORY_FILE);
         let (file, len) = open_image(&inv_path, false)?;
         let mut inventories = Vec::new();
+        let mut inv_hasher = key.map(|_| Sha256::new());
         let summary = scan_file(
             file,
             len,
             &inv_path,
             ImageType::Inventory,
+            inv_hasher.as_mut(),
             |offset, payload| {
                 inventories.push(decode_payload::<Inventory>(&inv_path, offset, payload)?);
                 Ok(())
@@ -184,7 +245,7 @@ impl ImageReader {
                 reason,
             };
             let (ty, _) = ImageType::parse_file_name(&entry.name)
-                .filter(|(ty, _)| *ty != ImageType::Inventory)
+                .filter(|(ty, _)| !matches!(ty, ImageType::Inventory | ImageType::Signature))
                 .ok_or_else(|| bad("not the name of a cryo image file"))?;
             if entry.pages != (ty == ImageType::Pages) {
                 return Err(bad("page store flag does not match the file name"));
@@ -197,24 +258,57 @@ impl ImageReader {
             }
         }
 
-        let reader = ImageReader {
+        let mut reader = ImageReader {
             dir: dir.to_owned(),
             inventory,
             manifest,
+            signed: None,
         };
+        let mut digests = Vec::new();
+        if let Some(hasher) = inv_hasher {
+            digests.push(FileDigest {
+                name: INVENTORY_FILE.to_owned(),
+                size: len,
+                sha256: hasher.finalize().to_vec(),
+            });
+        }
         for (name, entry) in &reader.manifest {
-            reader.check_entry(name, entry)?;
+            let digest = reader.check_entry(name, entry, key.is_some())?;
+            if let Some(digest) = digest {
+                digests.push(FileDigest {
+                    name: name.clone(),
+                    size: entry.size,
+                    sha256: digest.to_vec(),
+                });
+            }
+        }
+        if let Some(key) = key {
+            reader.check_signature(key, &digests)?;
+            reader.signed = Some(
+                digests
+                    .into_iter()
+                    .skip(1)
+                    .filter_map(|d| Some((d.name, <[u8; 32]>::try_from(d.sha256).ok()?)))
+                    .collect(),
+            );
         }
         tracing::debug!(
             dir = %dir.display(),
             files = reader.manifest.len(),
             root_pid = reader.inventory.root_pid,
+            signed = reader.signed.is_some(),
             "checkpoint validated"
         );
         Ok(reader)
     }
 
-    fn check_entry(&self, name: &str, entry: &ManifestEntry) -> Result<(), ImageError> {
+    /// Checks one manifest entry (see `open`); with `hash`, returns the file's SHA-256.
+    fn check_entry(
+        &self,
+        name: &str,
+        entry: &ManifestEntry,
+        hash: bool,
+    ) -> Result<Option<[u8; 32]>, ImageError> {
         let path = self.dir.join(name);
         let (file, len) = open_image(&path, true)?;
         check_size(&path, entry, len)?;
@@ -226,10 +320,74 @@ impl ImageReader {
             });
         };
         if ty == ImageType::Pages {
-            return check_pages_header(&file, &path, len);
+            check_pages_header(&file, &path, len)?;
+            return if hash {
+                sign::sha256_file(&file, &path, len).map(Some)
+            } else {
+                Ok(None)
+            };
         }
-        let summary = scan_file(file, len, &path, ty, |_, _| Ok(()))?;
-        check_crc(&path, entry, &summary)
+        let mut hasher = hash.then(Sha256::new);
+        let summary = scan_file(file, len, &path, ty, hasher.as_mut(), |_, _| Ok(()))?;
+        check_crc(&path, entry, &summary)?;
+        Ok(hasher.map(|h| h.finalize().into()))
+    }
+
+    /// Reads `signature.img` (which must hold exactly one `Signature`) and verifies it
+    /// against `digests` (inventory first, then the manifest in name order).
+    fn check_signature(&self, key: &SignKey, digests: &[FileDigest]) -> Result<(), ImageError> {
+        let path = self.dir.join(SIGNATURE_FILE);
+        let (file, len) = open_image(&path, false).map_err(|e| match e {
+            ImageError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => {
+                ImageError::Unsigned { path: path.clone() }
+            }
+            e => e,
+        })?;
+        let mut records = Vec::new();
+        let mut canonical = true;
+        let summary = scan_file(
+            file,
+            len,
+            &path,
+            ImageType::Signature,
+            None,
+            |offset, payload| {
+                let sig = decode_payload::<Signature>(&path, offset, payload)?;
+                canonical &= prost::Message::encode_to_vec(&sig) == payload;
+                records.push(sig);
+                Ok(())
+            },
+        )?;
+        if records.len() != 1 {
+            return Err(ImageError::RecordNumber {
+                path,
+                found: records.len(),
+            });
+        }
+        sign::verify(key, &self.dir, &path, &records[0], digests)?;
+        // The MAC does not cover the signature file itself: pin down its remaining bytes.
+        if summary.minor != self.inventory.format_minor {
+            return Err(ImageError::BadSignature {
+                path,
+                reason: format!(
+                    "its format minor {} differs from the inventory's {}",
+                    summary.minor, self.inventory.format_minor
+                ),
+            });
+        }
+        if !canonical {
+            return Err(ImageError::BadSignature {
+                path,
+                reason: "its record is not in canonical form".into(),
+            });
+        }
+        tracing::info!(dir = %self.dir.display(), files = digests.len(), "checkpoint signature verified");
+        Ok(())
+    }
+
+    /// Whether this checkpoint was opened with a key and its signature verified.
+    pub fn is_verified(&self) -> bool {
+        self.signed.is_some()
     }
 
     /// The checkpoint directory.
@@ -261,6 +419,7 @@ impl ImageReader {
             ImageType::Pages => {
                 Some("a page store holds no records; use pages_path and verify_pages")
             }
+            ImageType::Signature => Some("the signature is read by open_signed"),
             _ => None,
         };
         if let Some(reason) = reason {
@@ -273,11 +432,21 @@ impl ImageReader {
         let (file, len) = open_image(&path, true)?;
         check_size(&path, entry, len)?;
         let mut out = Vec::new();
-        let summary = scan_file(file, len, &path, ty, |offset, payload| {
+        let signed = self.signed.as_ref().and_then(|m| m.get(&name));
+        let mut hasher = signed.map(|_| Sha256::new());
+        let summary = scan_file(file, len, &path, ty, hasher.as_mut(), |offset, payload| {
             out.push(decode_payload::<M>(&path, offset, payload)?);
             Ok(())
         })?;
         check_crc(&path, entry, &summary)?;
+        if let (Some(want), Some(hasher)) = (signed, hasher) {
+            if hasher.finalize()[..] != want[..] {
+                return Err(ImageError::SignatureMismatch {
+                    path,
+                    reason: "changed since its signature was verified",
+                });
+            }
+        }
         Ok(out)
     }
 

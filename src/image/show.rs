@@ -30,6 +30,8 @@ struct Process {
 
 struct Checkpoint {
     dir: String,
+    /// Whether `signature.img` is there (show never checks it; it has no key).
+    signed: bool,
     inventory: Inventory,
     pstree: Option<Vec<PstreeEntry>>,
     processes: Vec<Process>,
@@ -94,6 +96,7 @@ fn load(dir: &Path) -> Result<Checkpoint, ImageError> {
     }
     Ok(Checkpoint {
         dir: dir.display().to_string(),
+        signed: super::is_signed(dir),
         inventory,
         pstree,
         processes,
@@ -517,6 +520,15 @@ fn to_text(c: &Checkpoint) -> String {
         "  shell job   {}",
         if inv.shell_job { "yes" } else { "no" }
     );
+    let _ = writeln!(
+        s,
+        "  signed      {}",
+        if c.signed {
+            "yes (signature.img; checked by restore --sign-key, not here)"
+        } else {
+            "no"
+        }
+    );
     let _ = writeln!(s, "  files       {} + inventory.img", inv.manifest.len());
     let width = inv
         .manifest
@@ -813,6 +825,7 @@ fn to_json(c: &Checkpoint) -> Value {
     let processes: Vec<Value> = c.processes.iter().map(process_json).collect();
     json!({
         "dir": c.dir,
+        "signed": c.signed,
         "inventory": inventory,
         "pstree": pstree,
         "processes": processes,

@@ -194,7 +194,13 @@ fn inventory() -> Inventory {
 
 /// Writes a complete two-process checkpoint; returns the page runs of each process.
 fn write_checkpoint(dir: &Path) -> Vec<(i32, Vec<PageRun>)> {
+    write_checkpoint_signed(dir, None)
+}
+
+/// Writes a complete two-process checkpoint, signed with `key` if given.
+fn write_checkpoint_signed(dir: &Path, key: Option<SignKey>) -> Vec<(i32, Vec<PageRun>)> {
     let mut w = ImageWriter::create(dir, false).unwrap();
+    w.set_sign_key(key);
     w.write(ImageType::Pstree, None, &pstree()).unwrap();
     let mut all_runs = Vec::new();
     for pid in [ROOT, CHILD] {
@@ -242,7 +248,12 @@ fn file_names() {
             Some((ty, pid))
         );
     }
+    assert_eq!(
+        ImageType::parse_file_name(SIGNATURE_FILE),
+        Some((ImageType::Signature, None))
+    );
     for bad in [
+        "signature-1.img",
         "mm-0.img",
         "mm-007.img",
         "mm--1.img",
@@ -1122,4 +1133,316 @@ fn verify_pages_throughput() {
             bytes / secs / 1e9
         );
     }
+}
+
+// ---- signed checkpoints ----
+
+fn sign_key(b: u8) -> SignKey {
+    SignKey::from_bytes(Path::new("test-key"), &[b; 32]).unwrap()
+}
+
+/// Rewrites `name` in the checkpoint with `bytes` and fixes the inventory's manifest entry
+/// (size and crc32c) to match: a deliberate alteration that every crc check accepts.
+fn forge_file(dir: &Path, name: &str, bytes: &[u8]) {
+    fs::write(dir.join(name), bytes).unwrap();
+    let raw = fs::read(dir.join(INVENTORY_FILE)).unwrap();
+    let mut inv: Inventory = decode_records(Path::new("inv"), ImageType::Inventory, &raw)
+        .unwrap()
+        .remove(0);
+    let e = inv.manifest.iter_mut().find(|e| e.name == name).unwrap();
+    e.size = bytes.len() as u64;
+    if !e.pages {
+        e.crc32c = crc32c::crc32c(bytes);
+    }
+    let inv_path = dir.join(INVENTORY_FILE);
+    fs::write(
+        &inv_path,
+        encode_records(&inv_path, ImageType::Inventory, &[inv]).unwrap(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn signed_checkpoint_round_trips() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ckpt");
+    let runs = write_checkpoint_signed(&dir, Some(sign_key(1)));
+    assert!(is_signed(&dir));
+    let mode = fs::metadata(dir.join(SIGNATURE_FILE))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777;
+    assert_eq!(mode, 0o600);
+    let r = ImageReader::open_signed(&dir, &sign_key(1)).unwrap();
+    assert!(r.is_verified());
+    assert_eq!(
+        r.read::<FdEntry>(ImageType::Fds, Some(ROOT)).unwrap(),
+        fds()
+    );
+    for (pid, runs) in &runs {
+        r.verify_pages(*pid, runs).unwrap();
+    }
+    // The signature is not a manifest file, and cannot be read or written as one.
+    assert!(!r.has(ImageType::Signature, None));
+    assert!(r.read::<FdEntry>(ImageType::Signature, None).is_err());
+    // Without a key the signature is ignored: allowed, not verified.
+    let r = ImageReader::open(&dir).unwrap();
+    assert!(!r.is_verified());
+    // show says so, without checking it.
+    assert!(show::render(&dir, false)
+        .unwrap()
+        .contains("signed      yes"));
+    assert!(show::render(&dir, true)
+        .unwrap()
+        .contains("\"signed\": true"));
+}
+
+#[test]
+fn unsigned_or_wrongly_signed_checkpoints_are_refused_with_a_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("plain");
+    write_checkpoint(&dir);
+    let err = ImageReader::open_signed(&dir, &sign_key(1)).unwrap_err();
+    assert!(
+        matches!(&err, ImageError::Unsigned { path } if path.ends_with(SIGNATURE_FILE)),
+        "{err}"
+    );
+
+    let dir = tmp.path().join("signed");
+    write_checkpoint_signed(&dir, Some(sign_key(1)));
+    let err = ImageReader::open_signed(&dir, &sign_key(2)).unwrap_err();
+    assert!(matches!(err, ImageError::BadSignature { .. }), "{err}");
+    assert!(err.to_string().contains(SIGNATURE_FILE), "{err}");
+
+    // Another checkpoint's signature (same key) does not fit this one.
+    let other = tmp.path().join("other");
+    ImageWriter::create(&other, false)
+        .map(|mut w| {
+            w.set_sign_key(Some(sign_key(1)));
+            w.write(ImageType::Pstree, None, &pstree()).unwrap();
+            w.commit(inventory()).unwrap();
+        })
+        .unwrap();
+    fs::copy(other.join(SIGNATURE_FILE), dir.join(SIGNATURE_FILE)).unwrap();
+    assert!(ImageReader::open_signed(&dir, &sign_key(1)).is_err());
+
+    // A signature file that is a symlink, or gone.
+    fs::remove_file(dir.join(SIGNATURE_FILE)).unwrap();
+    symlink(other.join(SIGNATURE_FILE), dir.join(SIGNATURE_FILE)).unwrap();
+    let err = ImageReader::open_signed(&dir, &sign_key(1)).unwrap_err();
+    assert!(matches!(err, ImageError::NotRegularFile { .. }), "{err}");
+    fs::remove_file(dir.join(SIGNATURE_FILE)).unwrap();
+    let err = ImageReader::open_signed(&dir, &sign_key(1)).unwrap_err();
+    assert!(matches!(err, ImageError::Unsigned { .. }), "{err}");
+    // ... while an open without a key still works.
+    ImageReader::open(&dir).unwrap();
+}
+
+/// Every byte of every file of a signed checkpoint matters (the page stores' data sampled).
+#[test]
+fn each_altered_byte_of_a_signed_checkpoint_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ckpt");
+    write_checkpoint_signed(&dir, Some(sign_key(7)));
+    let key = sign_key(7);
+    ImageReader::open_signed(&dir, &key).unwrap();
+    for name in names_in(&dir) {
+        let path = dir.join(&name);
+        let good = fs::read(&path).unwrap();
+        let positions: Vec<usize> = if name.starts_with("pages-") {
+            (0..good.len())
+                .step_by(509)
+                .chain([good.len() - 1])
+                .collect()
+        } else {
+            (0..good.len()).collect()
+        };
+        for pos in positions {
+            let mut bad = good.clone();
+            bad[pos] ^= 0x10;
+            fs::write(&path, &bad).unwrap();
+            let err = ImageReader::open_signed(&dir, &key).unwrap_err();
+            assert!(
+                err.to_string().contains(&name),
+                "{name} byte {pos}: error does not name the file: {err}"
+            );
+        }
+        fs::write(&path, &good).unwrap();
+    }
+    ImageReader::open_signed(&dir, &key).unwrap();
+}
+
+/// A deliberate alteration that keeps every crc32c valid passes an unsigned open; the
+/// signature catches it.
+#[test]
+fn forged_crcs_are_caught_by_the_signature() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ckpt");
+    let runs = write_checkpoint_signed(&dir, Some(sign_key(3)));
+    let key = sign_key(3);
+
+    // Metadata: another file offset for fd 3, with valid record and manifest checksums.
+    let mut evil = fds();
+    evil[1].pos = 0;
+    let path = dir.join("fds-100.img");
+    forge_file(
+        &dir,
+        "fds-100.img",
+        &encode_records(&path, ImageType::Fds, &evil).unwrap(),
+    );
+    let r = ImageReader::open(&dir).unwrap();
+    assert_eq!(r.read::<FdEntry>(ImageType::Fds, Some(ROOT)).unwrap(), evil);
+    let err = ImageReader::open_signed(&dir, &key).unwrap_err();
+    assert!(matches!(err, ImageError::SignatureMismatch { .. }), "{err}");
+
+    // Page data: a changed page whose run crc in the page map was fixed to match.
+    let dir = tmp.path().join("ckpt2");
+    write_checkpoint_signed(&dir, Some(sign_key(3)));
+    let pages = dir.join("pages-101.img");
+    let mut store = fs::read(&pages).unwrap();
+    let mut runs101 = runs[1].1.clone();
+    let run = &mut runs101[0];
+    let at = run.offset as usize + 10;
+    store[at] ^= 0xff;
+    run.crc32c = crc32c::crc32c(
+        &store[run.offset as usize..(run.offset + run.nr_pages * PAGE_SIZE) as usize],
+    );
+    forge_file(&dir, "pages-101.img", &store);
+    let map = dir.join("pagemap-101.img");
+    forge_file(
+        &dir,
+        "pagemap-101.img",
+        &encode_records(&map, ImageType::Pagemap, &runs101).unwrap(),
+    );
+    let r = ImageReader::open(&dir).unwrap();
+    let read_runs: Vec<PageRun> = r.read(ImageType::Pagemap, Some(CHILD)).unwrap();
+    r.verify_pages(CHILD, &read_runs).unwrap();
+    let err = ImageReader::open_signed(&dir, &key).unwrap_err();
+    assert!(matches!(err, ImageError::SignatureMismatch { .. }), "{err}");
+}
+
+/// A file changed after a signed open is caught when it is read.
+#[test]
+fn signed_reader_rechecks_files_it_reads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ckpt");
+    write_checkpoint_signed(&dir, Some(sign_key(4)));
+    let r = ImageReader::open_signed(&dir, &sign_key(4)).unwrap();
+    let mut evil = fds();
+    evil[0].path = "/dev/zero".into();
+    let path = dir.join("fds-101.img");
+    forge_file(
+        &dir,
+        "fds-101.img",
+        &encode_records(&path, ImageType::Fds, &evil).unwrap(),
+    );
+    // The forgery keeps the size, so it only shows in the checksums the reader holds.
+    let err = r.read::<FdEntry>(ImageType::Fds, Some(CHILD)).unwrap_err();
+    assert!(err.to_string().contains("fds-101.img"), "{err}");
+    assert!(r.read::<FdEntry>(ImageType::Fds, Some(ROOT)).is_ok());
+}
+
+#[test]
+fn overwrite_replaces_a_signature_and_writer_cleans_it_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ckpt");
+    write_checkpoint_signed(&dir, Some(sign_key(5)));
+    // A signature alone makes the directory a cryo directory.
+    let err = ImageWriter::create(&dir, false).unwrap_err();
+    assert!(matches!(err, ImageError::Exists { .. }), "{err}");
+    // An unsigned checkpoint over a signed one leaves no stale signature.
+    let mut w = ImageWriter::create(&dir, true).unwrap();
+    assert!(!is_signed(&dir));
+    w.write(ImageType::Pstree, None, &pstree()).unwrap();
+    w.commit(inventory()).unwrap();
+    assert!(!is_signed(&dir));
+    assert!(ImageReader::open_signed(&dir, &sign_key(5)).is_err());
+
+    // A signed commit that fails after writing the signature removes it with the rest.
+    let dir2 = tmp.path().join("ckpt2");
+    let mut w = ImageWriter::create(&dir2, false).unwrap();
+    w.set_sign_key(Some(sign_key(5)));
+    w.write(ImageType::Pstree, None, &pstree()).unwrap();
+    // A directory planted at the inventory's temporary name makes the commit fail after
+    // the signature was written.
+    fs::create_dir(dir2.join("inventory.img.tmp")).unwrap();
+    assert!(w.commit(inventory()).is_err());
+    assert_eq!(names_in(&dir2), vec!["inventory.img.tmp".to_string()]);
+}
+
+#[test]
+fn key_files_through_the_writer_and_reader() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key_path = tmp.path().join("key");
+    fs::write(&key_path, b"0123456789abcdef0123456789abcdef").unwrap();
+    let dir = tmp.path().join("ckpt");
+    let mut w = ImageWriter::create(&dir, false).unwrap();
+    w.set_sign_key_file(Some(&key_path)).unwrap();
+    w.write(ImageType::Pstree, None, &pstree()).unwrap();
+    w.commit(inventory()).unwrap();
+    let r = ImageReader::open_with_key_file(&dir, Some(&key_path)).unwrap();
+    assert!(r.is_verified());
+    assert!(!ImageReader::open_with_key_file(&dir, None)
+        .unwrap()
+        .is_verified());
+    let short = tmp.path().join("short");
+    fs::write(&short, b"abc").unwrap();
+    let err = ImageReader::open_with_key_file(&dir, Some(&short)).unwrap_err();
+    assert!(matches!(err, ImageError::BadKey { .. }), "{err}");
+    let mut w = ImageWriter::create(&tmp.path().join("x"), false).unwrap();
+    assert!(w.set_sign_key_file(Some(&short)).is_err());
+}
+
+#[test]
+fn in_memory_checks_match_the_directory_reader() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ckpt");
+    write_checkpoint(&dir);
+    let bytes = fs::read(dir.join("fds-100.img")).unwrap();
+    let recs: Vec<FdEntry> = decode_records(Path::new("f"), ImageType::Fds, &bytes).unwrap();
+    assert_eq!(recs, fds());
+    let store = fs::read(dir.join("pages-100.img")).unwrap();
+    check_page_store(Path::new("p"), &store).unwrap();
+    assert!(check_page_store(Path::new("p"), &store[..4095]).is_err());
+    assert!(check_page_store(Path::new("p"), &store[..4097]).is_err());
+    assert!(check_page_store(Path::new("p"), &[]).is_err());
+    let mut bad = store.clone();
+    bad[4000] = 1;
+    assert!(check_page_store(Path::new("p"), &bad).is_err());
+}
+
+/// Cost of signing and of a signed open, next to an unsigned open, for a 256 MiB page store
+/// (run with `cargo test --release --lib signed_open_throughput -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn signed_open_throughput() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = page_data(0, 256);
+    let write = |dir: &Path, key: Option<SignKey>| {
+        let mut w = ImageWriter::create(dir, false).unwrap();
+        w.set_sign_key(key);
+        let mut pages = w.create_pages(1).unwrap();
+        for i in 0..256u64 {
+            pages
+                .append_run(0x1000_0000 + i * (1 << 20), &data)
+                .unwrap();
+        }
+        w.finish_pages(pages).unwrap();
+        let start = std::time::Instant::now();
+        w.commit(Inventory::default()).unwrap();
+        start.elapsed().as_secs_f64()
+    };
+    let plain = write(&tmp.path().join("plain"), None);
+    let signed = write(&tmp.path().join("signed"), Some(sign_key(1)));
+    let start = std::time::Instant::now();
+    ImageReader::open(&tmp.path().join("signed")).unwrap();
+    let open = start.elapsed().as_secs_f64();
+    let start = std::time::Instant::now();
+    ImageReader::open_signed(&tmp.path().join("signed"), &sign_key(1)).unwrap();
+    let open_signed = start.elapsed().as_secs_f64();
+    println!(
+        "256 MiB: commit {plain:.3} s, signed commit {signed:.3} s; open {open:.3} s, signed open {open_signed:.3} s ({:.2} GB/s hashed)",
+        (256u64 << 20) as f64 / (open_signed - open) / 1e9
+    );
 }

@@ -1,6 +1,7 @@
-//! Writing a checkpoint directory: metadata files, page stores, and the inventory written
-//! last and atomically. An uncommitted writer removes what it created when dropped, and only
-//! that. It never reads back or interprets process state.
+//! Writing a checkpoint directory: metadata files, page stores, the signature (with a key),
+//! and the inventory written last and atomically. An uncommitted writer removes what it
+//! created when dropped, and only that. It never interprets process state; it reads its own
+//! files back only to checksum spliced page data and to hash files for the signature.
 
 use std::collections::BTreeSet;
 use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
@@ -8,9 +9,11 @@ use std::io::{self, Seek, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::proto::{Inventory, ManifestEntry, PageRun};
+use crate::proto::{FileDigest, Inventory, ManifestEntry, PageRun};
 
 use super::format::{encode_header, encode_records, PAGE_SIZE};
+use super::reader::open_image;
+use super::sign::{self, SignKey, SIGNATURE_FILE};
 use super::{ImageError, ImageType, FORMAT_MAJOR, FORMAT_MINOR, INVENTORY_FILE};
 
 /// The name the inventory is written under before it is renamed into place.
@@ -34,6 +37,8 @@ pub struct ImageWriter {
     /// Page stores created but not yet handed back with `finish_pages`.
     open_pages: BTreeSet<String>,
     manifest: Vec<ManifestEntry>,
+    /// Sign the checkpoint with this key at commit.
+    sign_key: Option<SignKey>,
     committed: bool,
 }
 
@@ -181,6 +186,7 @@ impl ImageWriter {
             names: BTreeSet::new(),
             open_pages: BTreeSet::new(),
             manifest: Vec::new(),
+            sign_key: None,
             committed: false,
         };
         // The mode given to mkdir is filtered by the umask; make it exact for what we made.
@@ -193,6 +199,13 @@ impl ImageWriter {
             return Err(ImageError::NotADirectory {
                 path: dir.to_owned(),
             });
+        }
+        // A directory that was there already keeps its mode (it is the user's), but one that
+        // others may enter is worth a word: the images hold the process's memory.
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(dir = %dir.display(), mode = format!("{mode:o}"),
+                "images directory is accessible to group or others; cryo creates its own 0700");
         }
 
         let mut found = Vec::new();
@@ -226,6 +239,20 @@ impl ImageWriter {
         &self.dir
     }
 
+    /// Signs the checkpoint with `key` at [`ImageWriter::commit`] (`signature.img`, see
+    /// `sign.rs`); `None` leaves it unsigned. May be called any time before the commit.
+    pub fn set_sign_key(&mut self, key: Option<SignKey>) {
+        self.sign_key = key;
+    }
+
+    /// [`ImageWriter::set_sign_key`] with the key read from `key_file` when there is one
+    /// (`cryo dump [--sign-key FILE]`). An unusable key file is refused here, before anything
+    /// is dumped.
+    pub fn set_sign_key_file(&mut self, key_file: Option<&Path>) -> Result<(), ImageError> {
+        self.sign_key = key_file.map(SignKey::from_file).transpose()?;
+        Ok(())
+    }
+
     fn claim_name(
         &mut self,
         ty: ImageType,
@@ -252,6 +279,7 @@ impl ImageWriter {
         let reason = match ty {
             ImageType::Inventory => Some("the inventory is written by commit"),
             ImageType::Pages => Some("page stores are written through create_pages"),
+            ImageType::Signature => Some("the signature is written by commit"),
             _ => None,
         };
         if let Some(reason) = reason {
@@ -326,8 +354,10 @@ impl ImageWriter {
     }
 
     /// Fills `inventory.manifest` (and the format version), makes every file durable, then
-    /// writes `inventory.img` under a temporary name, fsyncs it, renames it into place and
-    /// fsyncs the directory. On error nothing that looks like a checkpoint is left behind.
+    /// (with a signing key) hashes every file back from disk and writes and fsyncs
+    /// `signature.img`, then writes `inventory.img` under a temporary name, fsyncs it, renames
+    /// it into place and fsyncs the directory. So a checkpoint that has an inventory has its
+    /// signature too. On error nothing that looks like a checkpoint is left behind.
     pub fn commit(mut self, mut inventory: Inventory) -> Result<(), ImageError> {
         if let Some(name) = self.open_pages.iter().next() {
             return Err(ImageError::PagesState {
@@ -353,6 +383,9 @@ impl ImageWriter {
 
         let tmp = self.dir.join(INVENTORY_TMP);
         let bytes = encode_records(&tmp, ImageType::Inventory, std::slice::from_ref(&inventory))?;
+        if let Some(key) = self.sign_key.take() {
+            self.write_signature(&key, &bytes, &inventory.manifest)?;
+        }
         let mut file = create_file(&tmp)?;
         self.created.push(tmp.clone());
         file.write_all(&bytes)
@@ -373,6 +406,57 @@ impl ImageWriter {
             files = inventory.manifest.len() + 1,
             root_pid = inventory.root_pid,
             "checkpoint committed"
+        );
+        Ok(())
+    }
+}
+
+impl ImageWriter {
+    /// Hashes the inventory (`inv_bytes`, about to be written) and every file of `manifest` as
+    /// it is on disk, signs the digests with `key` and writes `signature.img` durably.
+    fn write_signature(
+        &mut self,
+        key: &SignKey,
+        inv_bytes: &[u8],
+        manifest: &[ManifestEntry],
+    ) -> Result<(), ImageError> {
+        let start = std::time::Instant::now();
+        let mut files = Vec::with_capacity(manifest.len() + 1);
+        files.push(FileDigest {
+            name: INVENTORY_FILE.to_owned(),
+            size: inv_bytes.len() as u64,
+            sha256: sign::sha256(inv_bytes).to_vec(),
+        });
+        for entry in manifest {
+            let path = self.dir.join(&entry.name);
+            let (file, len) = open_image(&path, true)?;
+            if len != entry.size {
+                return Err(ImageError::SizeMismatch {
+                    path,
+                    expected: entry.size,
+                    found: len,
+                });
+            }
+            files.push(FileDigest {
+                name: entry.name.clone(),
+                size: len,
+                sha256: sign::sha256_file(&file, &path, len)?.to_vec(),
+            });
+        }
+        let signature = sign::sign(key, files)?;
+        let path = self.dir.join(SIGNATURE_FILE);
+        let bytes = encode_records(&path, ImageType::Signature, &[signature])?;
+        let mut file = create_file(&path)?;
+        self.created.push(path.clone());
+        file.write_all(&bytes)
+            .map_err(|e| ImageError::io(&path, "write", e))?;
+        file.sync_all()
+            .map_err(|e| ImageError::io(&path, "fsync", e))?;
+        tracing::info!(
+            path = %path.display(),
+            files = manifest.len() + 1,
+            elapsed_ms = start.elapsed().as_millis() as u64,
+            "checkpoint signed"
         );
         Ok(())
     }

@@ -100,6 +100,8 @@ pub struct RestoreOpts {
     pub pidfile: Option<PathBuf>,
     /// Give the restored process cryo's terminal (`-j`).
     pub shell_job: bool,
+    /// Refuse the checkpoint unless it is signed with the key in this file (`--sign-key`).
+    pub sign_key: Option<PathBuf>,
 }
 
 /// How a restore ended.
@@ -195,7 +197,16 @@ impl ProcessImage {
         }
         let mut prev = 0u64;
         for r in &self.pagemap {
-            let end = r.vaddr + r.nr_pages * PAGE_SIZE;
+            let Some(end) = r
+                .nr_pages
+                .checked_mul(PAGE_SIZE)
+                .and_then(|len| r.vaddr.checked_add(len))
+            else {
+                return bad(format!(
+                    "pagemap-{pid}.img: run {:#x}+{} pages overflows",
+                    r.vaddr, r.nr_pages
+                ));
+            };
             let inside = self
                 .mm
                 .vmas
@@ -314,7 +325,7 @@ impl Drop for TreeGuard {
 
 /// Restores the checkpoint in `opts.dir`.
 pub fn restore(opts: &RestoreOpts) -> Result<RestoreOutcome, RestoreError> {
-    let reader = ImageReader::open(&opts.dir)?;
+    let reader = ImageReader::open_with_key_file(&opts.dir, opts.sign_key.as_deref())?;
     let plan = tree::Plan::new(
         reader.read(ImageType::Pstree, None)?,
         reader.inventory().root_pid,
@@ -325,8 +336,8 @@ pub fn restore(opts: &RestoreOpts) -> Result<RestoreOutcome, RestoreError> {
     let mut tramps: BTreeMap<i32, u64> = BTreeMap::new();
     for e in plan.entries().filter(|e| !e.zombie) {
         let img = ProcessImage::load(&reader, e.clone())?;
-        img.validate(opts.shell_job)?;
         reader.verify_pages(img.pid(), &img.pagemap)?;
+        img.validate(opts.shell_job)?;
         let path = reader.pages_path(img.pid());
         let path = std::fs::canonicalize(&path)
             .map_err(|source| RestoreError::Io {
@@ -444,10 +455,20 @@ pub fn restore(opts: &RestoreOpts) -> Result<RestoreOutcome, RestoreError> {
     let _ = proc_ctl::set_child_subreaper(false);
     tracing::info!(pid = root, processes = plan.entries().count(), "restored");
     if let Some(p) = &opts.pidfile {
-        std::fs::write(p, format!("{root}\n")).map_err(|source| RestoreError::Io {
-            path: p.display().to_string(),
-            source,
-        })?;
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(p)
+            .and_then(|mut f| writeln!(f, "{root}"))
+            .map_err(|source| RestoreError::Io {
+                path: p.display().to_string(),
+                source,
+            })?;
     }
     if opts.detach {
         return Ok(RestoreOutcome::Detached { pid: root });

@@ -634,3 +634,128 @@ impl Drop for Tmpfs {
         let _ = Command::new("umount").arg(self.dir.path()).status();
     }
 }
+
+// ---- Helpers of tests/robust.rs and tests/soak.rs (signing, leaks) ----
+
+/// `restore_and_check` with extra `cryo restore` arguments (e.g. `--sign-key FILE`).
+pub fn restore_and_check_with(w: &Workload, dir: &Path, extra: &[&str]) -> String {
+    let mut restore = restore_spawn(dir, extra);
+    let result = w.check_with(|| {
+        restore
+            .try_wait()
+            .map(|s| format!("cryo restore exited ({s})\n{}", restore.describe()))
+    });
+    let out = restore.finish(TIMEOUT);
+    assert_eq!(
+        out.status.success(),
+        result == "PASS",
+        "restore exit status does not match the workload's result {result:?}\n{}",
+        show_output("cryo restore", &out)
+    );
+    result
+}
+
+/// The fd table of PID: (fd, what it points to), in fd order. Empty if the process is gone.
+pub fn fd_table(pid: i32) -> Vec<(i32, String)> {
+    let mut fds: Vec<(i32, String)> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    let fd = e.file_name().to_str()?.parse().ok()?;
+                    let target = fs::read_link(e.path()).ok()?;
+                    Some((fd, target.display().to_string()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    fds.sort();
+    fds
+}
+
+/// The mappings of PID as "start-end perms path" lines (no inode or device).
+pub fn mappings(pid: i32) -> Vec<String> {
+    fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let path = f.get(5..).map(|p| p.join(" ")).unwrap_or_default();
+            format!(
+                "{} {} {}",
+                f.first().unwrap_or(&""),
+                f.get(1).unwrap_or(&""),
+                path
+            )
+        })
+        .collect()
+}
+
+/// The thread ids of PID.
+pub fn threads(pid: i32) -> Vec<i32> {
+    let mut tids: Vec<i32> = fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    tids.sort();
+    tids
+}
+
+/// The processes whose parent is PID (zombies included), from /proc/*/stat.
+pub fn children_of(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(child) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().nth(1))
+            .and_then(|s| s.parse::<i32>().ok());
+        if ppid == Some(pid) {
+            out.push(child);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The names in a directory, sorted.
+pub fn dir_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Writes a signing key file (0600) of `len` bytes derived from `seed`.
+pub fn write_key(path: &Path, seed: u8, len: usize) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut x = u64::from(seed).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let bytes: Vec<u8> = (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .expect("create key file");
+    f.write_all(&bytes).expect("write key file");
+}
