@@ -10,6 +10,7 @@ pub mod dump;
 pub mod image;
 pub mod infect;
 pub mod restore;
+pub mod stats;
 pub mod sys;
 
 /// The prost messages generated from `images/*.proto`.

@@ -49,6 +49,9 @@ enum Cmd {
         /// Replace a checkpoint that is already in DIR.
         #[arg(long)]
         overwrite: bool,
+        /// Print figures about the dump (times, pages scanned, written, skipped) on stdout.
+        #[arg(long)]
+        print_stats: bool,
         #[command(flatten)]
         log: LogArgs,
     },
@@ -66,6 +69,9 @@ enum Cmd {
         /// Restore a shell job: terminal fds get cryo's terminal.
         #[arg(short = 'j', long = "shell-job")]
         shell_job: bool,
+        /// Print figures about the restore (times, pages read) on stdout.
+        #[arg(long)]
+        print_stats: bool,
         #[command(flatten)]
         log: LogArgs,
     },
@@ -128,6 +134,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             leave_running,
             shell_job,
             overwrite,
+            print_stats,
             log,
         } => {
             init_logging(&log, Some(&dir))?;
@@ -138,8 +145,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 shell_job,
                 overwrite,
             };
-            dump(&opts)
+            let stats = dump(&opts)
                 .with_context(|| format!("dump of pid {pid} into {} failed", dir.display()))?;
+            if print_stats {
+                print!("{}", cryo::stats::render_dump(&stats));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Restore {
@@ -147,6 +157,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             detach,
             pidfile,
             shell_job,
+            print_stats,
             log,
         } => {
             init_logging(&log, Some(&dir))?;
@@ -156,9 +167,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 pidfile,
                 shell_job,
             };
-            match restore(&opts)
-                .with_context(|| format!("restore from {} failed", dir.display()))?
-            {
+            let outcome =
+                restore(&opts).with_context(|| format!("restore from {} failed", dir.display()));
+            if print_stats {
+                print!(
+                    "{}",
+                    cryo::stats::render_restore(&cryo::stats::take_restore())
+                );
+            }
+            match outcome? {
                 RestoreOutcome::Detached { .. } => Ok(ExitCode::SUCCESS),
                 RestoreOutcome::Exited { code, .. } => Ok(ExitCode::from(code.clamp(0, 255) as u8)),
             }

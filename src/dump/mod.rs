@@ -101,6 +101,16 @@ pub struct DumpStats {
     pub pages_stored: u64,
     /// Pages scanned (present in the page map).
     pub pages_scanned: u64,
+    /// Time freezing took (seizing and stopping every thread), in seconds.
+    pub freeze_s: f64,
+    /// From frozen until the checkpoint was committed, in seconds.
+    pub written_s: f64,
+    /// Of which streaming the pages into the page store, in seconds.
+    pub pages_s: f64,
+    /// Pages scanned but not stored because they were all zero.
+    pub pages_zero: u64,
+    /// Bytes of page data written.
+    pub page_bytes: u64,
 }
 
 /// Dumps the process `opts.pid` into `opts.dir`.
@@ -128,6 +138,7 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats, DumpError> {
     }
     let t0 = Instant::now();
     let seized = Seized::seize(pid, &threads)?;
+    let frozen_at = Instant::now();
     let children = proc::list_children(pid, pid)?;
     if !children.is_empty() {
         return Err(DumpError::Unsupported {
@@ -135,10 +146,14 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats, DumpError> {
             what: format!("has children {children:?}: process trees are not supported yet"),
         });
     }
-    let mut stats = DumpStats::default();
+    let mut stats = DumpStats {
+        freeze_s: (frozen_at - t0).as_secs_f64(),
+        ..DumpStats::default()
+    };
     let collected = collect(pid, opts, &mut writer, &mut stats)?;
     writer.commit(collected)?;
     stats.frozen_s = t0.elapsed().as_secs_f64();
+    stats.written_s = frozen_at.elapsed().as_secs_f64();
     if opts.leave_running {
         seized.release()?;
     } else {
@@ -204,10 +219,14 @@ fn collect(
     let umask = parasite.umask()?;
     let tid_addr = parasite.tid_address()?;
     let mut pages = writer.create_pages(pid)?;
+    let pages_at = Instant::now();
     let stored = parasite.dump_pages(&runs, &mut pages.file)?;
+    stats.pages_s = pages_at.elapsed().as_secs_f64();
     parasite.cure()?;
     writer.finish_pages(pages)?;
     stats.pages_stored = stored.iter().map(|r| r.nr_pages).sum();
+    stats.pages_zero = stats.pages_scanned.saturating_sub(stats.pages_stored);
+    stats.page_bytes = stats.pages_stored * crate::sys::PAGE_SIZE;
 
     let posix_timers = timers
         .iter()

@@ -103,7 +103,7 @@ use std::io;
 use std::path::PathBuf;
 
 pub use format::{HEADER_LEN, MAGIC, MAX_RECORD_LEN, PAGE_SIZE};
-pub use reader::ImageReader;
+pub use reader::{ImageReader, PageStore};
 pub use writer::{ImageWriter, PagesFile};
 
 /// Major version of the image format written by this cryo; the only one it reads.

@@ -14,6 +14,7 @@
 
 mod child;
 mod files;
+mod fill;
 pub mod layout;
 mod memory;
 mod remote_ctx;
@@ -289,6 +290,7 @@ impl Drop for ChildGuard {
 
 /// Restores the checkpoint in `opts.dir`.
 pub fn restore(opts: &RestoreOpts) -> Result<RestoreOutcome, RestoreError> {
+    let t0 = std::time::Instant::now();
     let reader = ImageReader::open(&opts.dir)?;
     let tree: Vec<PstreeEntry> = reader.read(ImageType::Pstree, None)?;
     let root = reader.inventory().root_pid;
@@ -303,7 +305,9 @@ pub fn restore(opts: &RestoreOpts) -> Result<RestoreOutcome, RestoreError> {
     }
     let img = ProcessImage::load(&reader, tree[0].clone())?;
     img.validate(opts.shell_job)?;
-    reader.verify_pages(img.pid(), &img.pagemap)?;
+    // Page data is checked run by run as it is read into place (fill_pages), before the
+    // process may run; a mismatch kills the child.
+    reader.check_page_runs(img.pid(), &img.pagemap)?;
     let pages_path = reader.pages_path(img.pid());
     let pages_path = std::fs::canonicalize(&pages_path)
         .map_err(|source| RestoreError::Io {
@@ -318,6 +322,8 @@ pub fn restore(opts: &RestoreOpts) -> Result<RestoreOutcome, RestoreError> {
         return Err(RestoreError::PidTaken { pid });
     }
     let tramp = memory::choose_trampoline(&img)?;
+    let forked_at = std::time::Instant::now();
+    crate::stats::note_restore(|s| s.validate_s = (forked_at - t0).as_secs_f64());
     let (rd, wr) = task::pipe().map_err(|source| RestoreError::Sys {
         pid,
         what: "creating the child report pipe".into(),
@@ -342,6 +348,7 @@ pub fn restore(opts: &RestoreOpts) -> Result<RestoreOutcome, RestoreError> {
         source,
     })?;
     guard.armed = false;
+    crate::stats::note_restore(|s| s.build_s = forked_at.elapsed().as_secs_f64());
     tracing::info!(pid, "restored");
     if let Some(p) = &opts.pidfile {
         std::fs::write(p, format!("{pid}\n")).map_err(|source| RestoreError::Io {
