@@ -417,6 +417,11 @@ impl PageStore {
         self.len <= PAGE_SIZE
     }
 
+    /// The open file, e.g. to map parts of it.
+    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.file)
+    }
+
     /// Fills `buf` from `offset`; a store that ends first is reported as truncated.
     pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<(), ImageError> {
         self.file

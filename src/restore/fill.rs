@@ -2,9 +2,9 @@
 //! way. This module owns the page data path of restore and nothing else: the VMAs are mapped
 //! before (writable) and their protections set after, by [`super::memory`].
 //!
-//! cryo reads the page store in chunks of [`CHUNK`] bytes into one buffer of its own (a
-//! sequential read of the page cache, the buffer staying in the CPU cache), folds the chunk
-//! into the run's crc32c, and places it:
+//! cryo maps the page store [`WINDOW`] bytes at a time (straight from the page cache; reads
+//! into a buffer if it cannot be mapped), and for each chunk of [`CHUNK`] bytes folds it into
+//! the run's crc32c, then places it while it is still in the CPU cache:
 //! - into private anonymous memory (anonymous, heap, stack VMAs; nearly all the data) with
 //!   `UFFDIO_COPY` on a userfaultfd the child creates and cryo takes over: the kernel allocates
 //!   each page and copies into it at once, with no zeroing first and no page fault in the
@@ -22,14 +22,16 @@ use super::{ProcessImage, RestoreError};
 use crate::image::PageStore;
 use crate::proto::{Vma, VmaKind};
 use crate::stats::{self, Progress};
-use crate::sys::uffd::{Uffd, UFFD_USER_MODE_ONLY};
+use crate::sys::uffd::{FileWindow, Uffd, UFFD_USER_MODE_ONLY};
 use crate::sys::{mem, proc_ctl, SysError, PAGE_SIZE};
 use std::path::Path;
 use std::time::Instant;
 
-/// Bytes read, checksummed and placed at a time: small enough to stay in the CPU cache between
-/// the read, the checksum and the copy (256 KiB measured best against 1 and 4 MiB).
+/// Bytes checksummed and placed at a time: small enough to stay in the CPU cache between the
+/// checksum and the copy (256 KiB measured best against 1 and 4 MiB).
 const CHUNK: usize = 256 << 10;
+/// Bytes of the page store mapped at a time (they count in cryo's RSS while mapped).
+const WINDOW: u64 = 4 << 20;
 
 /// Reads every stored page run from the page store at `pages_path` into the child's memory and
 /// checks its crc32c.
@@ -171,6 +173,49 @@ fn open_uffd(ctx: &mut Ctx) -> Result<Option<Uffd>, RestoreError> {
         .map_err(sys("userfaultfd handshake"))
 }
 
+/// Where the bytes of the page store come from: windows mapped straight from the page cache
+/// (no copy into a buffer; about 15% less CPU than reading into a buffer, measured), or, if
+/// mapping fails, reads into a buffer.
+struct Source<'a> {
+    store: &'a PageStore,
+    window: Option<(u64, FileWindow)>,
+    map_failed: bool,
+    buf: Vec<u8>,
+}
+
+impl Source<'_> {
+    /// The `len` bytes at `offset` of the page store (`offset` page-aligned, `len` at most
+    /// [`CHUNK`], inside the store: the runs' shapes were checked before).
+    fn bytes(&mut self, offset: u64, len: usize) -> Result<&[u8], RestoreError> {
+        let end = offset + len as u64;
+        let inside = |w: &(u64, FileWindow)| offset >= w.0 && end <= w.0 + w.1.bytes().len() as u64;
+        if !self.map_failed && !self.window.as_ref().is_some_and(inside) {
+            self.window = None;
+            if end > self.store.len() {
+                // Cannot be mapped (a truncated store): let the read report it.
+                self.map_failed = true;
+            } else {
+                let wlen = (self.store.len() - offset).min(WINDOW) as usize;
+                match FileWindow::map(self.store.as_fd(), offset, wlen) {
+                    Ok(w) => self.window = Some((offset, w)),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot map the page store; reading it");
+                        self.map_failed = true;
+                    }
+                }
+            }
+        }
+        if let Some((start, w)) = &self.window {
+            let from = (offset - start) as usize;
+            return Ok(&w.bytes()[from..from + len]);
+        }
+        self.buf.resize(CHUNK, 0);
+        let chunk = &mut self.buf[..len];
+        self.store.read_exact_at(chunk, offset)?;
+        Ok(chunk)
+    }
+}
+
 /// The copy loop. Returns (pages read, of which placed with userfaultfd).
 fn fill_runs(
     pid: i32,
@@ -182,7 +227,12 @@ fn fill_runs(
 ) -> Result<(u64, u64), RestoreError> {
     let total: u64 = img.pagemap.iter().map(|r| r.nr_pages * PAGE_SIZE).sum();
     let progress = Progress::new("restoring pages", total);
-    let mut buf = vec![0u8; CHUNK];
+    let mut src = Source {
+        store,
+        window: None,
+        map_failed: false,
+        buf: Vec::new(),
+    };
     let (mut done_bytes, mut uffd_bytes) = (0u64, 0u64);
     for (run, vma) in img.pagemap.iter().zip(vmas) {
         let via_uffd = uffd.filter(|_| {
@@ -195,8 +245,7 @@ fn fill_runs(
         let mut pos = 0u64;
         while pos < len {
             let n = (len - pos).min(CHUNK as u64) as usize;
-            let chunk = &mut buf[..n];
-            store.read_exact_at(chunk, run.offset + pos)?;
+            let chunk = src.bytes(run.offset + pos, n)?;
             crc = crc32c::crc32c_append(crc, chunk);
             let addr = run.vaddr + pos;
             match via_uffd {

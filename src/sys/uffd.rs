@@ -3,10 +3,11 @@
 //! process's address space and `UFFDIO_COPY` bytes from cryo's own memory into them. The kernel
 //! allocates each page and copies into it in one step: no zeroing of the page first, no page
 //! fault in the target, no copy through the target. Only the wrappers live here; which ranges
-//! to fill and with what is the caller's business.
+//! to fill and with what is the caller's business. [`FileWindow`] maps part of a file so that
+//! its bytes can be copied from the page cache directly.
 
 use super::{SysError, SysResult};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
 /// `UFFD_API`.
 const UFFD_API: u64 = 0xaa;
@@ -170,6 +171,58 @@ impl Uffd {
     }
 }
 
+/// A read-only, populated mapping of part of a file in cryo's memory: its bytes can be given to
+/// [`Uffd::copy`] straight from the page cache, without copying them into a buffer first.
+///
+/// The file must keep its size while the window lives (reading a page past the end of a file
+/// raises SIGBUS), and the bytes change if someone writes the file meanwhile. Page stores are
+/// written once, by the dump, in a directory only root can write; restore checks every run's
+/// checksum on the bytes it copies.
+#[derive(Debug)]
+pub struct FileWindow {
+    addr: u64,
+    len: usize,
+}
+
+impl FileWindow {
+    /// Maps `len` bytes of `file` from `offset` (a multiple of the page size).
+    pub fn map(file: BorrowedFd<'_>, offset: u64, len: usize) -> SysResult<Self> {
+        // SAFETY: a new read-only shared mapping chosen by the kernel; no existing memory is
+        // touched. MAP_POPULATE maps the cached pages now, in one go.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED | libc::MAP_POPULATE,
+                file.as_raw_fd(),
+                offset as libc::off_t,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(SysError::last("mmap"));
+        }
+        Ok(Self {
+            addr: ptr as u64,
+            len,
+        })
+    }
+
+    /// The mapped bytes.
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: the mapping is `len` readable bytes and lives as long as `self`; the file is
+        // not written while restore reads it (see the type's documentation).
+        unsafe { std::slice::from_raw_parts(self.addr as *const u8, self.len) }
+    }
+}
+
+impl Drop for FileWindow {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `map`; `bytes` borrows cannot outlive self.
+        unsafe { libc::munmap(self.addr as *mut libc::c_void, self.len) };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,6 +279,16 @@ mod tests {
         assert!(got[LEN / 2..].iter().all(|&b| b == 0));
         // SAFETY: unmapping the mapping made above.
         unsafe { libc::munmap(dst as *mut libc::c_void, LEN) };
+    }
+
+    #[test]
+    fn file_window_shows_the_file() {
+        use std::io::Write;
+        let mut f = tempfile::tempfile().expect("tempfile");
+        let data: Vec<u8> = (0..3 * 4096).map(|i| (i % 241) as u8).collect();
+        f.write_all(&data).expect("write");
+        let w = FileWindow::map(std::os::fd::AsFd::as_fd(&f), 4096, 2 * 4096).expect("map");
+        assert_eq!(w.bytes(), &data[4096..]);
     }
 
     #[test]
