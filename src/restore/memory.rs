@@ -1,8 +1,7 @@
 //! Rebuilding the address space of a restore child from outside: clear the inherited
 //! mappings, move the vdso/vvar to their saved addresses, map every saved VMA at its address
-//! (files from their paths), read the saved pages straight into place from the page store
-//! (one remote `pread64` per stored run, no copy through cryo), fix protections, and set the
-//! mm fields with PR_SET_MM_MAP.
+//! (files from their paths), fill the saved pages (through [`super::fill`]), fix protections,
+//! and set the mm fields with PR_SET_MM_MAP.
 
 use super::layout::{find_hole, overlaps};
 use super::remote_ctx::{Ctx, Le, TRAMPOLINE_LEN};

@@ -6,8 +6,8 @@
 //! stops itself under `PTRACE_TRACEME`. cryo then builds the rest from outside with remote
 //! syscalls ([`crate::infect::remote`]) executed from a small trampoline page: it unmaps
 //! everything the child inherited, moves the vdso/vvar to their saved addresses, maps the saved
-//! VMAs, has the child `pread64` its pages straight from the page store into place, sets mm
-//! fields, signal state, timers and credentials, unmaps the trampoline, sets the registers and
+//! VMAs, fills their pages and checks their checksums (`fill`: userfaultfd copies from the
+//! page store mapped in cryo), sets mm fields, signal state, timers and credentials, unmaps the trampoline, sets the registers and
 //! detaches. No restorer blob has to run inside the target, every step is checked where it
 //! happens, and a failure at any step kills the half-built child (it is ours, traced with
 //! `PTRACE_O_EXITKILL` and `PR_SET_PDEATHSIG`), so nothing is left behind.
