@@ -6,8 +6,9 @@
 #   1GiB   1 GiB of incompressible anonymous memory plus 256 MiB of touched-but-zero memory
 #          (present pages holding zeros)
 #
-# Three "tools" run on the same workloads, alternating run by run (floor, cryo, criu, floor,
-# cryo, criu, ...), and the table shows the median of BENCH_RUNS runs (default 3) of each:
+# Three "tools" run on the same workloads, alternating run by run (floor, cryo, criu, then
+# cryo, criu, floor, ...), and the table shows the median of BENCH_RUNS runs (default 3) of
+# each:
 #
 #   floor  the machine's limit, measured in the same run: a plain program that writes the
 #          workload's non-zero bytes to the images' filesystem, starting writeback as it goes,
@@ -26,6 +27,7 @@
 #   scripts/bench.sh                              (as root)
 #   BENCH_RUNS=5 CRIU=/path/to/criu scripts/bench.sh
 #   BENCH_DIR=/some/fs scripts/bench.sh           (where images go; default /tmp)
+#   BENCH_SETTLE=0 scripts/bench.sh               (no pause before big runs; see SETTLE)
 set -euo pipefail
 # Close every fd this script inherited above stderr: the programs it starts would inherit
 # them, and cryo refuses to dump fds it cannot restore (a pipe from the calling shell, say).
@@ -46,6 +48,13 @@ fi
 RUNS=${BENCH_RUNS:-3}
 CRIU=${CRIU:-}
 TIMEOUT=300
+# Seconds to wait before each run of a big workload. On the VM this was developed on, memory
+# freed a moment ago is fast to touch again, while memory freed a few seconds earlier has been
+# handed back to the host (free page reporting) and costs a host fault per page on first
+# touch: 1 GiB of page cache took 0.3-0.6 s to write right after a 1 GiB file was deleted and
+# 1.4-3.3 s four seconds later. Waiting first lets every tool meet the same (cold) memory,
+# whatever the run before it freed.
+SETTLE=${BENCH_SETTLE:-4}
 
 if [ -n "$CRIU" ] && ! "$CRIU" --version >/dev/null 2>&1; then
 	echo "CRIU=$CRIU does not run; comparing without it" >&2
@@ -265,8 +274,11 @@ for spec in "${WORKLOADS[@]}"; do
 	cmd=${rest#*:}
 	for tool in "${TOOLS[@]}"; do : >"$WORK/$name.$tool"; done
 	for ((r = 1; r <= RUNS; r++)); do
-		for tool in "${TOOLS[@]}"; do # alternate the tools run by run
+		# Alternate the tools run by run, starting each round with the next one.
+		order=("${TOOLS[@]:$(((r - 1) % ${#TOOLS[@]}))}" "${TOOLS[@]:0:$(((r - 1) % ${#TOOLS[@]}))}")
+		for tool in "${order[@]}"; do
 			[ "$tool" = floor ] && [ "$floor_bytes" = 0 ] && continue
+			[ "$floor_bytes" != 0 ] && sleep "$SETTLE"
 			# shellcheck disable=SC2086 # cmd is "binary args"
 			line=$(one_run "$tool" "$floor_bytes" $cmd)
 			echo "$name $tool run $r: $line"
