@@ -1,14 +1,33 @@
 #!/usr/bin/env bash
 # Benchmark: dump time, restore time (restore -d: until the process runs), image size and peak
-# RSS of the tool, for a tiny process (the counter) and one holding 1 GiB of incompressible
-# anonymous memory. Median of BENCH_RUNS runs (default 3). Every restored process must pass
-# its own memory check, or the run counts as failed.
+# RSS of the tool, for two workloads:
 #
-# With CRIU=/path/to/criu the same workloads are also run through criu (dump -j, restore -j -d),
-# alternating with cryo run by run, and the ratios cryo/criu are printed.
+#   tiny   the counter (a few hundred KiB of memory)
+#   1GiB   1 GiB of incompressible anonymous memory plus 256 MiB of touched-but-zero memory
+#          (present pages holding zeros)
 #
-#   scripts/bench.sh                 (as root)
-#   BENCH_RUNS=5 CRIU=/usr/sbin/criu scripts/bench.sh
+# Three "tools" run on the same workloads, alternating run by run (floor, cryo, criu, then
+# cryo, criu, floor, ...), and the table shows the median of BENCH_RUNS runs (default 3) of
+# each:
+#
+#   floor  the machine's limit, measured in the same run: a plain program that writes the
+#          workload's non-zero bytes to the images' filesystem, starting writeback as it goes,
+#          and fsyncs them (the floor for dump; cryo's dump is durable too), then, once the
+#          workload is killed, one that faults in and fills the same amount of fresh memory
+#          (the floor for restore). It runs in the same slot as the tools (workload started,
+#          "dump", workload killed, "restore"), so that it meets the same memory conditions.
+#   cryo   target/release/cryo (built here).
+#   criu   only when CRIU names a criu binary: `criu dump -j`, `criu restore -j -d`. (-j because
+#          the workload's session and process group are this script's, outside the dumped
+#          tree; no terminal is involved.)
+#
+# Every cryo and criu run must end with the restored process passing its own check, or the
+# run counts as failed. Ratios cryo/criu and cryo/floor are printed at the end.
+#
+#   scripts/bench.sh                              (as root)
+#   BENCH_RUNS=5 CRIU=/path/to/criu scripts/bench.sh
+#   BENCH_DIR=/some/fs scripts/bench.sh           (where images go; default /tmp)
+#   BENCH_SETTLE=0 scripts/bench.sh               (no pause before big runs; see SETTLE)
 set -euo pipefail
 # Close every fd this script inherited above stderr: the programs it starts would inherit
 # them, and cryo refuses to dump fds it cannot restore (a pipe from the calling shell, say).
@@ -29,16 +48,86 @@ fi
 RUNS=${BENCH_RUNS:-3}
 CRIU=${CRIU:-}
 TIMEOUT=300
+# Seconds to wait before each run of a big workload. On the VM this was developed on, memory
+# freed a moment ago is fast to touch again, while memory freed a few seconds earlier has been
+# handed back to the host (free page reporting) and costs a host fault per page on first
+# touch: 1 GiB of page cache took 0.3-0.6 s to write right after a 1 GiB file was deleted and
+# 1.4-3.3 s four seconds later. Waiting first lets every tool meet the same (cold) memory,
+# whatever the run before it freed.
+SETTLE=${BENCH_SETTLE:-4}
+
+if [ -n "$CRIU" ] && ! "$CRIU" --version >/dev/null 2>&1; then
+	echo "CRIU=$CRIU does not run; comparing without it" >&2
+	CRIU=
+fi
 
 echo "building cryo (release)..."
 (cd "$ROOT" && cargo build --release --quiet)
 CRYO=$ROOT/target/release/cryo
 
-WORK=$(mktemp -d /tmp/cryo-bench.XXXXXX)
+WORK=$(mktemp -d "${BENCH_DIR:-/tmp}/cryo-bench.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 for w in counter bigmem; do
 	cc -O1 -o "$WORK/$w" "$ROOT/tests/workloads/$w.c" -lrt
 done
+
+# The floor programs.
+cat >"$WORK/floor.c" <<'C'
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+/*
+ * floor dump FILE BYTES: writes BYTES of non-zero data to FILE in 1 MiB writes, starting
+ * writeback every 32 MiB so that the disk works while it writes, and fsyncs it.
+ * floor restore BYTES: maps BYTES of fresh anonymous memory and fills it with non-zero bytes.
+ */
+int main(int argc, char **argv)
+{
+	if (argc == 4 && !strcmp(argv[1], "dump")) {
+		size_t left = strtoull(argv[3], NULL, 10), chunk = 1 << 20;
+		uint64_t *buf = aligned_alloc(4096, chunk), x = 0x9E3779B97F4A7C15ULL;
+		for (size_t i = 0; i < chunk / 8; i++) {
+			x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+			buf[i] = x | 1;
+		}
+		int fd = open(argv[2], O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+		if (fd < 0)
+			return perror("open"), 1;
+		off_t done = 0, flushed = 0;
+		while (left) {
+			size_t n = left < chunk ? left : chunk;
+			buf[0]++;
+			if (write(fd, buf, n) != (ssize_t)n)
+				return perror("write"), 1;
+			left -= n;
+			done += n;
+			if (done - flushed >= 32 << 20) {
+				sync_file_range(fd, flushed, done - flushed, SYNC_FILE_RANGE_WRITE);
+				flushed = done;
+			}
+		}
+		if (fsync(fd) || close(fd))
+			return perror("fsync"), 1;
+		return 0;
+	}
+	if (argc == 3 && !strcmp(argv[1], "restore")) {
+		size_t len = strtoull(argv[2], NULL, 10);
+		char *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (m == MAP_FAILED)
+			return perror("mmap"), 1;
+		memset(m, 0x5a, len);
+		return m[len / 2] != 0x5a;
+	}
+	fprintf(stderr, "usage: floor dump FILE BYTES | floor restore BYTES\n");
+	return 2;
+}
+C
+cc -O2 -o "$WORK/floor" "$WORK/floor.c"
 
 # Peak RSS (KiB) of a command, written to the file named by $1.
 if [ -x /usr/bin/time ]; then
@@ -77,7 +166,13 @@ C
 	measure() { "$WORK/maxrss" "$@"; }
 fi
 
-now() { date +%s.%N; }
+# stamp VAR: sets VAR to the wall-clock time in seconds, from bash's own clock when it has one
+# (no process is started, so nothing but the measured command lies between two stamps).
+if [ -n "${EPOCHREALTIME:-}" ]; then
+	stamp() { printf -v "$1" '%s' "${EPOCHREALTIME/,/.}"; }
+else
+	stamp() { printf -v "$1" '%s' "$(date +%s.%N)"; }
+fi
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
 
 wait_file() { # wait_file PATH: up to TIMEOUT seconds
@@ -102,8 +197,8 @@ wait_gone() { # wait_gone PID: until it no longer runs (a zombie counts as gone)
 # One measured run: prints "dump_s restore_s image_bytes dump_rss_kib restore_rss_kib", or
 # "FAIL reason".
 one_run() {
-	local tool=$1 bin=$2
-	shift 2
+	local tool=$1 floor_bytes=$2 bin=$3
+	shift 3
 	local dir img pid t0 t1 t2 t3 bytes
 	dir=$(mktemp -d "$WORK/run.XXXXXX")
 	img=$dir/images
@@ -113,56 +208,79 @@ one_run() {
 	wait_file "$dir/cwd/ready" || { echo "FAIL workload not ready"; return; }
 
 	local dump restore
-	if [ "$tool" = cryo ]; then
-		dump=("$CRYO" dump -t "$pid" -D "$img")
-		restore=("$CRYO" restore -D "$img" -d)
-	else
+	case $tool in
+	floor)
+		dump=("$WORK/floor" dump "$img/pages.img" "$floor_bytes")
+		restore=("$WORK/floor" restore "$floor_bytes")
+		;;
+	cryo)
+		dump=("$CRYO" dump -t "$pid" -D "$img" --print-stats)
+		restore=("$CRYO" restore -D "$img" -d --print-stats)
+		;;
+	criu)
 		dump=("$CRIU" dump -t "$pid" -D "$img" -j)
 		restore=("$CRIU" restore -D "$img" -j -d)
-	fi
-	t0=$(now)
+		;;
+	esac
+	stamp t0
 	if ! measure "$dir/dump.rss" "${dump[@]}" >"$dir/dump.out" 2>&1; then
 		kill -KILL "$pid" 2>/dev/null || true
 		wait "$pid" 2>/dev/null || true
 		echo "FAIL dump: $(tail -n 1 "$dir/dump.out")"
 		return
 	fi
-	t1=$(now)
+	stamp t1
+	[ "$tool" = floor ] && kill -KILL "$pid"
 	wait "$pid" 2>/dev/null || true
 	bytes=$(du -sb "$img" | cut -f1)
 
-	t2=$(now)
+	stamp t2
 	if ! measure "$dir/restore.rss" "${restore[@]}" >"$dir/restore.out" 2>&1; then
 		echo "FAIL restore: $(tail -n 1 "$dir/restore.out")"
 		return
 	fi
-	t3=$(now)
-	touch "$dir/cwd/check"
-	if ! wait_file "$dir/cwd/result" || [ "$(cat "$dir/cwd/result")" != PASS ]; then
-		kill -KILL "$pid" 2>/dev/null || true
-		echo "FAIL restored process: $(cat "$dir/cwd/result" 2>/dev/null || echo no result)"
-		return
+	stamp t3
+	if [ "$tool" != floor ]; then
+		touch "$dir/cwd/check"
+		if ! wait_file "$dir/cwd/result" || [ "$(cat "$dir/cwd/result")" != PASS ]; then
+			kill -KILL "$pid" 2>/dev/null || true
+			echo "FAIL restored process: $(cat "$dir/cwd/result" 2>/dev/null || echo no result)"
+			return
+		fi
+		wait_gone "$pid" || kill -KILL "$pid" 2>/dev/null || true
 	fi
-	wait_gone "$pid" || kill -KILL "$pid" 2>/dev/null || true
+	if [ -n "${BENCH_KEEP_STATS:-}" ] && [ "$tool" = cryo ]; then
+		cat "$dir/dump.out" "$dir/restore.out" >>"$WORK/stats.log"
+	fi
 	echo "$(elapsed "$t0" "$t1") $(elapsed "$t2" "$t3") $bytes $(tail -n 1 "$dir/dump.rss") $(tail -n 1 "$dir/restore.rss")"
 	rm -rf "$dir"
 }
 
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)]; else print "-" }'; }
 
-TOOLS=(cryo)
+TOOLS=(floor cryo)
 [ -n "$CRIU" ] && TOOLS+=(criu)
-WORKLOADS=("tiny:$WORK/counter" "1GiB:$WORK/bigmem 1024")
+# name:floor_bytes:command (floor_bytes 0: no floor for this workload)
+WORKLOADS=("tiny:0:$WORK/counter" "1GiB:$((1 << 30)):$WORK/bigmem 1024 256")
+
+echo "$(date -u '+%Y-%m-%d %H:%M UTC'); $(uname -sr); $(nproc) CPUs: $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n 1)"
+echo "images on $(df -T "$WORK" | awk 'NR == 2 { print $2 " (" $1 ")" }'); $RUNS runs of each, alternating ${TOOLS[*]}"
 
 declare -A RESULT
 for spec in "${WORKLOADS[@]}"; do
 	name=${spec%%:*}
-	cmd=${spec#*:}
+	rest=${spec#*:}
+	floor_bytes=${rest%%:*}
+	cmd=${rest#*:}
 	for tool in "${TOOLS[@]}"; do : >"$WORK/$name.$tool"; done
 	for ((r = 1; r <= RUNS; r++)); do
-		for tool in "${TOOLS[@]}"; do # alternate the tools run by run
+		# Alternate the tools run by run, starting each round with the next one.
+		order=("${TOOLS[@]:$(((r - 1) % ${#TOOLS[@]}))}" "${TOOLS[@]:0:$(((r - 1) % ${#TOOLS[@]}))}")
+		for tool in "${order[@]}"; do
+			[ "$tool" = floor ] && [ "$floor_bytes" = 0 ] && continue
+			[ "$floor_bytes" != 0 ] && sleep "$SETTLE"
 			# shellcheck disable=SC2086 # cmd is "binary args"
-			line=$(one_run "$tool" $cmd)
+			line=$(one_run "$tool" "$floor_bytes" $cmd)
 			echo "$name $tool run $r: $line"
 			case $line in FAIL*) ;; *) echo "$line" >>"$WORK/$name.$tool" ;; esac
 		done
@@ -176,9 +294,10 @@ for spec in "${WORKLOADS[@]}"; do
 		fi
 	done
 done
+[ -n "${BENCH_KEEP_STATS:-}" ] && [ -f "$WORK/stats.log" ] && cp "$WORK/stats.log" "$BENCH_KEEP_STATS"
 
 echo
-echo "median of $RUNS runs (ok = runs whose restored process passed its check)"
+echo "median of $RUNS runs (ok = runs that succeeded; for cryo and criu, whose restored process passed its check)"
 printf '%-8s %-5s %10s %12s %14s %14s %16s %4s\n' workload tool dump_s restore_s image_bytes dump_rss_KiB restore_rss_KiB ok
 for spec in "${WORKLOADS[@]}"; do
 	name=${spec%%:*}
@@ -188,19 +307,29 @@ for spec in "${WORKLOADS[@]}"; do
 	done
 done
 
-if [ -n "$CRIU" ]; then
-	echo
-	echo "ratios cryo/criu (below 1: cryo is faster or smaller)"
-	printf '%-8s %10s %12s %14s %14s %16s\n' workload dump restore image dump_rss restore_rss
-	for spec in "${WORKLOADS[@]}"; do
-		name=${spec%%:*}
-		read -r -a a <<<"${RESULT[$name.cryo]}"
+ratio() { # ratio X Y: X / Y with two decimals, or "-"
+	awk -v x="$1" -v y="$2" 'BEGIN { if (x == "-" || y == "-" || y + 0 == 0) print "-"; else printf "%.2f", x / y }'
+}
+
+echo
+echo "ratios (below 1: cryo is faster or smaller)"
+header=(workload)
+[ -n "$CRIU" ] && header+=(dump/criu restore/criu image/criu dump_rss/criu restore_rss/criu)
+header+=(dump/floor restore/floor)
+printf '%-8s' "${header[0]}"
+printf ' %16s' "${header[@]:1}"
+echo
+for spec in "${WORKLOADS[@]}"; do
+	name=${spec%%:*}
+	read -r -a a <<<"${RESULT[$name.cryo]}"
+	read -r -a f <<<"${RESULT[$name.floor]}"
+	row=()
+	if [ -n "$CRIU" ]; then
 		read -r -a b <<<"${RESULT[$name.criu]}"
-		row=()
-		for i in 0 1 2 3 4; do
-			row+=("$(awk -v x="${a[$i]}" -v y="${b[$i]}" 'BEGIN {
-				if (x == "-" || y == "-" || y + 0 == 0) print "-"; else printf "%.2f", x / y }')")
-		done
-		printf '%-8s %10s %12s %14s %14s %16s\n' "$name" "${row[@]}"
-	done
-fi
+		for i in 0 1 2 3 4; do row+=("$(ratio "${a[$i]}" "${b[$i]}")"); done
+	fi
+	row+=("$(ratio "${a[0]}" "${f[0]}")" "$(ratio "${a[1]}" "${f[1]}")")
+	printf '%-8s' "$name"
+	printf ' %16s' "${row[@]}"
+	echo
+done

@@ -11,6 +11,7 @@ pub mod fault;
 pub mod image;
 pub mod infect;
 pub mod restore;
+pub mod stats;
 pub mod sys;
 
 /// The prost messages generated from `images/*.proto`.

@@ -61,6 +61,9 @@ enum Cmd {
         /// least 16), over a SHA-256 of every image file, written to DIR/signature.img.
         #[arg(long = "sign-key", value_name = "FILE")]
         sign_key: Option<PathBuf>,
+        /// Print figures about the dump (times, pages scanned, written, skipped) on stdout.
+        #[arg(long)]
+        print_stats: bool,
         #[command(flatten)]
         log: LogArgs,
     },
@@ -83,6 +86,9 @@ enum Cmd {
         /// Without this flag a signed checkpoint is restored without checking its signature.
         #[arg(long = "sign-key", value_name = "FILE")]
         sign_key: Option<PathBuf>,
+        /// Print figures about the restore (times, pages read) on stdout.
+        #[arg(long)]
+        print_stats: bool,
         #[command(flatten)]
         log: LogArgs,
     },
@@ -151,6 +157,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             file_locks,
             ext_unix_sk,
             sign_key,
+            print_stats,
             log,
         } => {
             init_logging(&log, Some(&dir))?;
@@ -164,8 +171,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ext_unix_sk,
                 sign_key,
             };
-            dump(&opts)
+            let stats = dump(&opts)
                 .with_context(|| format!("dump of pid {pid} into {} failed", dir.display()))?;
+            if print_stats {
+                print!("{}", cryo::stats::render_dump(&stats));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Restore {
@@ -174,6 +184,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             pidfile,
             shell_job,
             sign_key,
+            print_stats,
             log,
         } => {
             init_logging(&log, Some(&dir))?;
@@ -184,9 +195,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 shell_job,
                 sign_key,
             };
-            match restore(&opts)
-                .with_context(|| format!("restore from {} failed", dir.display()))?
-            {
+            let outcome =
+                restore(&opts).with_context(|| format!("restore from {} failed", dir.display()));
+            if print_stats {
+                print!(
+                    "{}",
+                    cryo::stats::render_restore(&cryo::stats::take_restore())
+                );
+            }
+            match outcome? {
                 RestoreOutcome::Detached { .. } => Ok(ExitCode::SUCCESS),
                 RestoreOutcome::Exited { code, .. } => Ok(ExitCode::from(code.clamp(0, 255) as u8)),
             }

@@ -115,6 +115,16 @@ pub struct DumpStats {
     pub pages_stored: u64,
     /// Pages scanned (present in the page map).
     pub pages_scanned: u64,
+    /// Time freezing took (seizing and stopping every thread), in seconds.
+    pub freeze_s: f64,
+    /// From frozen until the checkpoint was committed, in seconds.
+    pub written_s: f64,
+    /// Of which streaming the pages into the page store, in seconds.
+    pub pages_s: f64,
+    /// Pages scanned but not stored because they were all zero.
+    pub pages_zero: u64,
+    /// Bytes of page data written.
+    pub page_bytes: u64,
 }
 
 /// Dumps the process `opts.pid` into `opts.dir`.
@@ -133,10 +143,14 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats, DumpError> {
     writer.set_sign_key_file(opts.sign_key.as_deref())?;
     let t0 = Instant::now();
     let tree = SeizedTree::seize(pid)?;
+    let frozen_at = Instant::now();
     crate::fault::point("dump:seized")?;
     let procs = tree.procs();
     refuse_shared_with_parent(&procs)?;
-    let mut stats = DumpStats::default();
+    let mut stats = DumpStats {
+        freeze_s: (frozen_at - t0).as_secs_f64(),
+        ..DumpStats::default()
+    };
     // Every fd of every process first: refusals come before anything is injected, and
     // descriptions and pipes shared between processes get ids valid across the checkpoint.
     let fd_opts = files::FdOpts {
@@ -189,6 +203,7 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats, DumpError> {
         shell_job: opts.shell_job,
     })?;
     stats.frozen_s = t0.elapsed().as_secs_f64();
+    stats.written_s = frozen_at.elapsed().as_secs_f64();
     if opts.leave_running {
         tree.release()?;
     } else {
@@ -290,12 +305,16 @@ fn collect(
     let umask = parasite.umask()?;
     let tid_addr = parasite.tid_address()?;
     let mut pages = writer.create_pages(pid)?;
+    let pages_at = Instant::now();
     let stored = parasite.dump_pages(&runs, &mut pages.file)?;
     crate::fault::point("dump:pages")?;
+    stats.pages_s += pages_at.elapsed().as_secs_f64();
     parasite.cure()?;
     crate::fault::point("dump:cured")?;
     writer.finish_pages(pages)?;
     stats.pages_stored += stored.iter().map(|r| r.nr_pages).sum::<u64>();
+    stats.pages_zero = stats.pages_scanned.saturating_sub(stats.pages_stored);
+    stats.page_bytes = stats.pages_stored * crate::sys::PAGE_SIZE;
 
     let posix_timers = timers
         .iter()

@@ -119,7 +119,7 @@ use std::io;
 use std::path::PathBuf;
 
 pub use format::{decode_records, encode_records, HEADER_LEN, MAGIC, MAX_RECORD_LEN, PAGE_SIZE};
-pub use reader::{check_page_store, ImageReader};
+pub use reader::{check_page_store, ImageReader, PageStore};
 pub use sign::{is_signed, SignKey, MAX_KEY_LEN, MIN_KEY_LEN, SIGNATURE_ALGORITHM, SIGNATURE_FILE};
 pub use writer::{ImageWriter, PagesFile};
 

@@ -509,6 +509,26 @@ impl ImageReader {
         Ok(())
     }
 
+    /// Everything [`ImageReader::verify_pages`] checks except the page data: the page store's
+    /// size against the manifest, its header block, and the shape of every run (non-empty,
+    /// aligned, inside the file after the header block, no overlaps). No page data is read, so
+    /// this is cheap; whoever reads the data later checks each run's crc32c as it goes
+    /// ([`PageStore::check_run`]).
+    pub fn check_page_runs(&self, pid: i32, runs: &[PageRun]) -> Result<(), ImageError> {
+        let name = checked_name(&self.dir, ImageType::Pages, Some(pid))?;
+        let path = self.dir.join(&name);
+        let Some(entry) = self.manifest.get(&name) else {
+            if runs.is_empty() {
+                return Ok(());
+            }
+            return Err(ImageError::NotInManifest { path });
+        };
+        let (file, len) = open_image(&path, true)?;
+        check_size(&path, entry, len)?;
+        check_pages_header(&file, &path, len)?;
+        check_run_shapes(&path, len, runs).map(drop)
+    }
+
     /// Reads every `pagemap-PID.img` in the manifest and verifies its runs against the page
     /// store (`cryo check`).
     pub fn verify_all_pages(&self) -> Result<(), ImageError> {
@@ -528,6 +548,62 @@ impl ImageReader {
     }
 }
 
+/// A page store opened for reading its data run by run (restore reads each run into place
+/// and checks it on the way, instead of reading the whole store twice). Opening checks the
+/// file type and the header block; [`ImageReader::check_page_runs`] checks the size and the
+/// runs' shapes beforehand.
+#[derive(Debug)]
+pub struct PageStore {
+    file: File,
+    path: PathBuf,
+    len: u64,
+}
+
+impl PageStore {
+    /// Opens `pages-PID.img` at `path` (never through a symlink) and checks its header block.
+    pub fn open(path: &Path) -> Result<Self, ImageError> {
+        let (file, len) = open_image(path, true)?;
+        check_pages_header(&file, path, len)?;
+        Ok(Self {
+            file,
+            path: path.to_owned(),
+            len,
+        })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file's size in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the store holds no page data (only its header block).
+    pub fn is_empty(&self) -> bool {
+        self.len <= PAGE_SIZE
+    }
+
+    /// The open file, e.g. to map parts of it.
+    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.file)
+    }
+
+    /// Fills `buf` from `offset`; a store that ends first is reported as truncated.
+    pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<(), ImageError> {
+        self.file
+            .read_exact_at(buf, offset)
+            .map_err(|e| read_pages_error(&self.path, offset, e))
+    }
+
+    /// Checks the crc32c computed over all of `run`'s data against its page map record.
+    pub fn check_run(&self, run: &PageRun, computed: u32) -> Result<(), ImageError> {
+        check_run_crc(&self.path, run, computed)
+    }
+}
+
 /// The checks of `verify_pages` on an open page store of `len` bytes; returns the number of
 /// data bytes checksummed.
 fn verify_runs(
@@ -537,6 +613,75 @@ fn verify_runs(
     runs: &[PageRun],
     chunk: usize,
 ) -> Result<u64, ImageError> {
+    let order = check_run_shapes(path, len, runs)?;
+
+    // Checksums: one sequential pass. The window [win_start, win_start + win_len) of the file
+    // is held in `buf`; it is refilled, as far as the buffer or the file allows, only when a
+    // run needs bytes outside it, so runs packed together cost one read per chunk.
+    let mut buf = vec![
+        0u8;
+        chunk
+            .max(PAGE_SIZE as usize)
+            .min((len - PAGE_SIZE) as usize)
+    ];
+    let (mut win_start, mut win_len) = (0u64, 0usize);
+    let mut total = 0u64;
+    for run in order {
+        let end = run.offset + run.nr_pages * PAGE_SIZE;
+        let mut pos = run.offset;
+        let mut crc = 0u32;
+        while pos < end {
+            if pos < win_start || pos >= win_start + win_len as u64 {
+                win_start = pos;
+                win_len = ((len - pos) as usize).min(buf.len());
+                file.read_exact_at(&mut buf[..win_len], pos)
+                    .map_err(|e| read_pages_error(path, pos, e))?;
+            }
+            let from = (pos - win_start) as usize;
+            let to = ((end - win_start) as usize).min(win_len);
+            crc = crc32c::crc32c_append(crc, &buf[from..to]);
+            pos = win_start + to as u64;
+        }
+        check_run_crc(path, run, crc)?;
+        total += run.nr_pages * PAGE_SIZE;
+    }
+    Ok(total)
+}
+
+/// The error for a failed read of page data at `pos`.
+fn read_pages_error(path: &Path, pos: u64, e: io::Error) -> ImageError {
+    match e.kind() {
+        io::ErrorKind::UnexpectedEof => ImageError::Truncated {
+            path: path.to_owned(),
+            offset: pos,
+            what: "page store shorter than its size",
+        },
+        _ => ImageError::io(path, "read pages", e),
+    }
+}
+
+/// Compares the crc32c computed over a run's data with the one its page map record carries.
+fn check_run_crc(path: &Path, run: &PageRun, computed: u32) -> Result<(), ImageError> {
+    if computed != run.crc32c {
+        return Err(ImageError::PageRunChecksum {
+            path: path.to_owned(),
+            offset: run.offset,
+            vaddr: run.vaddr,
+            nr_pages: run.nr_pages,
+            stored: run.crc32c,
+            computed,
+        });
+    }
+    Ok(())
+}
+
+/// The shape checks of `verify_pages` for a page store of `len` bytes (no data is read):
+/// returns the runs sorted by their offset in the store.
+fn check_run_shapes<'a>(
+    path: &Path,
+    len: u64,
+    runs: &'a [PageRun],
+) -> Result<Vec<&'a PageRun>, ImageError> {
     let bad = |run: &PageRun, reason: String| ImageError::BadPageRun {
         path: path.to_owned(),
         offset: run.offset,
@@ -601,51 +746,5 @@ fn verify_runs(
         }
     }
 
-    // Checksums: one sequential pass. The window [win_start, win_start + win_len) of the file
-    // is held in `buf`; it is refilled, as far as the buffer or the file allows, only when a
-    // run needs bytes outside it, so runs packed together cost one read per chunk.
-    let mut buf = vec![
-        0u8;
-        chunk
-            .max(PAGE_SIZE as usize)
-            .min((len - PAGE_SIZE) as usize)
-    ];
-    let (mut win_start, mut win_len) = (0u64, 0usize);
-    let mut total = 0u64;
-    for run in order {
-        let end = run.offset + run.nr_pages * PAGE_SIZE;
-        let mut pos = run.offset;
-        let mut crc = 0u32;
-        while pos < end {
-            if pos < win_start || pos >= win_start + win_len as u64 {
-                win_start = pos;
-                win_len = ((len - pos) as usize).min(buf.len());
-                file.read_exact_at(&mut buf[..win_len], pos)
-                    .map_err(|e| match e.kind() {
-                        io::ErrorKind::UnexpectedEof => ImageError::Truncated {
-                            path: path.to_owned(),
-                            offset: pos,
-                            what: "page store shorter than its size",
-                        },
-                        _ => ImageError::io(path, "read pages", e),
-                    })?;
-            }
-            let from = (pos - win_start) as usize;
-            let to = ((end - win_start) as usize).min(win_len);
-            crc = crc32c::crc32c_append(crc, &buf[from..to]);
-            pos = win_start + to as u64;
-        }
-        if crc != run.crc32c {
-            return Err(ImageError::PageRunChecksum {
-                path: path.to_owned(),
-                offset: run.offset,
-                vaddr: run.vaddr,
-                nr_pages: run.nr_pages,
-                stored: run.crc32c,
-                computed: crc,
-            });
-        }
-        total += run.nr_pages * PAGE_SIZE;
-    }
-    Ok(total)
+    Ok(order)
 }

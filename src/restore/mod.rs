@@ -6,8 +6,8 @@
 //! stops itself under `PTRACE_TRACEME`. cryo then builds the rest from outside with remote
 //! syscalls ([`crate::infect::remote`]) executed from a small trampoline page: it unmaps
 //! everything the child inherited, moves the vdso/vvar to their saved addresses, maps the saved
-//! VMAs, has the child `pread64` its pages straight from the page store into place, sets mm
-//! fields, signal state, timers and credentials, unmaps the trampoline, sets the registers and
+//! VMAs, fills their pages and checks their checksums (`fill`: userfaultfd copies from the
+//! page store mapped in cryo), sets mm fields, signal state, timers and credentials, unmaps the trampoline, sets the registers and
 //! detaches. No restorer blob has to run inside the target, every step is checked where it
 //! happens, and a failure at any step kills the half-built child (it is ours, traced with
 //! `PTRACE_O_EXITKILL` and `PR_SET_PDEATHSIG`), so nothing is left behind.
@@ -19,6 +19,7 @@ mod fd_locks;
 mod fd_pipe;
 mod fd_unix;
 mod files;
+mod fill;
 pub mod layout;
 mod memory;
 mod remote_ctx;
@@ -325,6 +326,7 @@ impl Drop for TreeGuard {
 
 /// Restores the checkpoint in `opts.dir`.
 pub fn restore(opts: &RestoreOpts) -> Result<RestoreOutcome, RestoreError> {
+    let t0 = std::time::Instant::now();
     let reader = ImageReader::open_with_key_file(&opts.dir, opts.sign_key.as_deref())?;
     let plan = tree::Plan::new(
         reader.read(ImageType::Pstree, None)?,
@@ -336,7 +338,9 @@ pub fn restore(opts: &RestoreOpts) -> Result<RestoreOutcome, RestoreError> {
     let mut tramps: BTreeMap<i32, u64> = BTreeMap::new();
     for e in plan.entries().filter(|e| !e.zombie) {
         let img = ProcessImage::load(&reader, e.clone())?;
-        reader.verify_pages(img.pid(), &img.pagemap)?;
+        // Page data is checked run by run as it is read into place (fill_pages), before the
+        // process may run; a mismatch kills the tree. Here only the shape of the runs.
+        reader.check_page_runs(img.pid(), &img.pagemap)?;
         img.validate(opts.shell_job)?;
         let path = reader.pages_path(img.pid());
         let path = std::fs::canonicalize(&path)
@@ -359,6 +363,8 @@ pub fn restore(opts: &RestoreOpts) -> Result<RestoreOutcome, RestoreError> {
     }
 
     crate::fault::point("restore:validated")?;
+    let forked_at = std::time::Instant::now();
+    crate::stats::note_restore(|s| s.validate_s = (forked_at - t0).as_secs_f64());
     // Orphans of a failed restore must come back to us to be reaped.
     proc_ctl::set_child_subreaper(true).map_err(|source| RestoreError::Sys {
         pid: root,
@@ -452,6 +458,7 @@ pub fn restore(opts: &RestoreOpts) -> Result<RestoreOutcome, RestoreError> {
         }
     }
     guard.armed = false;
+    crate::stats::note_restore(|s| s.build_s = forked_at.elapsed().as_secs_f64());
     let _ = proc_ctl::set_child_subreaper(false);
     tracing::info!(pid = root, processes = plan.entries().count(), "restored");
     if let Some(p) = &opts.pidfile {

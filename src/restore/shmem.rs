@@ -88,6 +88,16 @@ impl SharedMem {
                         path: path.clone(),
                         source,
                     })?;
+                // Page data is checked as it is read (restore no longer reads it twice).
+                if crc32c::crc32c(&buf) != run.crc32c {
+                    return Err(RestoreError::Invalid {
+                        pid: img.pid(),
+                        what: format!(
+                            "{path}: page data at offset {:#x} (address {:#x}) does not match its checksum",
+                            run.offset, run.vaddr
+                        ),
+                    });
+                }
                 file.write_all_at(&buf, v.pgoff + (run.vaddr - v.start))
                     .map_err(|source| RestoreError::Io {
                         path: format!("memfd of the shared memory at {:#x}", v.start),

@@ -10,6 +10,7 @@ pub mod probe;
 pub mod proc_ctl;
 pub mod ptrace;
 pub mod task;
+pub mod uffd;
 
 use std::fmt;
 

@@ -1,7 +1,9 @@
 /*
  * bigmem: fills argv[1] MiB (default 1024) of anonymous memory with incompressible xorshift64
- * output, then idles. On `check` it regenerates the sequence and compares (the benchmark
- * workload).
+ * output and, if argv[2] is given, touches argv[2] MiB (default 0) of another anonymous mapping
+ * by writing zeros to it (present pages whose contents are zero), then idles. On `check` it
+ * regenerates the sequence and compares, and checks that the zero mapping still reads zero
+ * (the benchmark workload).
  */
 #include "protocol.c"
 #include <stdint.h>
@@ -19,6 +21,7 @@ static uint64_t xorshift64(uint64_t *state)
 int main(int argc, char **argv)
 {
 	size_t mib = argc > 1 ? strtoul(argv[1], NULL, 10) : 1024;
+	size_t zero_mib = argc > 2 ? strtoul(argv[2], NULL, 10) : 0;
 	size_t words = (mib << 20) / 8;
 
 	wl_init();
@@ -30,6 +33,16 @@ int main(int argc, char **argv)
 	uint64_t state = seed;
 	for (size_t i = 0; i < words; i++)
 		mem[i] = xorshift64(&state);
+	volatile uint64_t *zero = NULL;
+	size_t zero_words = (zero_mib << 20) / 8;
+	if (zero_mib) {
+		zero = mmap(NULL, zero_mib << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (zero == MAP_FAILED)
+			wl_die("mmap");
+		/* A write fault gives each page a frame of its own, unlike a read (the zero page). */
+		for (size_t i = 0; i < zero_words; i += 4096 / 8)
+			zero[i] = 0;
+	}
 	wl_ready();
 	wl_wait_check(NULL);
 
@@ -37,6 +50,12 @@ int main(int argc, char **argv)
 	for (size_t i = 0; i < words; i++)
 		if (mem[i] != xorshift64(&state)) {
 			wl_fail("word %zu (%p) differs", i, (void *)&mem[i]);
+			break;
+		}
+	for (size_t i = 0; i < zero_words; i++)
+		if (zero[i] != 0) {
+			wl_fail("zero word %zu (%p) is %#llx", i, (void *)&zero[i],
+				(unsigned long long)zero[i]);
 			break;
 		}
 	if (getpid() != pid)

@@ -1,0 +1,75 @@
+//! `--print-stats` on dump and restore, checked against what the workload holds: bigmem with
+//! 8 MiB of data and 2 MiB of touched-but-zero memory. The figures must add up (every page
+//! written is read back; the zero pages are skipped), the data pages must be filled with
+//! userfaultfd, and the restored process must pass its own check.
+
+mod common;
+
+use common::*;
+use std::process::Output;
+
+/// The number after `label` in the `--print-stats` text.
+fn figure(out: &Output, label: &str) -> u64 {
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.trim_start().strip_prefix(label))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no figure {label:?} in\n{}", show_output("cryo", out)))
+}
+
+#[test]
+fn print_stats_figures_add_up() {
+    let _serial = serial();
+    let test = "print_stats_figures_add_up";
+    if !require_root(test) {
+        return;
+    }
+    let Some(bin) = workload_bin(test, "bigmem") else {
+        return;
+    };
+    require_cli();
+    let mut w = Workload::start(&bin, &["8", "2"]);
+    let images = images_dir();
+    let dump = dump_ok(&w, images.path(), &["--print-stats"]);
+    w.wait_killed_by_dump();
+    let scanned = figure(&dump, "pages scanned");
+    let written = figure(&dump, "pages written");
+    let zero = figure(&dump, "pages skipped as zero");
+    assert!(written >= 8 * 256, "{}", show_output("dump", &dump));
+    assert!(zero >= 2 * 256, "{}", show_output("dump", &dump));
+    assert_eq!(scanned, written + zero, "{}", show_output("dump", &dump));
+    assert_eq!(
+        figure(&dump, "page bytes written"),
+        written * 4096,
+        "{}",
+        show_output("dump", &dump)
+    );
+
+    let mut restore = restore_spawn(images.path(), &["--print-stats"]);
+    let result = w.check_with(|| {
+        restore
+            .try_wait()
+            .map(|s| format!("cryo restore exited ({s})\n{}", restore.describe()))
+    });
+    let out = restore.finish(TIMEOUT);
+    assert_eq!(
+        result,
+        "PASS",
+        "{}\n{}",
+        show_output("restore", &out),
+        w.logs()
+    );
+    assert!(out.status.success(), "{}", show_output("restore", &out));
+    assert_eq!(
+        figure(&out, "pages read"),
+        written,
+        "{}",
+        show_output("restore", &out)
+    );
+    assert!(
+        figure(&out, "with userfaultfd") >= 8 * 256,
+        "{}",
+        show_output("restore", &out)
+    );
+}
