@@ -414,49 +414,7 @@ pub fn restore(opts: &RestoreOpts) -> Result<RestoreOutcome, RestoreError> {
     task::close(rd);
     check_reports(&plan, &report)?;
 
-    let mut held: Vec<i32> = Vec::new();
-    for img in images.values() {
-        let pid = img.pid();
-        seize_ready(pid)?;
-        held.push(pid);
-        crate::fault::point("restore:seized")?;
-        let tids = build(img, tramps[&pid], &pages_paths[&pid], &shared)?;
-        held.extend(tids);
-    }
-    crate::fault::point("restore:detach")?;
-    // A process that was stopped gets its SIGSTOP while still held, so that it stops before
-    // running a single instruction of its own.
-    for e in plan.entries().filter(|e| e.stopped && !e.zombie) {
-        let _ = proc_ctl::kill(e.pid, libc::SIGSTOP);
-    }
-    // Stopped processes go first, and are seen stopped before anything else runs, so that no
-    // restored process can observe one of them running.
-    let stopped: Vec<i32> = plan
-        .entries()
-        .filter(|e| e.stopped && !e.zombie)
-        .map(|e| e.pid)
-        .collect();
-    let tgid_of = |tid: i32| {
-        plan.entries()
-            .find(|e| e.threads.contains(&tid))
-            .map_or(tid, |e| e.pid)
-    };
-    held.sort_by_key(|&tid| !stopped.contains(&tgid_of(tid)));
-    for (i, &tid) in held.iter().enumerate() {
-        ptrace::detach(tid, 0).map_err(|source| RestoreError::Sys {
-            pid: tid,
-            what: "detaching the restored task".into(),
-            source,
-        })?;
-        let next_runs = held
-            .get(i + 1)
-            .is_none_or(|&n| !stopped.contains(&tgid_of(n)));
-        if next_runs && stopped.contains(&tgid_of(tid)) {
-            for &pid in &stopped {
-                wait_stopped(pid);
-            }
-        }
-    }
+    build_all(&plan, &images, &tramps, &pages_paths, &shared)?;
     guard.armed = false;
     crate::stats::note_restore(|s| s.build_s = forked_at.elapsed().as_secs_f64());
     let _ = proc_ctl::set_child_subreaper(false);
@@ -497,6 +455,119 @@ pub fn restore(opts: &RestoreOpts) -> Result<RestoreOutcome, RestoreError> {
             }
             _ => continue,
         }
+    }
+}
+
+/// Builds every process of the tree with a bounded pool of worker threads (ptrace requests
+/// must come from the thread that seized a task, so each worker seizes, builds and detaches
+/// its own processes). Nothing is detached until every process is built: the workers meet at
+/// barriers, and if any failed, none detaches (their tasks die with `PTRACE_O_EXITKILL` when
+/// the worker ends, and the caller's guard kills the rest). Stopped processes are detached
+/// first, with a SIGSTOP queued, and seen stopped before any other task runs.
+fn build_all(
+    plan: &tree::Plan,
+    images: &BTreeMap<i32, ProcessImage>,
+    tramps: &BTreeMap<i32, u64>,
+    pages_paths: &BTreeMap<i32, String>,
+    shared: &shmem::SharedMem,
+) -> Result<(), RestoreError> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Barrier, Mutex};
+
+    let stopped: Vec<i32> = plan
+        .entries()
+        .filter(|e| e.stopped && !e.zombie)
+        .map(|e| e.pid)
+        .collect();
+    // Biggest first, each to the least loaded worker.
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 4)
+        .min(images.len().max(1));
+    let mut by_size: Vec<&ProcessImage> = images.values().collect();
+    by_size.sort_by_key(|i| std::cmp::Reverse(i.pagemap.iter().map(|r| r.nr_pages).sum::<u64>()));
+    let mut shares: Vec<(u64, Vec<&ProcessImage>)> = vec![(0, Vec::new()); workers];
+    for img in by_size {
+        let load = img.pagemap.iter().map(|r| r.nr_pages).sum::<u64>() + 1;
+        if let Some(w) = shares.iter_mut().min_by_key(|w| w.0) {
+            w.0 += load;
+            w.1.push(img);
+        }
+    }
+    let failed = AtomicBool::new(false);
+    let first_error: Mutex<Option<RestoreError>> = Mutex::new(None);
+    let fail = |e: RestoreError| {
+        failed.store(true, Ordering::SeqCst);
+        if let Ok(mut slot) = first_error.lock() {
+            slot.get_or_insert(e);
+        }
+    };
+    let barrier = Barrier::new(workers + 1);
+    std::thread::scope(|sc| {
+        for (_, mine) in &shares {
+            let (barrier, failed, fail, stopped) = (&barrier, &failed, &fail, &stopped);
+            sc.spawn(move || {
+                let mut held: Vec<(i32, i32)> = Vec::new(); // (tid, its process)
+                for img in mine {
+                    let pid = img.pid();
+                    let r = seize_ready(pid).and_then(|()| {
+                        held.push((pid, pid));
+                        crate::fault::point("restore:seized")?;
+                        build(img, tramps[&pid], &pages_paths[&pid], shared)
+                    });
+                    match r {
+                        Ok(tids) => held.extend(tids.into_iter().map(|t| (t, pid))),
+                        Err(e) => {
+                            fail(e);
+                            break;
+                        }
+                    }
+                }
+                barrier.wait(); // every process built (or failed)
+                barrier.wait(); // the main thread's verdict
+                if failed.load(Ordering::SeqCst) {
+                    return;
+                }
+                let detach = |tid: i32| {
+                    if let Err(source) = ptrace::detach(tid, 0) {
+                        fail(RestoreError::Sys {
+                            pid: tid,
+                            what: "detaching the restored task".into(),
+                            source,
+                        });
+                    }
+                };
+                for &(tid, pid) in held.iter().filter(|h| stopped.contains(&h.1)) {
+                    if tid == pid {
+                        let _ = proc_ctl::kill(pid, libc::SIGSTOP);
+                    }
+                }
+                for &(tid, _) in held.iter().filter(|h| stopped.contains(&h.1)) {
+                    detach(tid);
+                }
+                barrier.wait(); // stopped processes released
+                barrier.wait(); // and seen stopped
+                for &(tid, _) in held.iter().filter(|h| !stopped.contains(&h.1)) {
+                    detach(tid);
+                }
+            });
+        }
+        barrier.wait();
+        if let Err(e) = crate::fault::point("restore:detach") {
+            fail(e.into());
+        }
+        barrier.wait();
+        if !failed.load(Ordering::SeqCst) {
+            barrier.wait();
+            for &pid in &stopped {
+                wait_stopped(pid);
+            }
+            barrier.wait();
+        }
+    });
+    match first_error.into_inner().ok().flatten() {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
 }
 
