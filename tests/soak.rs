@@ -198,4 +198,113 @@ fn soak_dump_restore_cycles() {
         "files left in TMPDIR at the end"
     );
     let _ = std::fs::remove_dir(&tmp_root);
+    std::env::remove_var("TMPDIR");
+}
+
+/// Every process of the tree rooted at `root` (from /proc, zombies included), sorted.
+fn tree_pids(root: i32) -> Vec<i32> {
+    let mut out = vec![root];
+    let mut i = 0;
+    while i < out.len() {
+        let pid = out[i];
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+            for t in tasks.flatten() {
+                if let Ok(text) = std::fs::read_to_string(t.path().join("children")) {
+                    out.extend(
+                        text.split_whitespace()
+                            .filter_map(|s| s.parse::<i32>().ok()),
+                    );
+                }
+            }
+        }
+        i += 1;
+    }
+    out.sort_unstable();
+    out
+}
+
+/// Reaps what this (subreaper) test process adopted of `pids` and waits until they are gone.
+fn reap_gone(pids: &[i32]) -> bool {
+    wait_until(Duration::from_secs(20), || {
+        for &p in pids {
+            let _ = cryo::sys::ptrace::wait(p, libc::WNOHANG);
+        }
+        pids.iter()
+            .all(|p| !Path::new(&format!("/proc/{p}")).exists())
+    })
+}
+
+/// The small-tree soak: the `tree` workload (13 processes and a zombie) dumped and restored
+/// `CRYO_SOAK_TREE_CYCLES` times (100 by default); after every restore the tree has the same
+/// processes, and each process the same fds, mappings and threads, as after the first one.
+#[test]
+#[ignore = "the soak step of scripts/test.sh runs it: cargo test --test soak -- --ignored"]
+fn soak_tree_dump_restore_cycles() {
+    let _serial = serial();
+    const TEST: &str = "soak_tree_dump_restore_cycles";
+    if !require_root(TEST) {
+        return;
+    }
+    let Some(bin) = workload_bin(TEST, "tree") else {
+        return;
+    };
+    require_cli();
+    let cycles: usize = env_num("CRYO_SOAK_TREE_CYCLES", DEFAULT_CYCLES);
+    let max = Duration::from_secs(env_num("CRYO_SOAK_MAX_SECS", DEFAULT_MAX_SECS));
+    let start = Instant::now();
+    let mut w = Workload::start(&bin, &[]);
+    let pids = tree_pids(w.pid);
+    assert!(pids.len() >= 14, "the tree workload built only {pids:?}");
+    let images = images_dir();
+    let dir = images.path().to_str().expect("utf-8").to_string();
+    dump_ok(&w, images.path(), &[]);
+    w.wait_killed_by_dump();
+    assert!(reap_gone(&pids), "the dumped tree did not go away");
+    let mut first: Option<Vec<(i32, Shape)>> = None;
+    for cycle in 0..cycles {
+        let out = cryo_output(&["restore", "-d", "-D", &dir], TIMEOUT);
+        assert!(
+            out.status.success(),
+            "cycle {cycle}: {}",
+            show_output("cryo restore -d", &out)
+        );
+        let now_pids = tree_pids(w.pid);
+        assert_eq!(now_pids, pids, "cycle {cycle}: the restored tree differs");
+        let shapes: Vec<(i32, Shape)> = pids
+            .iter()
+            .filter(|&&p| proc_state(p) != Some('Z'))
+            .map(|&p| (p, shape(p)))
+            .collect();
+        match &first {
+            None => first = Some(shapes),
+            Some(f) => assert!(
+                f == &shapes,
+                "cycle {cycle}: a process of the tree changed shape"
+            ),
+        }
+        let out = cryo_output(
+            &["dump", "-t", &w.pid.to_string(), "-D", &dir, "--overwrite"],
+            TIMEOUT,
+        );
+        assert!(
+            out.status.success(),
+            "cycle {cycle}: {}",
+            show_output("cryo dump", &out)
+        );
+        assert!(
+            reap_gone(&pids),
+            "cycle {cycle}: the dumped tree did not go away"
+        );
+        assert!(
+            start.elapsed() < max,
+            "the tree soak took longer than {max:?}"
+        );
+    }
+    let result = restore_and_check(&w, images.path());
+    assert_eq!(result, "PASS", "{}", w.logs());
+    println!(
+        "soak: tree of {} processes, {cycles} cycles in {:.1} s",
+        pids.len(),
+        start.elapsed().as_secs_f64()
+    );
 }
