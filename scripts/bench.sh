@@ -82,14 +82,15 @@ cat >"$WORK/floor.c" <<'C'
 #include <sys/mman.h>
 #include <unistd.h>
 /*
- * floor dump FILE BYTES: writes BYTES of non-zero data to FILE in 1 MiB writes, starting
- * writeback every 32 MiB so that the disk works while it writes, and fsyncs it.
+ * floor dump FILE BYTES: writes BYTES of non-zero data to FILE in 256 KiB writes (the fastest
+ * size measured here: 1 MiB writes were 2-3 times slower), starting writeback every 32 MiB so
+ * that the disk works while it writes, and fsyncs it.
  * floor restore BYTES: maps BYTES of fresh anonymous memory and fills it with non-zero bytes.
  */
 int main(int argc, char **argv)
 {
 	if (argc == 4 && !strcmp(argv[1], "dump")) {
-		size_t left = strtoull(argv[3], NULL, 10), chunk = 1 << 20;
+		size_t left = strtoull(argv[3], NULL, 10), chunk = 256 << 10;
 		uint64_t *buf = aligned_alloc(4096, chunk), x = 0x9E3779B97F4A7C15ULL;
 		for (size_t i = 0; i < chunk / 8; i++) {
 			x ^= x << 13, x ^= x >> 7, x ^= x << 17;
