@@ -338,9 +338,11 @@ pub fn restore(opts: &RestoreOpts) -> Result<RestoreOutcome, RestoreError> {
     let mut tramps: BTreeMap<i32, u64> = BTreeMap::new();
     for e in plan.entries().filter(|e| !e.zombie) {
         let img = ProcessImage::load(&reader, e.clone())?;
-        // Page data is checked run by run as it is read into place (fill_pages), before the
-        // process may run; a mismatch kills the tree. Here only the shape of the runs.
-        reader.check_page_runs(img.pid(), &img.pagemap)?;
+        // Every page run's checksum, before any process is created (a damaged checkpoint
+        // must not even start a restore). fill_pages checks each run again as it reads it
+        // into place, which costs nothing extra there and covers a page store changed
+        // meanwhile.
+        reader.verify_pages(img.pid(), &img.pagemap)?;
         img.validate(opts.shell_job)?;
         let path = reader.pages_path(img.pid());
         let path = std::fs::canonicalize(&path)
