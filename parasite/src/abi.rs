@@ -17,7 +17,7 @@
 //! area, then stops on `int3`.
 
 /// Bumped on every incompatible change of this file.
-pub const ABI_VERSION: u64 = 1;
+pub const ABI_VERSION: u64 = 2;
 
 /// Written into `Ctl::status` by the dumper before a run; a blob that returns leaves another
 /// value, so a run that never reached the blob's epilogue is detected.
@@ -36,11 +36,17 @@ pub const CMD_POSIX_TIMERS: u64 = 3;
 pub const CMD_MISC: u64 = 4;
 /// Streams pages into a pipe with vmsplice. Arguments: `args[0]` the pipe's write end (closed
 /// by the blob when the command ends, on every path), `args[1]` the number of `PageReq`s at
-/// target address `args[2]`, `args[3]` the target address of `[PageOut; args[4]]`. Results:
+/// target address `args[2]`, `args[3]` the target address of `[PageOut; args[4]]`; `args[5]`
+/// a second pipe's write end (also closed by the blob) or `NO_FD`, and `args[6]` the stripe
+/// size in bytes: with a second pipe, bytes `[k * stripe, (k + 1) * stripe)` of the stream go
+/// to pipe `k % 2`, so that the dumper drains one pipe while the blob fills the other and the
+/// two never wait on each other's pipe lock. Results:
 /// `out[0]` the number of `PageOut`s written, `out[1]` the bytes put into the pipe, `out[2]`
 /// and `out[3]` where to resume (request index, page within it) when the output array filled
 /// up, `out[4]` 1 when every request was handled.
 pub const CMD_DUMP_PAGES: u64 = 5;
+/// "No fd" in an fd argument.
+pub const NO_FD: u64 = u64::MAX;
 
 /// The command block at the start of the control page.
 #[repr(C)]

@@ -18,6 +18,12 @@ pub const NR_TIMER_GETTIME: u64 = 224;
 pub const NR_TIMER_GETOVERRUN: u64 = 225;
 /// `vmsplice`.
 pub const NR_VMSPLICE: u64 = 278;
+/// `poll`.
+pub const NR_POLL: u64 = 7;
+/// `POLLOUT`.
+pub const POLLOUT: i16 = 4;
+/// `EINTR`.
+pub const EINTR: u64 = 4;
 
 /// `PR_GET_TID_ADDRESS`.
 pub const PR_GET_TID_ADDRESS: u64 = 40;
@@ -40,6 +46,18 @@ pub struct StackT {
     pub ss_flags: i32,
     /// Size in bytes.
     pub ss_size: u64,
+}
+
+/// `struct pollfd`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct PollFd {
+    /// The fd.
+    pub fd: i32,
+    /// Events asked for.
+    pub events: i16,
+    /// Events that happened.
+    pub revents: i16,
 }
 
 /// `struct iovec`.
@@ -79,6 +97,21 @@ pub unsafe fn syscall2(nr: u64, a1: u64, a2: u64) -> i64 {
     unsafe {
         core::arch::asm!("syscall", inlateout("rax") nr as i64 => ret, in("rdi") a1,
             in("rsi") a2, lateout("rcx") _, lateout("r11") _, options(nostack));
+    }
+    ret
+}
+
+/// A system call with three arguments.
+///
+/// # Safety
+/// The arguments must be valid for the call.
+#[inline(always)]
+pub unsafe fn syscall3(nr: u64, a1: u64, a2: u64, a3: u64) -> i64 {
+    let ret: i64;
+    // SAFETY: as in syscall1.
+    unsafe {
+        core::arch::asm!("syscall", inlateout("rax") nr as i64 => ret, in("rdi") a1,
+            in("rsi") a2, in("rdx") a3, lateout("rcx") _, lateout("r11") _, options(nostack));
     }
     ret
 }

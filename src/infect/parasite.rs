@@ -16,12 +16,13 @@
 //!    signals stay blocked except the trap and fault ones, whose "ignored" dispositions are set
 //!    to default for the duration (a forced SIGTRAP or SIGSEGV would otherwise reset them).
 //!
-//! Pages: per command a remote `pipe2`; the dumper takes the read end (`pidfd_getfd`), the
-//! task's read end is closed; the blob skips zero pages, computes crc32c of each stored run and
-//! vmsplices the pages into the write end, which it closes at the end; a dumper thread splices
-//! the pipe into the page store concurrently (a pipe holds only 1 MiB here), starting the
-//! page store's writeback as it goes. Pages of VMAs the task cannot read (no PROT_READ) are
-//! read through /proc/PID/mem instead.
+//! Pages: per command two remote `pipe2`s; the dumper takes their read ends (`pidfd_getfd`),
+//! the task's read ends are closed; the blob skips zero pages, computes crc32c of each stored
+//! run and vmsplices the pages into the write ends, 1 MiB stripes alternating between the two
+//! pipes, and closes them at the end; a dumper thread splices the pipes into the page store
+//! concurrently (a pipe holds only 1 MiB here), starting the page store's writeback as it
+//! goes. Pages of VMAs the task cannot read (no PROT_READ) are read through /proc/PID/mem
+//! instead.
 //!
 //! Cure: put back swapped dispositions, close leftover fds, re-queue signals that arrived
 //! during a run (they were held back), unmap the region, restore the xsave area, registers and
@@ -67,6 +68,8 @@ const SCRATCH_OFF: u64 = 2048;
 const PIPE_SIZE: usize = 1 << 20;
 /// Page requests per CMD_DUMP_PAGES (64 KiB of the data area); the rest holds the results.
 const MAX_REQS: usize = 4096;
+/// The blob alternates between two pipes every this many bytes (see `drain`).
+const STRIPE: u64 = PIPE_SIZE as u64;
 /// Bytes spliced into the page store between two starts of writeback.
 const WRITEBACK_BYTES: u64 = 32 << 20;
 /// Pages read per /proc/PID/mem access for unreadable VMAs.
@@ -704,6 +707,7 @@ impl Parasite {
                 self.region_write(k as u64 * req_size, r)?;
             }
             let (rfd, wfd) = self.open_pipe()?;
+            let (rfd2, wfd2) = self.open_pipe()?;
             let (data, data_len) = {
                 let region = self.region.as_ref().ok_or(InfectError::Cured { pid })?;
                 (region.addr(region.data_off), DATA_LEN)
@@ -715,18 +719,19 @@ impl Parasite {
                 data,
                 data + outs_off,
                 cap,
-                0,
-                0,
+                wfd2 as u64,
+                STRIPE,
                 0,
             ];
             let start = *off;
             let (res, drained) = std::thread::scope(|s| {
-                let drainer = s.spawn(|| drain(rfd.as_fd(), pages, start, on_progress));
+                let pipes = [rfd.as_fd(), rfd2.as_fd()];
+                let drainer = s.spawn(move || drain(pipes, pages, start, on_progress));
                 let res = self.run(abi::CMD_DUMP_PAGES, "dump_pages", args);
                 // The blob closes its pipe end on every path it returns by; after a crash or a
                 // failure of ours the cure (already done by run) or the task's exit closed it.
                 if res.is_ok() || matches!(res, Err(InfectError::Command { .. })) {
-                    self.target_fds.retain(|&fd| fd != wfd);
+                    self.target_fds.retain(|&fd| fd != wfd && fd != wfd2);
                 } else if !self.cured && !self.gone {
                     // Unblock the drainer before joining it.
                     if let Err(e) = self.cure_now() {
@@ -1246,14 +1251,21 @@ impl Drop for Parasite {
     }
 }
 
-/// Drains the pipe into `file` from offset `start` until every write end is closed, reporting
-/// the offset reached to `on_progress`. Every [`WRITEBACK_BYTES`] it starts writeback of what it
-/// spliced (without waiting), so the disk writes while the pages stream and the fsync at commit
-/// has little left to do (measured: about 0.15 s less per GiB on the development machine).
-/// After a write error it keeps reading (and discarding) so that the blob never blocks on a
-/// full pipe nor gets SIGPIPE; the error is returned at the end with its offset.
+/// Drains the two pipes of a CMD_DUMP_PAGES into `file` from offset `start`, stripe by stripe
+/// as the blob fills them (stripe `k`, [`STRIPE`] bytes, comes from pipe `k % 2`), until the
+/// stream ends (every write end closed), and returns the bytes moved. With two pipes the
+/// blob fills one while this drains the other: with a single pipe the blob spent its time
+/// spinning on the pipe's lock, held by the splice into the file (14% of all CPU samples of
+/// a 1 GiB dump), which costs a core that the drain needs on a busy machine.
+///
+/// It reports the offset reached to `on_progress`, and every [`WRITEBACK_BYTES`] it starts
+/// writeback of what it spliced (without waiting), so the disk writes while the pages stream
+/// and the fsync at commit has little left to do (measured: about 0.15 s less per GiB).
+/// After a write error it keeps reading (and discarding) in the same order, so that the blob
+/// never blocks on a full pipe nor gets SIGPIPE; the error is returned at the end with its
+/// offset.
 fn drain(
-    pipe: BorrowedFd<'_>,
+    pipes: [BorrowedFd<'_>; 2],
     file: &File,
     start: u64,
     on_progress: &(dyn Fn(u64) + Sync),
@@ -1264,34 +1276,67 @@ fn drain(
     let mut use_splice = true;
     let mut failed: Option<(u64, io::Error)> = None;
     let mut buf: Vec<u8> = Vec::new();
-    loop {
-        if failed.is_some() || !use_splice {
-            if buf.is_empty() {
-                buf = vec![0u8; PIPE_SIZE];
-            }
-            let n = match ffi::read(pipe, &mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.errno == libc::EINTR => continue,
-                Err(e) => {
+    let broken = |failed: Option<(u64, io::Error)>, off: u64, errno: i32| {
+        failed.unwrap_or((off, io::Error::from_raw_os_error(errno)))
+    };
+    let mut stripe = 0u64;
+    'stream: loop {
+        let pipe = pipes[(stripe % 2) as usize];
+        let mut got = 0u64;
+        while got < STRIPE {
+            let want = (STRIPE - got) as usize;
+            let n = if failed.is_some() || !use_splice {
+                if buf.is_empty() {
+                    buf = vec![0u8; PIPE_SIZE];
+                }
+                let n = match ffi::read(pipe, &mut buf[..want.min(PIPE_SIZE)]) {
+                    Ok(n) => n,
+                    Err(e) if e.errno == libc::EINTR => continue,
                     // Nothing more can be read: the pipe itself is broken.
-                    let err = io::Error::from_raw_os_error(e.errno);
-                    return Err(failed.unwrap_or((off, err)));
+                    Err(e) => return Err(broken(failed, off, e.errno)),
+                };
+                if n > 0 && failed.is_none() {
+                    if let Err(e) = file.write_all_at(&buf[..n], off) {
+                        failed = Some((off, e));
+                    }
+                }
+                n
+            } else {
+                let mut at = off as i64;
+                match ffi::splice_to_file(pipe, file.as_fd(), &mut at, want) {
+                    Ok(n) => n,
+                    Err(e) if e.errno == libc::EINTR => continue,
+                    // splice into this file is not supported (e.g. O_APPEND): copy instead.
+                    Err(e) if e.errno == libc::EINVAL && off == start => {
+                        use_splice = false;
+                        continue;
+                    }
+                    Err(e) => {
+                        failed = Some((off, io::Error::from_raw_os_error(e.errno)));
+                        continue;
+                    }
                 }
             };
-            if failed.is_none() {
-                if let Err(e) = file.write_all_at(&buf[..n], off) {
-                    failed = Some((off, e));
+            if n == 0 {
+                // End of the stream: nothing may follow in the other pipe.
+                let other = pipes[((stripe + 1) % 2) as usize];
+                if buf.is_empty() {
+                    buf = vec![0u8; PIPE_SIZE];
                 }
-                off += n as u64;
-                on_progress(off);
+                loop {
+                    match ffi::read(other, &mut buf) {
+                        Ok(0) => break 'stream,
+                        Ok(_) => {
+                            let e = io::Error::other("page stream continued after its end");
+                            failed.get_or_insert((off, e));
+                        }
+                        Err(e) if e.errno == libc::EINTR => {}
+                        Err(e) => return Err(broken(failed, off, e.errno)),
+                    }
+                }
             }
-            continue;
-        }
-        let mut at = off as i64;
-        match ffi::splice_to_file(pipe, file.as_fd(), &mut at, PIPE_SIZE) {
-            Ok(0) => break,
-            Ok(n) => {
+            got += n as u64;
+            if failed.is_none() {
                 off += n as u64;
                 on_progress(off);
                 if off - flushed >= WRITEBACK_BYTES {
@@ -1301,11 +1346,8 @@ fn drain(
                     flushed = off;
                 }
             }
-            Err(e) if e.errno == libc::EINTR => {}
-            // splice into this file is not supported (e.g. O_APPEND): copy instead.
-            Err(e) if e.errno == libc::EINVAL && off == start => use_splice = false,
-            Err(e) => failed = Some((off, io::Error::from_raw_os_error(e.errno))),
         }
+        stripe += 1;
     }
     match failed {
         Some(f) => Err(f),
@@ -1390,7 +1432,75 @@ mod blob_crc;
 
 #[cfg(test)]
 mod tests {
-    use super::blob_crc;
+    use super::{blob_crc, drain, STRIPE};
+    use std::io::Write;
+    use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+
+    fn pipe() -> (OwnedFd, std::fs::File) {
+        let mut fds = [0i32; 2];
+        // SAFETY: pipe2 fills the two-int array.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: both fds are new and ours.
+        unsafe {
+            (
+                OwnedFd::from_raw_fd(fds[0]),
+                std::fs::File::from_raw_fd(fds[1]),
+            )
+        }
+    }
+
+    /// Writes `data` as the blob does: stripe k into pipe k % 2, then closes both.
+    fn feed(data: Vec<u8>, mut w: [std::fs::File; 2]) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            for (k, stripe) in data.chunks(STRIPE as usize).enumerate() {
+                // A reader that stopped early makes this fail; the test checks the drain side.
+                let _ = w[k % 2].write_all(stripe);
+            }
+        })
+    }
+
+    fn data(len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i % 251) as u8 ^ (i >> 20) as u8)
+            .collect()
+    }
+
+    #[test]
+    fn drain_reassembles_the_stripes_in_order() {
+        for len in [
+            0,
+            4096,
+            STRIPE as usize,
+            3 * STRIPE as usize,
+            5 * STRIPE as usize / 2,
+        ] {
+            let (r0, w0) = pipe();
+            let (r1, w1) = pipe();
+            let want = data(len);
+            let writer = feed(want.clone(), [w0, w1]);
+            let file = tempfile::tempfile().expect("tempfile");
+            let got = drain([r0.as_fd(), r1.as_fd()], &file, 4096, &|_| {});
+            writer.join().expect("writer");
+            assert_eq!(got.expect("drain"), len as u64, "len {len}");
+            let mut back = vec![0u8; len];
+            std::os::unix::fs::FileExt::read_exact_at(&file, &mut back, 4096).expect("read");
+            assert!(back == want, "len {len}: data differs");
+        }
+    }
+
+    #[test]
+    fn drain_reads_everything_after_a_write_error() {
+        let (r0, w0) = pipe();
+        let (r1, w1) = pipe();
+        let writer = feed(data(3 * STRIPE as usize), [w0, w1]);
+        // A file open read-only: every write fails, the stream must still be consumed.
+        let path = tempfile::NamedTempFile::new().expect("tempfile");
+        let file = std::fs::File::open(path.path()).expect("open");
+        let got = drain([r0.as_fd(), r1.as_fd()], &file, 0, &|_| {});
+        writer.join().expect("writer");
+        let (at, _) = got.expect_err("writes into a read-only file fail");
+        assert_eq!(at, 0);
+    }
 
     #[test]
     fn blob_crc_matches_the_crc32c_crate() {
