@@ -6,9 +6,9 @@
 #   1GiB   1 GiB of incompressible anonymous memory plus 256 MiB of touched-but-zero memory
 #          (present pages holding zeros)
 #
-# Three "tools" run on the same workloads, alternating run by run (floor, cryo, criu, then
-# cryo, criu, floor, ...), and the table shows the median of BENCH_RUNS runs (default 3) of
-# each:
+# Three "tools" run on the same workloads, alternating run by run in a new order each round
+# (floor cryo criu, criu floor cryo, cryo criu floor, ...), and the table shows the median of
+# BENCH_RUNS runs (default 3; 6 balances the order fully) of each:
 #
 #   floor  the machine's limit, measured in the same run: a plain program that writes the
 #          workload's non-zero bytes to the images' filesystem, starting writeback as it goes,
@@ -275,8 +275,16 @@ for spec in "${WORKLOADS[@]}"; do
 	cmd=${rest#*:}
 	for tool in "${TOOLS[@]}"; do : >"$WORK/$name.$tool"; done
 	for ((r = 1; r <= RUNS; r++)); do
-		# Alternate the tools run by run, starting each round with the next one.
-		order=("${TOOLS[@]:$(((r - 1) % ${#TOOLS[@]}))}" "${TOOLS[@]:0:$(((r - 1) % ${#TOOLS[@]}))}")
+		# Alternate the tools run by run, in another order each round: over 3 rounds each tool
+		# runs once in every position, over 6 it also follows each other tool equally often
+		# (a run can leave the machine slower for the next one).
+		if [ ${#TOOLS[@]} = 3 ]; then
+			orders=("0 1 2" "2 0 1" "1 2 0" "0 2 1" "1 0 2" "2 1 0")
+		else
+			orders=("0 1" "1 0")
+		fi
+		order=()
+		for i in ${orders[$(((r - 1) % ${#orders[@]}))]}; do order+=("${TOOLS[$i]}"); done
 		for tool in "${order[@]}"; do
 			[ "$tool" = floor ] && [ "$floor_bytes" = 0 ] && continue
 			[ "$floor_bytes" != 0 ] && sleep "$SETTLE"
