@@ -7,10 +7,8 @@
 mod common;
 
 use common::*;
-use cryo::sys::ptrace;
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::Duration;
 
 fn cryo_with_fault(point: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_cryo"))
@@ -107,37 +105,6 @@ fn failed_dump_at_every_step_leaves_the_target_intact() {
     w.wait_exit();
 }
 
-/// Every process of the tree rooted at `root` (from /proc).
-fn descendants(root: i32) -> Vec<i32> {
-    let mut out = vec![root];
-    let mut i = 0;
-    while i < out.len() {
-        let pid = out[i];
-        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-            for t in tasks.flatten() {
-                if let Ok(text) = std::fs::read_to_string(t.path().join("children")) {
-                    out.extend(
-                        text.split_whitespace()
-                            .filter_map(|s| s.parse::<i32>().ok()),
-                    );
-                }
-            }
-        }
-        i += 1;
-    }
-    out
-}
-
-fn all_gone(pids: &[i32]) -> bool {
-    wait_until(Duration::from_secs(20), || {
-        for &p in pids {
-            let _ = ptrace::wait(p, libc::WNOHANG);
-        }
-        pids.iter()
-            .all(|p| !Path::new(&format!("/proc/{p}")).exists())
-    })
-}
-
 #[test]
 fn failed_restore_at_every_step_leaves_nothing_behind() {
     let _serial = serial();
@@ -155,7 +122,7 @@ fn failed_restore_at_every_step_leaves_nothing_behind() {
     let images = images_dir();
     dump_ok(&w, images.path(), &[]);
     w.wait_killed_by_dump();
-    assert!(all_gone(&tree), "the dumped tree did not go away");
+    assert!(reap_gone(&tree), "the dumped tree did not go away");
     for point in cryo::fault::RESTORE_POINTS {
         let out = cryo_with_fault(
             point,
@@ -165,7 +132,7 @@ fn failed_restore_at_every_step_leaves_nothing_behind() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("injected fault"), "{point}: {err}");
         assert!(
-            all_gone(&tree),
+            reap_gone(&tree),
             "{point}: a failed restore left processes of the checkpoint behind: {:?}",
             tree.iter()
                 .filter(|p| Path::new(&format!("/proc/{p}")).exists())

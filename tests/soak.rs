@@ -201,39 +201,6 @@ fn soak_dump_restore_cycles() {
     std::env::remove_var("TMPDIR");
 }
 
-/// Every process of the tree rooted at `root` (from /proc, zombies included), sorted.
-fn tree_pids(root: i32) -> Vec<i32> {
-    let mut out = vec![root];
-    let mut i = 0;
-    while i < out.len() {
-        let pid = out[i];
-        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-            for t in tasks.flatten() {
-                if let Ok(text) = std::fs::read_to_string(t.path().join("children")) {
-                    out.extend(
-                        text.split_whitespace()
-                            .filter_map(|s| s.parse::<i32>().ok()),
-                    );
-                }
-            }
-        }
-        i += 1;
-    }
-    out.sort_unstable();
-    out
-}
-
-/// Reaps what this (subreaper) test process adopted of `pids` and waits until they are gone.
-fn reap_gone(pids: &[i32]) -> bool {
-    wait_until(Duration::from_secs(20), || {
-        for &p in pids {
-            let _ = cryo::sys::ptrace::wait(p, libc::WNOHANG);
-        }
-        pids.iter()
-            .all(|p| !Path::new(&format!("/proc/{p}")).exists())
-    })
-}
-
 /// The small-tree soak: the `tree` workload (13 processes and a zombie) dumped and restored
 /// `CRYO_SOAK_TREE_CYCLES` times (100 by default); after every restore the tree has the same
 /// processes, and each process the same fds, mappings and threads, as after the first one.
@@ -253,7 +220,8 @@ fn soak_tree_dump_restore_cycles() {
     let max = Duration::from_secs(env_num("CRYO_SOAK_MAX_SECS", DEFAULT_MAX_SECS));
     let start = Instant::now();
     let mut w = Workload::start(&bin, &[]);
-    let pids = tree_pids(w.pid);
+    let mut pids = descendants(w.pid);
+    pids.sort_unstable();
     assert!(pids.len() >= 14, "the tree workload built only {pids:?}");
     let images = images_dir();
     let dir = images.path().to_str().expect("utf-8").to_string();
@@ -268,7 +236,8 @@ fn soak_tree_dump_restore_cycles() {
             "cycle {cycle}: {}",
             show_output("cryo restore -d", &out)
         );
-        let now_pids = tree_pids(w.pid);
+        let mut now_pids = descendants(w.pid);
+        now_pids.sort_unstable();
         assert_eq!(now_pids, pids, "cycle {cycle}: the restored tree differs");
         let shapes: Vec<(i32, Shape)> = pids
             .iter()

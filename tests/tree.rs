@@ -17,39 +17,10 @@ fn prepare(test: &str, name: &str) -> Option<std::path::PathBuf> {
     workload_bin(test, name)
 }
 
-/// Every process of the tree rooted at `root` (from /proc, zombies included).
-fn descendants(root: i32) -> Vec<i32> {
-    let mut out = vec![root];
-    let mut i = 0;
-    while i < out.len() {
-        let pid = out[i];
-        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-            for t in tasks.flatten() {
-                let p = t.path().join("children");
-                if let Ok(text) = std::fs::read_to_string(p) {
-                    out.extend(
-                        text.split_whitespace()
-                            .filter_map(|s| s.parse::<i32>().ok()),
-                    );
-                }
-            }
-        }
-        i += 1;
-    }
-    out
-}
-
-/// Reaps the processes of a dumped tree that were adopted by this test process (a child
-/// subreaper) and waits until their PIDs are free.
+/// Reaps the processes of a dumped tree adopted by this test process and waits until their
+/// PIDs are free.
 fn reap_tree(pids: &[i32]) {
-    let ok = wait_until(Duration::from_secs(20), || {
-        for &p in pids {
-            let _ = ptrace::wait(p, libc::WNOHANG);
-        }
-        pids.iter()
-            .all(|p| !Path::new(&format!("/proc/{p}")).exists())
-    });
-    assert!(ok, "the dumped tree did not go away: {pids:?}");
+    assert!(reap_gone(pids), "the dumped tree did not go away: {pids:?}");
 }
 
 fn dump_restore_check(w: &mut Workload, tree: &[i32]) {

@@ -759,3 +759,39 @@ pub fn write_key(path: &Path, seed: u8, len: usize) {
         .expect("create key file");
     f.write_all(&bytes).expect("write key file");
 }
+
+// ---- Process trees ---------------------------------------------------------------------
+
+/// Every process of the tree rooted at `root` (from /proc, zombies included), the root first,
+/// then in the order found.
+pub fn descendants(root: i32) -> Vec<i32> {
+    let mut out = vec![root];
+    let mut i = 0;
+    while i < out.len() {
+        let pid = out[i];
+        if let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) {
+            for t in tasks.flatten() {
+                if let Ok(text) = fs::read_to_string(t.path().join("children")) {
+                    out.extend(
+                        text.split_whitespace()
+                            .filter_map(|s| s.parse::<i32>().ok()),
+                    );
+                }
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Reaps what this (subreaper) test process adopted of `pids` and waits, up to 20 s, until
+/// all of them are gone. True if they are.
+pub fn reap_gone(pids: &[i32]) -> bool {
+    wait_until(Duration::from_secs(20), || {
+        for &p in pids {
+            let _ = ptrace::wait(p, libc::WNOHANG);
+        }
+        pids.iter()
+            .all(|p| !Path::new(&format!("/proc/{p}")).exists())
+    })
+}
