@@ -399,7 +399,7 @@ fn thread_core(pid: i32, tid: i32) -> Result<TaskCore, DumpError> {
         crate::sys::proc_ctl::get_robust_list(tid).map_err(ptrace_err(tid, "robust list"))?;
     Ok(TaskCore {
         tid,
-        regs: Some(user_regs(&regs)),
+        regs: Some(UserRegs::from(&regs)),
         xsave,
         sigmask,
         pending: pending
@@ -459,36 +459,4 @@ fn thread_extras(insn: u64, t: &mut TaskCore) -> Result<(), DumpError> {
         crate::sys::mem::write(tid, scratch, &saved).map_err(ptrace_err(tid, "stack scratch"));
     rt.restore()?;
     res.and(put_back)
-}
-
-fn user_regs(r: &libc::user_regs_struct) -> UserRegs {
-    UserRegs {
-        r15: r.r15,
-        r14: r.r14,
-        r13: r.r13,
-        r12: r.r12,
-        rbp: r.rbp,
-        rbx: r.rbx,
-        r11: r.r11,
-        r10: r.r10,
-        r9: r.r9,
-        r8: r.r8,
-        rax: r.rax,
-        rcx: r.rcx,
-        rdx: r.rdx,
-        rsi: r.rsi,
-        rdi: r.rdi,
-        orig_rax: r.orig_rax,
-        rip: r.rip,
-        cs: r.cs,
-        eflags: r.eflags,
-        rsp: r.rsp,
-        ss: r.ss,
-        fs_base: r.fs_base,
-        gs_base: r.gs_base,
-        ds: r.ds,
-        es: r.es,
-        fs: r.fs,
-        gs: r.gs,
-    }
 }

@@ -311,36 +311,7 @@ pub fn restore_creds(ctx: &mut Ctx, img: &ProcessImage) -> Result<(), RestoreErr
 /// ERESTART_RESTARTBLOCK (whose restart block is kernel memory we cannot carry) returns EINTR,
 /// as a signal would make it do. `orig_rax` is set to -1 so no further restart logic applies.
 pub fn final_regs(r: &UserRegs) -> libc::user_regs_struct {
-    // SAFETY-free construction: every field is set below.
-    let mut k = libc::user_regs_struct {
-        r15: r.r15,
-        r14: r.r14,
-        r13: r.r13,
-        r12: r.r12,
-        rbp: r.rbp,
-        rbx: r.rbx,
-        r11: r.r11,
-        r10: r.r10,
-        r9: r.r9,
-        r8: r.r8,
-        rax: r.rax,
-        rcx: r.rcx,
-        rdx: r.rdx,
-        rsi: r.rsi,
-        rdi: r.rdi,
-        orig_rax: r.orig_rax,
-        rip: r.rip,
-        cs: r.cs,
-        eflags: r.eflags,
-        rsp: r.rsp,
-        ss: r.ss,
-        fs_base: r.fs_base,
-        gs_base: r.gs_base,
-        ds: r.ds,
-        es: r.es,
-        fs: r.fs,
-        gs: r.gs,
-    };
+    let mut k = libc::user_regs_struct::from(r);
     if (k.orig_rax as i64) >= 0 {
         match k.rax as i64 {
             ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND => {
