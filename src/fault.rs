@@ -23,6 +23,16 @@ pub const RESTORE_POINTS: &[&str] = &[
     "restore:detach",
 ];
 
+/// The steps around the network lock and TCP repair where a fault can be injected; reached
+/// only by a checkpoint with established TCP connections (tests/net.rs).
+pub const NET_POINTS: &[&str] = &[
+    "dump:net-lock",
+    "dump:tcp-repaired",
+    "restore:net-lock",
+    "restore:tcp-created",
+    "restore:net-unlock",
+];
+
 /// An injected failure.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("injected fault at {0} (CRYO_FAULT)")]

@@ -10,6 +10,7 @@ pub mod dump;
 pub mod fault;
 pub mod image;
 pub mod infect;
+pub mod net;
 pub mod restore;
 pub mod stats;
 pub mod sys;

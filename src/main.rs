@@ -57,6 +57,17 @@ enum Cmd {
         /// restore connects it to that name again.
         #[arg(long = "ext-unix-sk")]
         ext_unix_sk: bool,
+        /// Checkpoint established TCP connections (TCP repair mode). Their packets are
+        /// dropped by a firewall rule from the freeze until restore (or until the dump ends
+        /// with --leave-running or fails). Without it, an established connection makes the
+        /// dump fail.
+        #[arg(long = "tcp-established")]
+        tcp_established: bool,
+        /// How packets of dumped TCP connections are held off: nftables (default, iptables
+        /// if nft is not installed), iptables, or skip (no rule: keep the peers quiet yourself).
+        #[arg(long = "network-lock", value_name = "METHOD", default_value = "nftables",
+              value_parser = ["nftables", "iptables", "skip"])]
+        network_lock: String,
         /// Sign the checkpoint: an HMAC-SHA256, under the key held in FILE (all its bytes, at
         /// least 16), over a SHA-256 of every image file, written to DIR/signature.img.
         #[arg(long = "sign-key", value_name = "FILE")]
@@ -81,6 +92,14 @@ enum Cmd {
         /// Restore a shell job: terminal fds get cryo's terminal.
         #[arg(short = 'j', long = "shell-job")]
         shell_job: bool,
+        /// Restore established TCP connections as closed sockets (their peers are not kept).
+        #[arg(long = "tcp-close")]
+        tcp_close: bool,
+        /// Restore into an existing namespace instead of cryo's own: `net:PATH` (a network
+        /// namespace file such as /run/netns/NAME or /proc/PID/ns/net). Sockets are created
+        /// and the network lock is handled there.
+        #[arg(long = "join-ns", value_name = "NS:PATH")]
+        join_ns: Vec<String>,
         /// Verify the checkpoint's signature with the key in FILE before anything else, and
         /// refuse it if it is unsigned, signed with another key, or altered in any byte.
         /// Without this flag a signed checkpoint is restored without checking its signature.
@@ -156,11 +175,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             overwrite,
             file_locks,
             ext_unix_sk,
+            tcp_established,
+            network_lock,
             sign_key,
             print_stats,
             log,
         } => {
             init_logging(&log, Some(&dir))?;
+            use cryo::net::lock::Backend;
+            let network_lock = match network_lock.as_str() {
+                "skip" => None,
+                "iptables" => Some(Backend::Iptables),
+                // nft if installed, else iptables: checked only when a connection needs it.
+                _ => Some(Backend::detect().unwrap_or(Backend::Nftables)),
+            };
             let opts = DumpOpts {
                 pid,
                 dir: dir.clone(),
@@ -170,6 +198,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 file_locks,
                 ext_unix_sk,
                 sign_key,
+                tcp_established,
+                network_lock,
             };
             let stats = dump(&opts)
                 .with_context(|| format!("dump of pid {pid} into {} failed", dir.display()))?;
@@ -183,17 +213,30 @@ fn run(cli: Cli) -> Result<ExitCode> {
             detach,
             pidfile,
             shell_job,
+            tcp_close,
+            join_ns,
             sign_key,
             print_stats,
             log,
         } => {
             init_logging(&log, Some(&dir))?;
+            for ns in &join_ns {
+                match ns.split_once(':') {
+                    Some(("net", path)) => cryo::net::Netns::open_path(path)
+                        .and_then(|n| n.join())
+                        .with_context(|| format!("joining the network namespace {path}"))?,
+                    _ => anyhow::bail!(
+                        "--join-ns {ns}: only net:PATH is supported (a network namespace file)"
+                    ),
+                }
+            }
             let opts = RestoreOpts {
                 dir: dir.clone(),
                 detach,
                 pidfile,
                 shell_job,
                 sign_key,
+                tcp_close,
             };
             let outcome =
                 restore(&opts).with_context(|| format!("restore from {} failed", dir.display()));

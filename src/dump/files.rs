@@ -7,6 +7,7 @@
 //! state of each kind is read by its own module: [`super::fd_data`] (contents of deleted
 //! files and memfds), [`super::fd_pipe`] (pipe and FIFO buffers), [`super::fd_event`]
 //! (eventfd, timerfd, signalfd, epoll, inotify), [`super::fd_unix`] (unix sockets),
+//! [`super::fd_inet`] (IPv4/IPv6, packet and netlink sockets),
 //! [`super::fd_locks`] (file locks).
 //!
 //! Ids: `desc_id` and `inode_id` are numbered from 1 within the process by [`collect_fds`],
@@ -24,7 +25,7 @@
 
 use super::proc::{self, FdInfo, FdLink};
 use super::DumpError;
-use super::{fd_data, fd_event, fd_locks, fd_pipe, fd_unix};
+use super::{fd_data, fd_event, fd_inet, fd_locks, fd_pipe, fd_unix};
 use crate::proto::{fd_entry::State, FdEntry, FdKind, FileOwner};
 use crate::sys::{files_ffi as ffi, proc_ctl, SysError};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -80,6 +81,8 @@ pub struct FdOpts {
     /// A datagram unix socket connected to a socket outside is connected to its name again
     /// at restore (`--ext-unix-sk`).
     pub ext_unix_sk: bool,
+    /// Established TCP connections are dumped (`--tcp-established`).
+    pub tcp_established: bool,
 }
 
 /// The link target of a deleted file ends with this.
@@ -102,6 +105,9 @@ fn classify(r: &FdRef, link: &FdLink, shell_job: bool) -> Result<FdKind, DumpErr
             "anon_inode:inotify" => Ok(FdKind::FdInotify),
             _ if t.starts_with("socket:[") => match fd_unix::domain(r)? {
                 libc::AF_UNIX => Ok(FdKind::FdUnix),
+                libc::AF_INET | libc::AF_INET6 => Ok(FdKind::FdInet),
+                libc::AF_PACKET => Ok(FdKind::FdPacket),
+                libc::AF_NETLINK => Ok(FdKind::FdNetlink),
                 d => Err(r.refuse(format!(
                     "{} socket file descriptors are not supported yet",
                     fd_unix::family_name(d)
@@ -359,7 +365,7 @@ pub fn collect_fds(pid: i32, opts: FdOpts) -> Result<Vec<FdEntry>, DumpError> {
         if same_desc.is_none() {
             e.locks = fd_locks::locks(&r, &info, opts.file_locks)?;
             e.owner = owner(&r, &e, pgid)?;
-            e.state = desc_state(&r, &e, &info)?;
+            e.state = desc_state(&r, &e, &info, opts)?;
         }
         tracing::debug!(pid, fd = e.fd, kind = ?kind, desc = e.desc_id, inode = e.inode_id, "fd");
         out.push(e);
@@ -393,7 +399,15 @@ pub fn collect_fds(pid: i32, opts: FdOpts) -> Result<Vec<FdEntry>, DumpError> {
 }
 
 /// The state of a description, read from fdinfo and a copy of the fd.
-fn desc_state(r: &FdRef, e: &FdEntry, info: &FdInfo) -> Result<Option<State>, DumpError> {
+fn desc_state(
+    r: &FdRef,
+    e: &FdEntry,
+    info: &FdInfo,
+    opts: FdOpts,
+) -> Result<Option<State>, DumpError> {
+    let net = fd_inet::NetOpts {
+        tcp_established: opts.tcp_established,
+    };
     Ok(match e.kind() {
         FdKind::FdEventfd => Some(State::Eventfd(fd_event::eventfd(r, info)?)),
         FdKind::FdTimerfd => Some(State::Timerfd(fd_event::timerfd(r, info)?)),
@@ -401,6 +415,9 @@ fn desc_state(r: &FdRef, e: &FdEntry, info: &FdInfo) -> Result<Option<State>, Du
         FdKind::FdEpoll => Some(State::Epoll(fd_event::epoll(r, info)?)),
         FdKind::FdInotify => Some(State::Inotify(fd_event::inotify(r, info)?)),
         FdKind::FdUnix => Some(State::UnixSocket(fd_unix::unix_socket(r, info, e.ino)?)),
+        FdKind::FdInet => Some(State::Inet(fd_inet::inet_socket(r, e.ino, net)?)),
+        FdKind::FdPacket => Some(State::Packet(fd_inet::packet_socket(r, e.ino)?)),
+        FdKind::FdNetlink => Some(State::Netlink(fd_inet::netlink_socket(r, e.ino)?)),
         _ => None,
     })
 }

@@ -10,6 +10,7 @@
 
 pub mod fd_data;
 pub mod fd_event;
+pub mod fd_inet;
 pub mod fd_locks;
 pub mod fd_pipe;
 pub mod fd_unix;
@@ -77,6 +78,15 @@ pub enum DumpError {
     /// A fault injected by a test (`CRYO_FAULT`).
     #[error(transparent)]
     Fault(#[from] crate::fault::InjectedFault),
+    /// The network lock failed.
+    #[error("pid {pid}: {source}")]
+    Net {
+        /// The root of the tree.
+        pid: i32,
+        /// What failed.
+        #[source]
+        source: crate::net::lock::LockError,
+    },
     /// The process does not exist (any more).
     #[error("pid {pid}: no such process")]
     Gone {
@@ -104,6 +114,10 @@ pub struct DumpOpts {
     pub ext_unix_sk: bool,
     /// Sign the checkpoint with the key in this file (`--sign-key`, see `image::SignKey`).
     pub sign_key: Option<PathBuf>,
+    /// Dump established TCP connections in repair mode (`--tcp-established`).
+    pub tcp_established: bool,
+    /// How packets of dumped connections are held off (`--network-lock`); `None`: no lock.
+    pub network_lock: Option<crate::net::lock::Backend>,
 }
 
 /// Figures from a dump.
@@ -157,6 +171,7 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats, DumpError> {
         shell_job: opts.shell_job,
         file_locks: opts.file_locks,
         ext_unix_sk: opts.ext_unix_sk,
+        tcp_established: opts.tcp_established,
     };
     let mut all_fds: Vec<(i32, Vec<crate::proto::FdEntry>)> = Vec::new();
     for p in procs.iter().filter(|p| p.zombie.is_none()) {
@@ -164,6 +179,9 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats, DumpError> {
     }
     files::number_across_processes(&mut all_fds)?;
     fd_pipe::check_pipe_ends(&all_fds)?;
+    // Established connections: packets held off first, then the sockets go into repair mode
+    // and are read. On failure the guard takes them out of repair mode, then unlocks.
+    let net = lock_and_repair(opts, &procs, &mut all_fds)?;
     let mut entries = Vec::with_capacity(procs.len());
     for p in &procs {
         entries.push(match p.zombie {
@@ -201,13 +219,28 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats, DumpError> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64),
         shell_job: opts.shell_job,
+        tcp_established: !net.repaired.is_empty(),
+        net_lock: net.lock.as_ref().map(|l| l.id()).unwrap_or_default(),
     })?;
     stats.frozen_s = t0.elapsed().as_secs_f64();
     stats.written_s = frozen_at.elapsed().as_secs_f64();
+    let NetFreeze { repaired, lock } = net;
     if opts.leave_running {
+        drop(repaired);
+        if let Some(l) = lock {
+            l.unlock()
+                .map_err(|source| DumpError::Net { pid, source })?;
+        }
         tree.release()?;
     } else {
         tree.kill()?;
+        // The connections die with their last reference, still in repair mode: no packet.
+        // The lock stays until restore has them back.
+        repaired.close_quietly();
+        if let Some(l) = lock {
+            let id = l.keep();
+            tracing::info!(lock = %id, "packets of the dumped connections stay dropped until restore");
+        }
     }
     tracing::info!(
         pid,
@@ -217,6 +250,74 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats, DumpError> {
         "dumped"
     );
     Ok(stats)
+}
+
+/// Takes the network lock for the established TCP connections among `all` (in the network
+/// namespace of their process) and reads them in repair mode.
+fn lock_and_repair(
+    opts: &DumpOpts,
+    procs: &[SeizedProc],
+    all: &mut [(i32, Vec<crate::proto::FdEntry>)],
+) -> Result<NetFreeze, DumpError> {
+    use crate::net::{lock::NetLock, Netns};
+    let conns = fd_inet::established(all);
+    if conns.is_empty() {
+        return Ok(NetFreeze {
+            repaired: fd_inet::Repaired::default(),
+            lock: None,
+        });
+    }
+    // One namespace: the one of the processes that hold them.
+    let mut ns: Option<Netns> = None;
+    for (pid, list) in all.iter() {
+        let holds = list.iter().any(|e| {
+            matches!(&e.state, Some(crate::proto::fd_entry::State::Inet(s))
+                if s.protocol == libc::IPPROTO_TCP && s.state == fd_inet::TCP_ESTABLISHED)
+        });
+        if !holds {
+            continue;
+        }
+        let n = Netns::of_pid(*pid).map_err(|e| DumpError::Unsupported {
+            pid: *pid,
+            what: format!("opening its network namespace: {e}"),
+        })?;
+        match &ns {
+            Some(prev) if prev.ino != n.ino => {
+                return Err(DumpError::Unsupported {
+                    pid: *pid,
+                    what: "established TCP connections in several network namespaces are not \
+                           supported"
+                        .into(),
+                })
+            }
+            Some(_) => {}
+            None => ns = Some(n),
+        }
+    }
+    let root = procs.first().map_or(opts.pid, |p| p.pid);
+    let lock = match (opts.network_lock, ns) {
+        (Some(backend), Some(ns)) => {
+            crate::fault::point("dump:net-lock")?;
+            Some(
+                NetLock::lock(ns, backend, &NetLock::fresh_name(root), &conns).map_err(|e| {
+                    DumpError::Net {
+                        pid: root,
+                        source: e,
+                    }
+                })?,
+            )
+        }
+        _ => None,
+    };
+    let repaired = fd_inet::repair(all)?;
+    Ok(NetFreeze { repaired, lock })
+}
+
+/// Connections held in repair mode and the lock that keeps their packets away. Fields drop in
+/// order: the sockets leave repair mode before packets flow again.
+struct NetFreeze {
+    repaired: fd_inet::Repaired,
+    lock: Option<crate::net::lock::NetLock>,
 }
 
 /// Refuses processes that share their memory (vfork), fd table (CLONE_FILES) or fs info

@@ -291,6 +291,78 @@ fn secs_text(ns: u64) -> String {
     format!("{}.{:09}s", ns / 1_000_000_000, ns % 1_000_000_000)
 }
 
+/// An inet address as text.
+fn inet_text(family: i32, a: &crate::proto::InetAddr) -> String {
+    crate::dump::fd_inet::ffi_addr(family, a).to_string()
+}
+
+/// Saved socket options, by name.
+fn opts_detail(opts: &[crate::proto::SockOpt], parts: &mut Vec<String>) {
+    if opts.is_empty() {
+        return;
+    }
+    let names: Vec<String> =
+        opts.iter()
+            .map(|o| {
+                let v = match o.value.len() {
+                    4 => i32::from_ne_bytes([o.value[0], o.value[1], o.value[2], o.value[3]])
+                        .to_string(),
+                    _ => String::from_utf8_lossy(&o.value)
+                        .trim_end_matches('\0')
+                        .to_string(),
+                };
+                format!("{}={v}", crate::dump::fd_inet::opt_name(o.level, o.name))
+            })
+            .collect();
+    parts.push(format!("options {}", names.join(" ")));
+}
+
+/// An IPv4/IPv6 socket: protocol, state, addresses, connection and queues.
+fn inet_detail(s: &crate::proto::InetSocketState, parts: &mut Vec<String>) {
+    use crate::dump::fd_inet::{tcp_state_name, TCP_LISTEN};
+    let fam = if s.family == libc::AF_INET6 { "6" } else { "4" };
+    let proto = match s.protocol {
+        libc::IPPROTO_TCP => format!("tcp{fam}"),
+        libc::IPPROTO_UDP => format!("udp{fam}"),
+        p => format!("raw{fam} protocol {p}"),
+    };
+    parts.push(proto);
+    if s.protocol == libc::IPPROTO_TCP {
+        parts.push(tcp_state_name(s.state).to_string());
+    }
+    if let Some(l) = &s.local {
+        parts.push(format!("local {}", inet_text(s.family, l)));
+    }
+    if let Some(p) = &s.peer {
+        parts.push(format!("peer {}", inet_text(s.family, p)));
+    }
+    if s.state == TCP_LISTEN && s.protocol == libc::IPPROTO_TCP {
+        parts.push(format!("backlog {}", s.backlog));
+    }
+    if let Some(t) = &s.tcp {
+        parts.push(format!(
+            "rcv_nxt {} snd_end {} recv queue {} bytes, send queue {} bytes ({} unsent), mss {}",
+            t.inq_seq,
+            t.outq_seq,
+            t.inq.len(),
+            t.outq.len(),
+            t.unsent,
+            t.mss
+        ));
+    }
+    if !s.queue.is_empty() {
+        let bytes: usize = s.queue.iter().map(|d| d.data.len()).sum();
+        parts.push(format!(
+            "{} datagrams queued ({bytes} bytes)",
+            s.queue.len()
+        ));
+    }
+    opts_detail(&s.opts, parts);
+    if s.dropped != 0 {
+        parts.push(format!("{} queued bytes not saved", s.dropped));
+    }
+}
+
 /// What an fd holds beyond its path and flags: sharing with lower fds and the saved state of
 /// its kind.
 fn fd_detail(f: &FdEntry, all: &[FdEntry]) -> String {
@@ -406,6 +478,32 @@ fn fd_detail(f: &FdEntry, all: &[FdEntry]) -> String {
             }
             if u.shutdown != 0 {
                 parts.push(format!("shutdown {}", u.shutdown));
+            }
+        }
+        Some(State::Inet(s)) => inet_detail(s, &mut parts),
+        Some(State::Packet(p)) => {
+            parts.push(format!(
+                "packet type {} protocol {:#06x}",
+                p.r#type,
+                u16::from_be(p.protocol as u16)
+            ));
+            if !p.ifname.is_empty() {
+                parts.push(format!("bound to {}", p.ifname));
+            }
+            opts_detail(&p.opts, &mut parts);
+            if p.dropped != 0 {
+                parts.push(format!("{} queued bytes not saved", p.dropped));
+            }
+        }
+        Some(State::Netlink(n)) => {
+            parts.push(format!("netlink protocol {} port {}", n.protocol, n.portid));
+            if !n.groups.is_empty() {
+                let g: Vec<String> = n.groups.iter().map(u32::to_string).collect();
+                parts.push(format!("groups {}", g.join(",")));
+            }
+            opts_detail(&n.opts, &mut parts);
+            if n.dropped != 0 {
+                parts.push(format!("{} queued bytes not saved", n.dropped));
             }
         }
         None => {}

@@ -24,7 +24,7 @@
 //! is inherited from cryo (`--shell-job`); the other kinds are built by
 //! [`super::fd_pipe`], [`super::fd_data`], [`super::fd_event`] and [`super::fd_unix`].
 
-use super::{fd_data, fd_event, fd_locks, fd_pipe, fd_unix};
+use super::{fd_data, fd_event, fd_inet, fd_locks, fd_pipe, fd_unix};
 use crate::proto::{fd_entry::State, FdEntry, FdKind};
 use crate::sys::files_ffi as ffi;
 use crate::sys::task;
@@ -92,6 +92,10 @@ pub struct Descriptions {
     pub(super) temp_paths: Vec<String>,
     /// memfd seals to apply once every description is open: (fd, seals).
     pub(super) seals: Vec<(RawFd, u32)>,
+    /// TCP sockets rebuilt in repair mode, with their own SO_REUSEADDR value.
+    pub(super) repaired: Vec<(RawFd, i32)>,
+    /// Established connections are restored closed (`--tcp-close`).
+    pub(super) tcp_close: bool,
 }
 
 impl Descriptions {
@@ -103,7 +107,15 @@ impl Descriptions {
             inodes: HashMap::new(),
             temp_paths: Vec::new(),
             seals: Vec::new(),
+            repaired: Vec::new(),
+            tcp_close: false,
         }
+    }
+
+    /// Records `fd` as the description of `f` as soon as it exists, so that a failure
+    /// further on closes it.
+    pub(super) fn adopt(&mut self, f: &FdEntry, fd: RawFd) {
+        self.descs.insert(desc_key(f), fd);
     }
 
     /// Moves a freshly created fd above the restored table (closing the original), so that
@@ -296,8 +308,9 @@ pub struct SharedDescs {
 
 impl SharedDescs {
     /// Creates the shared ones among `all` (every process's fds, ids numbered across the
-    /// checkpoint) at fd numbers at or above `high`.
-    pub fn prepare(all: &[&[FdEntry]], high: RawFd) -> Result<Self, String> {
+    /// checkpoint) at fd numbers at or above `high`, and every network socket (cryo builds
+    /// those itself, see [`super::fd_inet`]; `tcp_close`: established connections closed).
+    pub fn prepare(all: &[&[FdEntry]], high: RawFd, tcp_close: bool) -> Result<Self, String> {
         let mut desc_procs: HashMap<u64, usize> = HashMap::new();
         let mut inode_procs: HashMap<u32, usize> = HashMap::new();
         for fds in all {
@@ -317,7 +330,8 @@ impl SharedDescs {
         let mut subset: Vec<FdEntry> = Vec::new();
         for fds in all {
             for f in fds.iter() {
-                let shared = desc_procs.get(&desc_key(f)).is_some_and(|&n| n > 1)
+                let shared = is_network(f.kind())
+                    || desc_procs.get(&desc_key(f)).is_some_and(|&n| n > 1)
                     || (f.inode_id != 0 && inode_procs.get(&f.inode_id).is_some_and(|&n| n > 1));
                 if shared && !subset.iter().any(|s| desc_key(s) == desc_key(f)) {
                     subset.push(f.clone());
@@ -327,14 +341,27 @@ impl SharedDescs {
         // The entry that carries an object's state must come first.
         subset.sort_by_key(|f| f.state.is_none());
         let mut descs = Descriptions::new(high);
+        descs.tcp_close = tcp_close;
         create_descriptions(&subset, &mut descs)?;
         Ok(Self { descs })
+    }
+
+    /// Takes the rebuilt TCP connections out of repair mode.
+    pub fn finish_repair(&mut self) -> Result<(), String> {
+        fd_inet::finish_repair(&self.descs.repaired)?;
+        self.descs.repaired.clear();
+        Ok(())
     }
 
     /// (description key, fd) of every shared description.
     pub fn seeds(&self) -> Vec<(u64, RawFd)> {
         self.descs.descs.iter().map(|(k, v)| (*k, *v)).collect()
     }
+}
+
+/// Kinds cryo creates itself before forking, whether shared or not.
+fn is_network(kind: FdKind) -> bool {
+    matches!(kind, FdKind::FdInet | FdKind::FdPacket | FdKind::FdNetlink)
 }
 
 /// Phase 1: every description of `fds` not created yet (in fd order, so the fd that carries
@@ -392,6 +419,9 @@ fn create_one(f: &FdEntry, descs: &mut Descriptions) -> Result<RawFd, String> {
         | FdKind::FdEpoll
         | FdKind::FdInotify => fd_event::create(f),
         FdKind::FdUnix => fd_unix::create(f, descs),
+        FdKind::FdInet => fd_inet::create_inet(f, descs),
+        FdKind::FdPacket => fd_inet::create_packet(f, descs),
+        FdKind::FdNetlink => fd_inet::create_netlink(f, descs),
     }
 }
 

@@ -15,6 +15,7 @@
 mod child;
 mod fd_data;
 mod fd_event;
+mod fd_inet;
 mod fd_locks;
 mod fd_pipe;
 mod fd_unix;
@@ -45,6 +46,15 @@ pub enum RestoreError {
     /// The checkpoint could not be read or failed validation.
     #[error(transparent)]
     Image(#[from] ImageError),
+    /// The network lock failed.
+    #[error("pid {pid}: {source}")]
+    Net {
+        /// The root of the tree.
+        pid: i32,
+        /// What failed.
+        #[source]
+        source: crate::net::lock::LockError,
+    },
     /// The checkpoint is inconsistent or cannot be restored here.
     #[error("pid {pid}: {what}")]
     Invalid {
@@ -103,6 +113,8 @@ pub struct RestoreOpts {
     pub shell_job: bool,
     /// Refuse the checkpoint unless it is signed with the key in this file (`--sign-key`).
     pub sign_key: Option<PathBuf>,
+    /// Restore established TCP connections as closed sockets (`--tcp-close`).
+    pub tcp_close: bool,
 }
 
 /// How a restore ended.
@@ -324,6 +336,107 @@ impl Drop for TreeGuard {
     }
 }
 
+/// The network lock during a restore. If the dump left its lock in place (restore on the same
+/// host), that one is used and stays if the restore fails, so the checkpoint can be restored
+/// again without the peers having seen a reset; a lock this restore had to take itself
+/// (another host, or the rules were removed) goes on failure.
+struct NetLockGuard {
+    lock: Option<crate::net::lock::NetLock>,
+    from_dump: bool,
+}
+
+impl NetLockGuard {
+    fn take(
+        inv: &crate::proto::Inventory,
+        images: &BTreeMap<i32, ProcessImage>,
+        tcp_close: bool,
+        root: i32,
+    ) -> Result<Self, RestoreError> {
+        use crate::net::lock::{Backend, Conn, NetLock};
+        use crate::proto::fd_entry::State;
+        let none = Self {
+            lock: None,
+            from_dump: false,
+        };
+        if !inv.tcp_established || inv.net_lock.is_empty() {
+            return Ok(none);
+        }
+        let net_err = |source| RestoreError::Net { pid: root, source };
+        let ns = crate::net::Netns::current().map_err(|source| RestoreError::Io {
+            path: "/proc/thread-self/ns/net".into(),
+            source,
+        })?;
+        crate::fault::point("restore:net-lock")?;
+        if let Some(lock) = NetLock::find(ns, &inv.net_lock).map_err(net_err)? {
+            if tcp_close {
+                // The connections are given up: their peers may hear so.
+                lock.unlock().map_err(net_err)?;
+                return Ok(none);
+            }
+            return Ok(Self {
+                lock: Some(lock),
+                from_dump: true,
+            });
+        }
+        if tcp_close {
+            return Ok(none);
+        }
+        let mut conns: Vec<Conn> = Vec::new();
+        for f in images.values().flat_map(|i| i.fds.iter()) {
+            if let Some(State::Inet(s)) = &f.state {
+                if s.tcp.is_some() {
+                    if let (Some(l), Some(p)) = (&s.local, &s.peer) {
+                        conns.push(Conn {
+                            local: crate::dump::fd_inet::ffi_addr(s.family, l),
+                            peer: crate::dump::fd_inet::ffi_addr(s.family, p),
+                        });
+                    }
+                }
+            }
+        }
+        let (backend, name) = inv
+            .net_lock
+            .split_once(':')
+            .unwrap_or(("nftables", &inv.net_lock));
+        let backend = Backend::parse(backend)
+            .map_or_else(Backend::detect, Ok)
+            .map_err(net_err)?;
+        let ns = crate::net::Netns::current().map_err(|source| RestoreError::Io {
+            path: "/proc/thread-self/ns/net".into(),
+            source,
+        })?;
+        let lock = NetLock::lock(ns, backend, name, &conns).map_err(net_err)?;
+        Ok(Self {
+            lock: Some(lock),
+            from_dump: false,
+        })
+    }
+
+    /// The tree runs: packets may flow.
+    fn release(mut self, root: i32) -> Result<(), RestoreError> {
+        if self.lock.is_some() {
+            crate::fault::point("restore:net-unlock")?;
+        }
+        match self.lock.take() {
+            Some(l) => l
+                .unlock()
+                .map_err(|source| RestoreError::Net { pid: root, source }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for NetLockGuard {
+    fn drop(&mut self) {
+        if let Some(l) = self.lock.take() {
+            if self.from_dump {
+                let id = l.keep();
+                tracing::warn!(lock = %id, "restore failed: the dump's network lock stays, so the checkpoint's connections can still be restored");
+            }
+        }
+    }
+}
+
 /// Restores the checkpoint in `opts.dir`.
 pub fn restore(opts: &RestoreOpts) -> Result<RestoreOutcome, RestoreError> {
     let t0 = std::time::Instant::now();
@@ -391,11 +504,16 @@ pub fn restore(opts: &RestoreOpts) -> Result<RestoreOutcome, RestoreError> {
         + 1;
     let shared = shmem::SharedMem::prepare(&images, &pages_paths, fd_base)?;
     let fd_lists: Vec<&[FdEntry]> = images.values().map(|i| i.fds.as_slice()).collect();
-    let shared_fds =
-        files::SharedDescs::prepare(&fd_lists, fd_base).map_err(|what| RestoreError::Invalid {
-            pid: root,
-            what: format!("creating files shared between processes: {what}"),
+    // Packets of the checkpoint's connections stay away until the tree runs.
+    let net_lock = NetLockGuard::take(reader.inventory(), &images, opts.tcp_close, root)?;
+    let mut shared_fds =
+        files::SharedDescs::prepare(&fd_lists, fd_base, opts.tcp_close).map_err(|what| {
+            RestoreError::Invalid {
+                pid: root,
+                what: format!("creating sockets and files shared between processes: {what}"),
+            }
         })?;
+    crate::fault::point("restore:tcp-created")?;
     let seeds = shared_fds.seeds();
     // The processes keep the shared descriptions (they close what they do not use) and the
     // shared memory objects (closed after mapping); the raw objects behind shared descriptions
@@ -415,8 +533,14 @@ pub fn restore(opts: &RestoreOpts) -> Result<RestoreOutcome, RestoreError> {
     let report = task::read_to_string(rd);
     task::close(rd);
     check_reports(&plan, &report)?;
+    // Every process holds its sockets now; the connections leave repair mode before any
+    // process can use them (the lock still holds packets off).
+    shared_fds
+        .finish_repair()
+        .map_err(|what| RestoreError::Invalid { pid: root, what })?;
 
     build_all(&plan, &images, &tramps, &pages_paths, &shared)?;
+    net_lock.release(root)?;
     guard.armed = false;
     crate::stats::note_restore(|s| s.build_s = forked_at.elapsed().as_secs_f64());
     let _ = proc_ctl::set_child_subreaper(false);

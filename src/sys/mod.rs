@@ -5,6 +5,7 @@
 
 pub mod files_ffi;
 pub mod mem;
+pub mod net_ffi;
 pub mod parasite_ffi;
 pub mod probe;
 pub mod proc_ctl;

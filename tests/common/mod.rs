@@ -32,6 +32,10 @@ pub const TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The workloads compiled for the tests, by file stem.
 pub const WORKLOADS: &[&str] = &[
+    "net_tcp_server",
+    "net_tcp_client",
+    "net_udp",
+    "net_misc",
     "full_state",
     "nanosleep",
     "fifo_read",

@@ -1,0 +1,435 @@
+//! Network sockets and established TCP connections (issue 5), end to end between test hosts:
+//! two network namespaces joined by a veth pair. A server in host A holds a listener and
+//! established connections to clients in host B (which are not dumped) and one to a child
+//! of its own; it is dumped with `--tcp-established`, dies, and is restored into host A
+//! (`--join-ns`) while the clients keep streaming. Every byte both ways is checked by both
+//! ends, and after every test no firewall rule of cryo's is left in the namespace.
+
+mod common;
+
+use common::*;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Two test hosts: network namespaces A and B joined by a veth pair, with IPv4 10.77.N.1/.2
+/// and IPv6 fd77:N::1/::2. Dropping it removes both namespaces.
+struct Hosts {
+    a: String,
+    b: String,
+    n: u32,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl Hosts {
+    /// Makes the hosts, or reports a skip and returns None.
+    fn new(test: &str) -> Option<Self> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = (std::process::id() % 100) + 100 + NEXT.fetch_add(1, Ordering::Relaxed);
+        let h = Hosts {
+            a: format!("cryo-t{n}a"),
+            b: format!("cryo-t{n}b"),
+            n,
+        };
+        let (va, vb) = (format!("cv{n}a"), format!("cv{n}b"));
+        let setup = || -> Result<(), String> {
+            ip(&["netns", "add", &h.a])?;
+            ip(&["netns", "add", &h.b])?;
+            ip(&["link", "add", &va, "type", "veth", "peer", "name", &vb])?;
+            ip(&["link", "set", &va, "netns", &h.a])?;
+            ip(&["link", "set", &vb, "netns", &h.b])?;
+            for (ns, dev, last) in [(&h.a, &va, 1), (&h.b, &vb, 2)] {
+                ip(&[
+                    "-n",
+                    ns,
+                    "addr",
+                    "add",
+                    &format!("10.77.{n}.{last}/24"),
+                    "dev",
+                    dev,
+                ])?;
+                ip(&[
+                    "-n",
+                    ns,
+                    "addr",
+                    "add",
+                    &format!("fd77:{n}::{last}/64"),
+                    "dev",
+                    dev,
+                    "nodad",
+                ])?;
+                ip(&["-n", ns, "link", "set", "lo", "up"])?;
+                ip(&["-n", ns, "link", "set", dev, "up"])?;
+            }
+            Ok(())
+        };
+        match setup() {
+            Ok(()) => Some(h),
+            Err(e) => {
+                skip(
+                    test,
+                    &format!("cannot make network namespaces as test hosts: {e}"),
+                );
+                None
+            }
+        }
+    }
+
+    fn path(ns: &str) -> String {
+        format!("/run/netns/{ns}")
+    }
+
+    fn addr(&self, v6: bool, host: u32) -> String {
+        if v6 {
+            format!("fd77:{}::{host}", self.n)
+        } else {
+            format!("10.77.{}.{host}", self.n)
+        }
+    }
+
+    /// Firewall rules of cryo's in host A (nftables tables and iptables chains).
+    fn cryo_rules(&self) -> String {
+        let mut found = String::new();
+        for cmd in [
+            vec!["nft", "list", "tables"],
+            vec!["iptables-save"],
+            vec!["ip6tables-save"],
+        ] {
+            let out = Command::new("ip")
+                .args(["netns", "exec", &self.a])
+                .args(&cmd)
+                .output();
+            if let Ok(o) = out {
+                for line in String::from_utf8_lossy(&o.stdout).lines() {
+                    if line.contains("cryo-") {
+                        found += line;
+                        found += "\n";
+                    }
+                }
+            }
+        }
+        found
+    }
+
+    fn assert_no_rules(&self, when: &str) {
+        let r = self.cryo_rules();
+        assert!(r.is_empty(), "{when}: cryo's firewall rules remain:\n{r}");
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.a]);
+        let _ = ip(&["netns", "del", &self.b]);
+    }
+}
+
+/// The client program in host B, killed if the test ends early.
+struct Client {
+    child: Option<Child>,
+    out: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Client {
+    fn start(
+        bin: &std::path::Path,
+        hosts: &Hosts,
+        v6: bool,
+        port: u16,
+        conns: u32,
+        bytes: u64,
+    ) -> Self {
+        let dir = tempfile::TempDir::with_prefix("cryo-net-client-").expect("tempdir");
+        let out = dir.path().join("out");
+        let f = std::fs::File::create(&out).expect("client out");
+        let child = Command::new(bin)
+            .args([
+                Hosts::path(&hosts.b).as_str(),
+                if v6 { "6" } else { "4" },
+                &hosts.addr(v6, 1),
+                &port.to_string(),
+                &conns.to_string(),
+                &bytes.to_string(),
+                "3",
+            ])
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().expect("dup"))
+            .stderr(f)
+            .spawn()
+            .expect("start client");
+        Client {
+            child: Some(child),
+            out,
+            _dir: dir,
+        }
+    }
+
+    /// Waits for the client's verdict.
+    fn finish(mut self) -> (bool, String) {
+        let mut child = self.child.take().expect("client");
+        let ok = wait_until(TIMEOUT, || matches!(child.try_wait(), Ok(Some(_))));
+        if !ok {
+            let _ = child.kill();
+        }
+        let status = child.wait().expect("wait client");
+        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+        (ok && status.success(), text.trim().to_string())
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs cryo with extra environment, to completion.
+fn cryo_output_env(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_cryo"))
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run cryo")
+}
+
+const BYTES: u64 = 4 << 20;
+const PORT: u16 = 7000;
+
+/// Starts the server in host A with clients in host B; returns once its queues are full.
+fn start_pair(hosts: &Hosts, v6: bool) -> (Workload, Client) {
+    let server = workload_bin("net", "net_tcp_server").expect("workloads");
+    let client_bin = workload_bin("net", "net_tcp_client").expect("workloads");
+    let client = Client::start(&client_bin, hosts, v6, PORT, 3, BYTES);
+    let w = Workload::start(
+        &server,
+        &[
+            &Hosts::path(&hosts.a),
+            if v6 { "6" } else { "4" },
+            &hosts.addr(v6, 1),
+            &PORT.to_string(),
+            "3",
+            &BYTES.to_string(),
+        ],
+    );
+    (w, client)
+}
+
+/// Restores into host A, has the server check itself and the client report.
+fn restore_and_finish(hosts: &Hosts, w: &Workload, dir: &std::path::Path, client: Client) {
+    let ns = format!("net:{}", Hosts::path(&hosts.a));
+    let mut restore = restore_spawn(dir, &["--join-ns", &ns]);
+    let result = w.check_with(|| {
+        restore
+            .try_wait()
+            .filter(|s| !s.success())
+            .map(|s| format!("cryo restore failed ({s})\n{}", restore.describe()))
+    });
+    let out = restore.finish(TIMEOUT);
+    let (client_ok, client_text) = client.finish();
+    assert_eq!(
+        result,
+        "PASS",
+        "server: {result}\n{}",
+        show_output("cryo restore", &out)
+    );
+    assert!(client_ok, "client: {client_text}");
+    assert!(
+        out.status.success(),
+        "{}",
+        show_output("cryo restore", &out)
+    );
+}
+
+fn tcp_roundtrip(test: &str, v6: bool, extra_dump: &[&str]) {
+    if !require_root(test) {
+        return;
+    }
+    let _g = serial();
+    let Some(hosts) = Hosts::new(test) else {
+        return;
+    };
+    let (mut w, client) = start_pair(&hosts, v6);
+    let dir = images_dir();
+    let mut args = vec!["--tcp-established"];
+    args.extend_from_slice(extra_dump);
+    let tree = descendants(w.pid);
+    dump_ok(&w, dir.path(), &args);
+    w.wait_killed_by_dump();
+    assert!(reap_gone(&tree), "the dumped tree did not go away");
+    assert!(
+        !hosts.cryo_rules().is_empty(),
+        "no network lock is held between dump and restore"
+    );
+    // What was caught: unread data and unacknowledged data in the server's connections.
+    let show = cryo_output(&["show", "-D", dir.path().to_str().unwrap()], TIMEOUT);
+    let text = String::from_utf8_lossy(&show.stdout);
+    assert!(text.contains("LISTEN"), "show lists the listener:\n{text}");
+    let conns: Vec<&str> = text.lines().filter(|l| l.contains("ESTABLISHED")).collect();
+    assert_eq!(
+        conns.len(),
+        5,
+        "4 connections in the server, 1 in its child:\n{text}"
+    );
+    for c in &conns {
+        assert!(
+            !c.contains("recv queue 0 bytes") && !c.contains("send queue 0 bytes"),
+            "both queues hold data at dump: {c}"
+        );
+    }
+    restore_and_finish(&hosts, &w, dir.path(), client);
+    hosts.assert_no_rules("after restore");
+}
+
+#[test]
+fn tcp_connections_survive_dump_and_restore() {
+    tcp_roundtrip("tcp_connections_survive_dump_and_restore", false, &[]);
+}
+
+#[test]
+fn tcp6_connections_survive_with_iptables_lock() {
+    tcp_roundtrip(
+        "tcp6_connections_survive_with_iptables_lock",
+        true,
+        &["--network-lock", "iptables"],
+    );
+}
+
+#[test]
+fn established_connection_refused_without_the_flag() {
+    let test = "established_connection_refused_without_the_flag";
+    if !require_root(test) {
+        return;
+    }
+    let _g = serial();
+    let Some(hosts) = Hosts::new(test) else {
+        return;
+    };
+    let (w, client) = start_pair(&hosts, false);
+    let dir = images_dir();
+    let out = dump(&w, dir.path(), &[]);
+    assert!(
+        !out.status.success(),
+        "dump succeeded without --tcp-established"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("established TCP connection") && err.contains("--tcp-established"),
+        "the refusal names the connection and the flag: {err}"
+    );
+    hosts.assert_no_rules("after a refused dump");
+    // The server carries on: streams complete, then it checks itself.
+    assert_eq!(w.check(), "PASS", "{}", w.logs());
+    let (ok, text) = client.finish();
+    assert!(ok, "client: {text}");
+}
+
+#[test]
+fn leave_running_keeps_connections_and_removes_the_lock() {
+    let test = "leave_running_keeps_connections_and_removes_the_lock";
+    if !require_root(test) {
+        return;
+    }
+    let _g = serial();
+    let Some(hosts) = Hosts::new(test) else {
+        return;
+    };
+    let (w, client) = start_pair(&hosts, false);
+    let dir = images_dir();
+    dump_ok(&w, dir.path(), &["--tcp-established", "-R"]);
+    hosts.assert_no_rules("after dump --leave-running");
+    assert_eq!(w.check(), "PASS", "{}", w.logs());
+    let (ok, text) = client.finish();
+    assert!(ok, "client: {text}");
+}
+
+#[test]
+fn failed_dumps_and_restores_leave_connections_working() {
+    let test = "failed_dumps_and_restores_leave_connections_working";
+    if !require_root(test) {
+        return;
+    }
+    if !cfg!(debug_assertions) {
+        skip(test, "fault injection needs a debug build of cryo");
+        return;
+    }
+    let _g = serial();
+    let Some(hosts) = Hosts::new(test) else {
+        return;
+    };
+    let (mut w, client) = start_pair(&hosts, false);
+    for point in cryo::fault::NET_POINTS
+        .iter()
+        .filter(|p| p.starts_with("dump:"))
+    {
+        let dir = images_dir();
+        let pid = w.pid.to_string();
+        let out = cryo_output_env(
+            &[
+                "dump",
+                "-t",
+                &pid,
+                "-D",
+                dir.path().to_str().unwrap(),
+                "--tcp-established",
+            ],
+            &[("CRYO_FAULT", point)],
+        );
+        assert!(!out.status.success(), "{point}: dump succeeded");
+        assert!(w.original_running(), "{point}: the server died");
+        hosts.assert_no_rules(point);
+    }
+    let dir = images_dir();
+    let tree = descendants(w.pid);
+    dump_ok(&w, dir.path(), &["--tcp-established"]);
+    w.wait_killed_by_dump();
+    assert!(reap_gone(&tree), "the dumped tree did not go away");
+    let ns = format!("net:{}", Hosts::path(&hosts.a));
+    for point in cryo::fault::NET_POINTS
+        .iter()
+        .filter(|p| p.starts_with("restore:"))
+    {
+        let out = cryo_output_env(
+            &[
+                "restore",
+                "-d",
+                "-D",
+                dir.path().to_str().unwrap(),
+                "--join-ns",
+                &ns,
+            ],
+            &[("CRYO_FAULT", point)],
+        );
+        assert!(!out.status.success(), "{point}: restore succeeded");
+        assert!(
+            reap_gone(&tree),
+            "{point}: a failed restore left the server's tree behind"
+        );
+        assert!(
+            !hosts.cryo_rules().is_empty(),
+            "{point}: a failed restore removed the dump's lock"
+        );
+    }
+    restore_and_finish(&hosts, &w, dir.path(), client);
+    hosts.assert_no_rules("after restore");
+}
