@@ -11,7 +11,7 @@ set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # Tools the tests use, as "command:debian-package".
-NEEDED=(cc:gcc mount:mount umount:mount)
+NEEDED=(cc:gcc mount:mount umount:mount ip:iproute2 nft:nftables iptables:iptables ip6tables:iptables)
 
 install_missing() {
 	local missing=() pair

@@ -37,9 +37,29 @@ fn ip(args: &[&str]) -> Result<(), String> {
     }
 }
 
+/// Whether `tool` is installed (in PATH or an sbin directory).
+fn have(tool: &str) -> bool {
+    let path = std::env::var("PATH").unwrap_or_default();
+    path.split(':')
+        .chain(["/usr/sbin", "/sbin"])
+        .any(|d| std::path::Path::new(d).join(tool).is_file())
+}
+
 impl Hosts {
-    /// Makes the hosts, or reports a skip and returns None.
+    /// Makes the hosts, or reports a skip and returns None. The firewall tools the network
+    /// lock runs must be installed (scripts/test.sh installs them).
     fn new(test: &str) -> Option<Self> {
+        for tool in ["ip", "nft", "iptables", "ip6tables"] {
+            if !have(tool) {
+                skip(
+                    test,
+                    &format!(
+                        "{tool} is not installed (apt-get install iproute2 nftables iptables)"
+                    ),
+                );
+                return None;
+            }
+        }
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let n = (std::process::id() % 100) + 100 + NEXT.fetch_add(1, Ordering::Relaxed);
         let h = Hosts {
@@ -432,4 +452,103 @@ fn failed_dumps_and_restores_leave_connections_working() {
     }
     restore_and_finish(&hosts, &w, dir.path(), client);
     hosts.assert_no_rules("after restore");
+}
+
+fn udp_roundtrip(test: &str, v6: bool) {
+    if !require_root(test) {
+        return;
+    }
+    let _g = serial();
+    let Some(hosts) = Hosts::new(test) else {
+        return;
+    };
+    let bin = workload_bin("net", "net_udp").expect("workloads");
+    let fam = if v6 { "6" } else { "4" };
+    let (a, b) = (hosts.addr(v6, 1), hosts.addr(v6, 2));
+    let out_dir = tempfile::TempDir::with_prefix("cryo-net-udp-").expect("tempdir");
+    let out = std::fs::File::create(out_dir.path().join("out")).expect("client out");
+    let mut client = Command::new(&bin)
+        .args(["client", &Hosts::path(&hosts.b), fam, &a, &b, "7100"])
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("dup"))
+        .stderr(out)
+        .spawn()
+        .expect("start client");
+    // The client sends at once; the server waits until the datagrams are queued.
+    let mut w = Workload::start(
+        &bin,
+        &["server", &Hosts::path(&hosts.a), fam, &a, &b, "7100"],
+    );
+    let dir = images_dir();
+    dump_ok(&w, dir.path(), &[]);
+    w.wait_killed_by_dump();
+    let show = cryo_output(&["show", "-D", dir.path().to_str().unwrap()], TIMEOUT);
+    let text = String::from_utf8_lossy(&show.stdout);
+    assert!(
+        text.contains("5 datagrams queued") && text.contains("3 datagrams queued"),
+        "show lists the queued datagrams:\n{text}"
+    );
+    let ns = format!("net:{}", Hosts::path(&hosts.a));
+    let mut restore = restore_spawn(dir.path(), &["--join-ns", &ns]);
+    let result = w.check_with(|| {
+        restore
+            .try_wait()
+            .filter(|s| !s.success())
+            .map(|s| format!("cryo restore failed ({s})\n{}", restore.describe()))
+    });
+    let rout = restore.finish(TIMEOUT);
+    assert_eq!(result, "PASS", "{}", show_output("cryo restore", &rout));
+    let ok = wait_until(TIMEOUT, || matches!(client.try_wait(), Ok(Some(_))));
+    let status = client.wait().expect("client");
+    let text = std::fs::read_to_string(out_dir.path().join("out")).unwrap_or_default();
+    assert!(ok && status.success(), "client: {text}");
+    hosts.assert_no_rules("after a UDP restore");
+}
+
+#[test]
+fn udp_sockets_keep_queued_datagrams() {
+    udp_roundtrip("udp_sockets_keep_queued_datagrams", false);
+}
+
+#[test]
+fn udp6_sockets_keep_queued_datagrams() {
+    udp_roundtrip("udp6_sockets_keep_queued_datagrams", true);
+}
+
+#[test]
+fn raw_packet_and_netlink_sockets_work_after_restore() {
+    let test = "raw_packet_and_netlink_sockets_work_after_restore";
+    if !require_root(test) {
+        return;
+    }
+    let _g = serial();
+    let Some(hosts) = Hosts::new(test) else {
+        return;
+    };
+    let bin = workload_bin("net", "net_misc").expect("workloads");
+    let mut w = Workload::start(&bin, &[&Hosts::path(&hosts.a)]);
+    let dir = images_dir();
+    dump_ok(&w, dir.path(), &[]);
+    w.wait_killed_by_dump();
+    let show = cryo_output(&["show", "-D", dir.path().to_str().unwrap()], TIMEOUT);
+    let text = String::from_utf8_lossy(&show.stdout);
+    for want in [
+        "raw4",
+        "packet",
+        "netlink protocol 0",
+        "udp4",
+        "SO_BROADCAST=1",
+    ] {
+        assert!(text.contains(want), "show lacks {want}:\n{text}");
+    }
+    let ns = format!("net:{}", Hosts::path(&hosts.a));
+    let mut restore = restore_spawn(dir.path(), &["--join-ns", &ns]);
+    let result = w.check_with(|| {
+        restore
+            .try_wait()
+            .filter(|s| !s.success())
+            .map(|s| format!("cryo restore failed ({s})\n{}", restore.describe()))
+    });
+    let out = restore.finish(TIMEOUT);
+    assert_eq!(result, "PASS", "{}", show_output("cryo restore", &out));
 }
