@@ -40,9 +40,11 @@ fn ip(args: &[&str]) -> Result<(), String> {
 /// Whether `tool` is installed (in PATH or an sbin directory).
 fn have(tool: &str) -> bool {
     let path = std::env::var("PATH").unwrap_or_default();
-    path.split(':')
+    let found = path
+        .split(':')
         .chain(["/usr/sbin", "/sbin"])
-        .any(|d| std::path::Path::new(d).join(tool).is_file())
+        .any(|d| std::path::Path::new(d).join(tool).is_file());
+    found
 }
 
 impl Hosts {
