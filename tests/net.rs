@@ -469,8 +469,9 @@ fn udp_roundtrip(test: &str, v6: bool) {
     let (a, b) = (hosts.addr(v6, 1), hosts.addr(v6, 2));
     let out_dir = tempfile::TempDir::with_prefix("cryo-net-udp-").expect("tempdir");
     let out = std::fs::File::create(out_dir.path().join("out")).expect("client out");
+    let mark = out_dir.path().join("bound").display().to_string();
     let mut client = Command::new(&bin)
-        .args(["client", &Hosts::path(&hosts.b), fam, &a, &b, "7100"])
+        .args(["client", &Hosts::path(&hosts.b), fam, &a, &b, "7100", &mark])
         .stdin(Stdio::null())
         .stdout(out.try_clone().expect("dup"))
         .stderr(out)
@@ -479,7 +480,7 @@ fn udp_roundtrip(test: &str, v6: bool) {
     // The client sends at once; the server waits until the datagrams are queued.
     let mut w = Workload::start(
         &bin,
-        &["server", &Hosts::path(&hosts.a), fam, &a, &b, "7100"],
+        &["server", &Hosts::path(&hosts.a), fam, &a, &b, "7100", &mark],
     );
     let dir = images_dir();
     dump_ok(&w, dir.path(), &[]);
@@ -553,4 +554,107 @@ fn raw_packet_and_netlink_sockets_work_after_restore() {
     });
     let out = restore.finish(TIMEOUT);
     assert_eq!(result, "PASS", "{}", show_output("cryo restore", &out));
+}
+
+#[test]
+fn half_closed_connections_survive() {
+    let test = "half_closed_connections_survive";
+    if !require_root(test) {
+        return;
+    }
+    let _g = serial();
+    let Some(hosts) = Hosts::new(test) else {
+        return;
+    };
+    let bin = workload_bin("net", "net_tcp_halfclose").expect("workloads");
+    let a = hosts.addr(false, 1);
+    let out_dir = tempfile::TempDir::with_prefix("cryo-net-hc-").expect("tempdir");
+    let out = std::fs::File::create(out_dir.path().join("out")).expect("client out");
+    let mut client = Command::new(&bin)
+        .args(["client", &Hosts::path(&hosts.b), "4", &a, "7200"])
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("dup"))
+        .stderr(out)
+        .spawn()
+        .expect("start client");
+    let mut w = Workload::start(&bin, &["server", &Hosts::path(&hosts.a), "4", &a, "7200"]);
+    let dir = images_dir();
+    dump_ok(&w, dir.path(), &["--tcp-established"]);
+    w.wait_killed_by_dump();
+    let show = cryo_output(&["show", "-D", dir.path().to_str().unwrap()], TIMEOUT);
+    let text = String::from_utf8_lossy(&show.stdout);
+    for st in ["CLOSE_WAIT", "FIN_WAIT2", "FIN_WAIT1"] {
+        assert!(text.contains(st), "show lists a {st} connection:\n{text}");
+    }
+    let ns = format!("net:{}", Hosts::path(&hosts.a));
+    let mut restore = restore_spawn(dir.path(), &["--join-ns", &ns]);
+    let result = w.check_with(|| {
+        restore
+            .try_wait()
+            .filter(|s| !s.success())
+            .map(|s| format!("cryo restore failed ({s})\n{}", restore.describe()))
+    });
+    let rout = restore.finish(TIMEOUT);
+    let ok = wait_until(TIMEOUT, || matches!(client.try_wait(), Ok(Some(_))));
+    let _ = client.kill();
+    let status = client.wait().expect("client");
+    let ctext = std::fs::read_to_string(out_dir.path().join("out")).unwrap_or_default();
+    assert_eq!(result, "PASS", "{}", show_output("cryo restore", &rout));
+    assert!(ok && status.success(), "client: {ctext}");
+    hosts.assert_no_rules("after restoring half-closed connections");
+}
+
+#[test]
+fn tcp_close_restores_connections_closed_and_unlocks() {
+    let test = "tcp_close_restores_connections_closed_and_unlocks";
+    if !require_root(test) {
+        return;
+    }
+    let _g = serial();
+    let Some(hosts) = Hosts::new(test) else {
+        return;
+    };
+    let (mut w, client) = start_pair(&hosts, false);
+    let dir = images_dir();
+    let tree = descendants(w.pid);
+    dump_ok(&w, dir.path(), &["--tcp-established"]);
+    w.wait_killed_by_dump();
+    assert!(reap_gone(&tree), "the dumped tree did not go away");
+    let ns = format!("net:{}", Hosts::path(&hosts.a));
+    let out = cryo_output(
+        &[
+            "restore",
+            "-d",
+            "-D",
+            dir.path().to_str().unwrap(),
+            "--join-ns",
+            &ns,
+            "--tcp-close",
+        ],
+        TIMEOUT,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        show_output("restore --tcp-close", &out)
+    );
+    hosts.assert_no_rules("after restore --tcp-close");
+    // The server runs with its listener and no connection.
+    let ss = Command::new("ip")
+        .args(["netns", "exec", &hosts.a, "ss", "-Htan"])
+        .output()
+        .expect("ss");
+    let text = String::from_utf8_lossy(&ss.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("LISTEN") && l.contains(":7000")),
+        "the listener is back:\n{text}"
+    );
+    assert!(
+        !text.lines().any(|l| l.starts_with("ESTAB")),
+        "no connection is restored with --tcp-close:\n{text}"
+    );
+    // The clients' connections were given up: they see them fail, not hang.
+    let (ok, ctext) = client.finish();
+    assert!(!ok, "the client should see its connections fail: {ctext}");
 }

@@ -15,8 +15,11 @@
 //! them still in repair mode, which tears the connection down without a packet once the
 //! dumped tree is dead.
 //!
-//! Refused, naming the socket: connections being set up (SYN_SENT/SYN_RECV), half-closed
-//! connections, a listener with connections waiting to be accepted (they would be reset),
+//! Half-closed connections (FIN_WAIT1/2, CLOSE_WAIT, LAST_ACK) are dumped like established
+//! ones; a FIN counts one sequence number, not data, and is left out of the queue sizes.
+//!
+//! Refused, naming the socket: connections being set up (SYN_SENT/SYN_RECV) or closing on
+//! both sides (CLOSING, TIME_WAIT), a listener with connections waiting to be accepted (they would be reset),
 //! established connections without `--tcp-established`, packet sockets with mmap rings.
 //! Queued data of raw, packet and netlink sockets is not saved (like packets lost on the
 //! wire); the dump logs how much.
@@ -38,6 +41,32 @@ pub const TCP_ESTABLISHED: u32 = 1;
 pub const TCP_CLOSE: u32 = 7;
 /// A listening TCP socket.
 pub const TCP_LISTEN: u32 = 10;
+/// Our FIN sent, not acknowledged.
+pub const TCP_FIN_WAIT1: u32 = 4;
+/// Our FIN sent and acknowledged; the peer may still send.
+pub const TCP_FIN_WAIT2: u32 = 5;
+/// The peer's FIN received; we may still send.
+pub const TCP_CLOSE_WAIT: u32 = 8;
+/// Both FINs, ours not acknowledged.
+pub const TCP_LAST_ACK: u32 = 9;
+
+/// States of a connection cryo rebuilds with TCP repair: established and half-closed.
+pub fn is_connection(state: u32) -> bool {
+    matches!(
+        state,
+        TCP_ESTABLISHED | TCP_FIN_WAIT1 | TCP_FIN_WAIT2 | TCP_CLOSE_WAIT | TCP_LAST_ACK
+    )
+}
+
+/// Our FIN is in the send queue (it counts one sequence number there).
+pub fn fin_sent(state: u32) -> bool {
+    matches!(state, TCP_FIN_WAIT1 | TCP_FIN_WAIT2 | TCP_LAST_ACK)
+}
+
+/// The peer's FIN has been received (it counts one sequence number in the receive queue).
+pub fn fin_received(state: u32) -> bool {
+    matches!(state, TCP_CLOSE_WAIT | TCP_LAST_ACK)
+}
 
 /// Names of TCP states, for messages.
 pub fn tcp_state_name(s: u32) -> &'static str {
@@ -279,21 +308,22 @@ pub fn inet_socket(r: &FdRef, ino: u64, opts: NetOpts) -> Result<InetSocketState
                     }
                     s.backlog = info.sacked;
                 }
-                TCP_ESTABLISHED => {
+                st if is_connection(st) => {
                     let (l, p) = (s.local.clone().unwrap_or_default(), s.peer.clone());
                     let peer = p.unwrap_or_default();
                     let conn = format!("{} -> {}", ffi_addr(family, &l), ffi_addr(family, &peer));
                     if !opts.tcp_established {
                         return Err(r.refuse(format!(
-                            "an established TCP connection {conn}: dump with --tcp-established \
-                             to checkpoint it"
+                            "an established TCP connection {conn} ({}): dump with \
+                             --tcp-established to checkpoint it",
+                            tcp_state_name(st)
                         )));
                     }
                 }
                 st => {
                     return Err(r.refuse(format!(
-                        "a TCP socket in state {}: only listening, established and unconnected \
-                         TCP sockets are supported",
+                        "a TCP socket in state {}: connections being set up or closing on \
+                         both sides are not supported",
                         tcp_state_name(st)
                     )))
                 }
@@ -465,7 +495,7 @@ pub fn established(all: &[(i32, Vec<FdEntry>)]) -> Vec<Conn> {
     let mut out: Vec<Conn> = Vec::new();
     for e in all.iter().flat_map(|(_, l)| l.iter()) {
         if let Some(State::Inet(s)) = &e.state {
-            if s.protocol == libc::IPPROTO_TCP && s.state == TCP_ESTABLISHED {
+            if s.protocol == libc::IPPROTO_TCP && is_connection(s.state) {
                 let c = Conn {
                     local: ffi_addr(s.family, s.local.as_ref().unwrap_or(&InetAddr::default())),
                     peer: ffi_addr(s.family, s.peer.as_ref().unwrap_or(&InetAddr::default())),
@@ -533,7 +563,7 @@ pub fn repair(all: &mut [(i32, Vec<FdEntry>)]) -> Result<Repaired, DumpError> {
             let Some(State::Inet(s)) = &mut e.state else {
                 continue;
             };
-            if s.protocol != libc::IPPROTO_TCP || s.state != TCP_ESTABLISHED {
+            if s.protocol != libc::IPPROTO_TCP || !is_connection(s.state) {
                 continue;
             }
             if done.contains(&e.desc_id) {
@@ -557,7 +587,7 @@ pub fn repair(all: &mut [(i32, Vec<FdEntry>)]) -> Result<Repaired, DumpError> {
                 .map_err(r.sys("turning TCP repair mode on"))?;
             let fd = copy.as_raw_fd();
             held.socks.push((pid, e.fd, copy));
-            s.tcp = Some(read_connection(&r, fd)?);
+            s.tcp = Some(read_connection(&r, fd, s.state)?);
         }
     }
     crate::fault::point("dump:tcp-repaired")?;
@@ -565,17 +595,22 @@ pub fn repair(all: &mut [(i32, Vec<FdEntry>)]) -> Result<Repaired, DumpError> {
 }
 
 /// The repair state of a connection whose socket `fd` is in repair mode.
-fn read_connection(r: &FdRef, fd: RawFd) -> Result<TcpConnection, DumpError> {
+fn read_connection(r: &FdRef, fd: RawFd, state: u32) -> Result<TcpConnection, DumpError> {
     let info = net::tcp_info(fd).map_err(r.sys("reading TCP_INFO"))?;
-    if u32::from(info.state) != TCP_ESTABLISHED {
+    if u32::from(info.state) != state {
         return Err(r.refuse(format!(
             "the connection moved to state {} while being frozen",
             tcp_state_name(u32::from(info.state))
         )));
     }
     let ioctl = |req, what: &'static str| net::ioctl_int(fd, req).map_err(r.sys(what));
-    let outq_len = ioctl(tcp::SIOCOUTQ, "reading its send queue size")? as usize;
-    let unsent = ioctl(tcp::SIOCOUTQNSD, "reading its unsent size")? as usize;
+    let mut outq_len = ioctl(tcp::SIOCOUTQ, "reading its send queue size")? as usize;
+    let mut unsent = ioctl(tcp::SIOCOUTQNSD, "reading its unsent size")? as usize;
+    if fin_sent(state) {
+        // Our FIN counts in the queue sizes while unacknowledged; it is not data.
+        outq_len = outq_len.saturating_sub(1);
+        unsent = unsent.saturating_sub(1);
+    }
     let inq_len = ioctl(tcp::SIOCINQ, "reading its receive queue size")? as usize;
     let mss = ffi::sockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_MAXSEG)
         .map_err(r.sys("reading TCP_MAXSEG"))?;

@@ -272,7 +272,7 @@ fn lock_and_repair(
     for (pid, list) in all.iter() {
         let holds = list.iter().any(|e| {
             matches!(&e.state, Some(crate::proto::fd_entry::State::Inet(s))
-                if s.protocol == libc::IPPROTO_TCP && s.state == fd_inet::TCP_ESTABLISHED)
+                if s.protocol == libc::IPPROTO_TCP && fd_inet::is_connection(s.state))
         });
         if !holds {
             continue;

@@ -46,6 +46,10 @@ pub enum LockError {
     Fault(#[from] crate::fault::InjectedFault),
 }
 
+/// Packets carrying this mark (SO_MARK) pass the lock: the segments restore sends to a
+/// half-closed connection on behalf of its peer.
+pub const PASS_MARK: u32 = 0x6372_796f;
+
 /// Which firewall keeps the lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -242,6 +246,9 @@ impl NetLock {
             "add set {t} conns6 {{ type ipv6_addr . inet_service . ipv6_addr . inet_service ; }}\n"
         );
         for chain in ["input", "output"] {
+            s += &format!("add rule {t} {chain} meta mark {PASS_MARK:#x} accept\n");
+        }
+        for chain in ["input", "output"] {
             s += &format!(
                 "add rule {t} {chain} ip saddr . tcp sport . ip daddr . tcp dport @conns4 drop\n"
             );
@@ -270,8 +277,13 @@ impl NetLock {
 
     fn ipt_lock(&self, conns: &[Conn]) -> Result<(), LockError> {
         let n = self.name.as_str();
+        let mark = format!("{PASS_MARK:#x}");
         for tool in ["iptables", "ip6tables"] {
             self.ipt(tool, &["-N", n])?;
+            self.ipt(
+                tool,
+                &["-A", n, "-m", "mark", "--mark", &mark, "-j", "ACCEPT"],
+            )?;
         }
         for c in conns {
             let ((v4, l), (_, p)) = (wire(&c.local), wire(&c.peer));

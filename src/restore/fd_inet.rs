@@ -14,7 +14,11 @@
 //! repair mode: queue sequence numbers, connect (no handshake in repair mode), TCP options
 //! (MSS, window scaling, SACK, timestamps) and timestamp, the receive queue, the sent part of
 //! the send queue; the unsent part is written with repair mode briefly off (it is new data
-//! for the peer); then the window. With `--tcp-close` it is left a closed socket instead.
+//! for the peer); then the window. A half-closed connection then gets its FINs back: ours by
+//! shutdown(2) in repair mode (with the send queue selected when the peer had acknowledged
+//! it, so it counts as sent), the peer's FIN and acknowledgment as segments sent on the
+//! peer's behalf from a raw socket, marked to pass the network lock. With `--tcp-close` a
+//! connection is left a closed socket instead.
 
 use super::files::{set_flags, Descriptions};
 use crate::proto::{fd_entry::State, FdEntry, InetSocketState, SockOpt, TcpConnection};
@@ -84,7 +88,7 @@ pub fn create_inet(f: &FdEntry, descs: &mut Descriptions) -> Result<RawFd, Strin
     let peer = s.peer.as_ref().map(|a| addr(s.family, a));
     let reuse = saved_reuseaddr(&s.opts);
     match (s.protocol, s.state) {
-        (libc::IPPROTO_TCP, crate::dump::fd_inet::TCP_ESTABLISHED) => {
+        (libc::IPPROTO_TCP, st) if crate::dump::fd_inet::is_connection(st) => {
             let (Some(l), Some(p), Some(t)) = (&local, &peer, &s.tcp) else {
                 return Err(format!(
                     "{what}: the saved connection lacks its addresses or state"
@@ -137,6 +141,13 @@ fn restore_connection(
     let set = |name: i32, v: i32, doing: &str| {
         ffi::set_sockopt_int(fd, libc::IPPROTO_TCP, name, v).map_err(|e| format!("{doing}: {e}"))
     };
+    use crate::dump::fd_inet::{
+        fin_received, fin_sent, TCP_FIN_WAIT1, TCP_FIN_WAIT2, TCP_LAST_ACK,
+    };
+    let state = s.state;
+    // The FINs count one sequence number each; the data ends before them.
+    let inq_seq = t.inq_seq.wrapping_sub(u32::from(fin_received(state)));
+    let outq_seq = t.outq_seq.wrapping_sub(u32::from(fin_sent(state)));
     set(tcp::REPAIR, 1, "turning TCP repair mode on")?;
     net::inet_bind(fd, local).map_err(|e| format!("binding: {e}"))?;
     set(
@@ -144,7 +155,7 @@ fn restore_connection(
         tcp::RECV_QUEUE,
         "selecting the receive queue",
     )?;
-    let inq_start = t.inq_seq.wrapping_sub(t.inq.len() as u32);
+    let inq_start = inq_seq.wrapping_sub(t.inq.len() as u32);
     set(
         tcp::QUEUE_SEQ,
         inq_start as i32,
@@ -155,7 +166,7 @@ fn restore_connection(
         tcp::SEND_QUEUE,
         "selecting the send queue",
     )?;
-    let outq_start = t.outq_seq.wrapping_sub(t.outq.len() as u32);
+    let outq_start = outq_seq.wrapping_sub(t.outq.len() as u32);
     set(
         tcp::QUEUE_SEQ,
         outq_start as i32,
@@ -202,13 +213,18 @@ fn restore_connection(
         set(tcp::REPAIR, 1, "turning TCP repair mode on again")?;
     }
     if t.has_window {
-        let w = net::RepairWindow {
+        let mut w = net::RepairWindow {
             snd_wl1: t.snd_wl1,
             snd_wnd: t.snd_wnd,
             max_window: t.max_window,
             rcv_wnd: t.rcv_wnd,
             rcv_wup: t.rcv_wup,
         };
+        if fin_received(state) {
+            // The peer's FIN is not in the receive queue yet; it comes as a segment below.
+            w.rcv_wup = w.rcv_wup.wrapping_sub(1);
+            w.rcv_wnd = w.rcv_wnd.wrapping_add(1);
+        }
         net::set_repair_window(fd, &w).map_err(|e| format!("setting the window: {e}"))?;
     }
     set(
@@ -216,8 +232,167 @@ fn restore_connection(
         tcp::NO_QUEUE,
         "deselecting the repair queue",
     )?;
+    // Half-closed: our FIN goes into the send queue with shutdown(2) (as already sent when it
+    // was acknowledged); the peer's FIN and its acknowledgment of ours arrive as segments sent
+    // on the peer's behalf (they pass the network lock by their mark).
+    let snd_una = outq_seq.wrapping_sub(t.outq.len() as u32);
+    let peer_window = (t.snd_wnd >> t.snd_wscale.min(14)).min(0xffff) as u16;
+    let fake =
+        |seq: u32, ack: u32, flags: u8| fake_segment(local, peer, seq, ack, flags, peer_window);
+    if matches!(state, TCP_FIN_WAIT1 | TCP_FIN_WAIT2) {
+        shutdown_in_repair(fd, state == TCP_FIN_WAIT2)?;
+    }
+    if fin_received(state) {
+        fake(inq_seq, snd_una, TH_FIN | TH_ACK)?;
+    }
+    if state == TCP_LAST_ACK {
+        shutdown_in_repair(fd, false)?;
+    }
+    if state == TCP_FIN_WAIT2 {
+        fake(inq_seq, outq_seq.wrapping_add(1), TH_ACK)?;
+    }
+    if state != crate::dump::fd_inet::TCP_ESTABLISHED {
+        wait_state(fd, state)?;
+    }
     tracing::debug!(local = %local, peer = %peer, inq = t.inq.len(), outq = t.outq.len(), unsent, family = s.family, "TCP connection rebuilt");
     Ok(())
+}
+
+/// TCP header flags.
+const TH_FIN: u8 = 0x01;
+const TH_ACK: u8 = 0x10;
+
+/// shutdown(SHUT_WR) of a socket in repair mode: queues our FIN, as sent already when
+/// `acked` (the send queue is selected, so nothing goes out).
+fn shutdown_in_repair(fd: RawFd, acked: bool) -> Result<(), String> {
+    let queue = |q: i32| {
+        ffi::set_sockopt_int(fd, libc::IPPROTO_TCP, tcp::REPAIR_QUEUE, q)
+            .map_err(|e| format!("selecting a repair queue: {e}"))
+    };
+    if acked {
+        queue(tcp::SEND_QUEUE)?;
+    }
+    ffi::shutdown(fd, libc::SHUT_WR).map_err(|e| format!("restoring our FIN: {e}"))?;
+    if acked {
+        queue(tcp::NO_QUEUE)?;
+    }
+    Ok(())
+}
+
+/// Waits (briefly) until the rebuilt connection reaches `state`.
+fn wait_state(fd: RawFd, state: u32) -> Result<(), String> {
+    use crate::dump::fd_inet::tcp_state_name;
+    let mut now = 0;
+    for _ in 0..200 {
+        now = net::tcp_info(fd)
+            .map_err(|e| format!("reading TCP_INFO: {e}"))?
+            .state;
+        if u32::from(now) == state {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    Err(format!(
+        "the half-closed connection came back in state {} instead of {}",
+        tcp_state_name(u32::from(now)),
+        tcp_state_name(state)
+    ))
+}
+
+/// Sends one TCP segment without data from `peer` to `local` (as the peer would), marked so
+/// that it passes the network lock.
+fn fake_segment(
+    local: &net::InetAddr,
+    peer: &net::InetAddr,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    window: u16,
+) -> Result<(), String> {
+    let v6 = local.family == libc::AF_INET6;
+    let mut seg = Vec::with_capacity(20);
+    seg.extend_from_slice(&peer.port.to_be_bytes());
+    seg.extend_from_slice(&local.port.to_be_bytes());
+    seg.extend_from_slice(&seq.to_be_bytes());
+    seg.extend_from_slice(&ack.to_be_bytes());
+    seg.push(5 << 4); // data offset: 20 bytes
+    seg.push(flags);
+    seg.extend_from_slice(&window.to_be_bytes());
+    seg.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent pointer
+    if !v6 {
+        let sum = tcp4_checksum(&peer.addr, &local.addr, &seg);
+        seg[16..18].copy_from_slice(&sum.to_be_bytes());
+    }
+    let raw = net::socket(
+        local.family,
+        libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+        libc::IPPROTO_TCP,
+    )
+    .map_err(|e| format!("creating a raw socket for a FIN: {e}"))?;
+    let res = (|| {
+        let (level, transparent) = if v6 {
+            (libc::IPPROTO_IPV6, libc::IPV6_TRANSPARENT)
+        } else {
+            (libc::IPPROTO_IP, libc::IP_TRANSPARENT)
+        };
+        ffi::set_sockopt_int(raw, level, transparent, 1)
+            .map_err(|e| format!("making the raw socket transparent: {e}"))?;
+        ffi::set_sockopt_int(
+            raw,
+            libc::SOL_SOCKET,
+            libc::SO_MARK,
+            crate::net::lock::PASS_MARK as i32,
+        )
+        .map_err(|e| format!("marking the raw socket: {e}"))?;
+        if v6 {
+            ffi::set_sockopt_int(raw, libc::IPPROTO_RAW, libc::IPV6_CHECKSUM, 16)
+                .map_err(|e| format!("setting IPV6_CHECKSUM: {e}"))?;
+        }
+        net::inet_bind(
+            raw,
+            &net::InetAddr {
+                port: 0,
+                ..peer.clone()
+            },
+        )
+        .map_err(|e| format!("binding the raw socket to {peer}: {e}"))?;
+        net::inet_sendto(
+            raw,
+            &seg,
+            &net::InetAddr {
+                port: 0,
+                ..local.clone()
+            },
+        )
+        .map_err(|e| format!("sending a segment on behalf of {peer}: {e}"))
+        .map(drop)
+    })();
+    task::close(raw);
+    res
+}
+
+/// The TCP checksum of `seg` between IPv4 addresses `src` and `dst`.
+fn tcp4_checksum(src: &[u8], dst: &[u8], seg: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    let mut add = |b: &[u8]| {
+        for c in b.chunks(2) {
+            let w = if c.len() == 2 {
+                u16::from_be_bytes([c[0], c[1]])
+            } else {
+                u16::from(c[0]) << 8
+            };
+            sum += u32::from(w);
+        }
+    };
+    add(src);
+    add(dst);
+    add(&[0, libc::IPPROTO_TCP as u8]);
+    add(&(seg.len() as u16).to_be_bytes());
+    add(seg);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
 }
 
 /// Writes `data` whole without blocking, in chunks that shrink when the kernel refuses a

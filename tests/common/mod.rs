@@ -34,6 +34,7 @@ pub const TIMEOUT: Duration = Duration::from_secs(120);
 pub const WORKLOADS: &[&str] = &[
     "net_tcp_server",
     "net_tcp_client",
+    "net_tcp_halfclose",
     "net_udp",
     "net_misc",
     "full_state",

@@ -1,6 +1,9 @@
 /*
  * UDP sockets with datagrams queued at dump, between two test hosts.
  *
+ * Both get a last argument MARK: the server creates that file once its sockets are bound, the
+ * client waits for it before sending (datagrams to an unbound port would be lost).
+ *
  * server NETNS 4|6 ADDR PEER PORT: a socket bound to ADDR:PORT and one bound to
  *   ADDR:PORT+2 and connected to PEER:PORT+1. Ready once the client's datagrams are queued
  *   on both; reads nothing until the check. Then it must find every queued datagram, in
@@ -66,8 +69,8 @@ static void expect(int fd, const char *want, int from_port)
 
 int main(int argc, char **argv)
 {
-	if (argc != 7) {
-		fprintf(stderr, "usage: server|client NETNS 4|6 ADDR PEER PORT\n");
+	if (argc != 8) {
+		fprintf(stderr, "usage: server|client NETNS 4|6 ADDR PEER PORT MARK\n");
 		return 2;
 	}
 	ns_enter(argv[2]);
@@ -76,6 +79,8 @@ int main(int argc, char **argv)
 	int port = atoi(argv[6]);
 	if (strcmp(argv[1], "client") == 0) {
 		int fd = udp(peer, port + 1);
+		for (int i = 0; i < 2000 && access(argv[7], F_OK); i++)
+			usleep(10000);
 		char m[16];
 		for (int i = 0; i < 5; i++) {
 			snprintf(m, sizeof(m), "d%d", i);
@@ -105,6 +110,10 @@ int main(int argc, char **argv)
 	socklen_t len = make_addr(&ss, v6, peer, port + 1);
 	if (connect(s2, (struct sockaddr *)&ss, len))
 		wl_die("connect");
+	int mark = open(argv[7], O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+	if (mark < 0)
+		wl_die("mark");
+	close(mark);
 	double give_up = now_s() + 30;
 	for (;;) {
 		int a = 0, b = 0;
