@@ -71,7 +71,7 @@ pub fn unix_socket(r: &FdRef, info: &FdInfo, ino: u64) -> Result<UnixSocketState
     if ![libc::SOCK_STREAM, libc::SOCK_DGRAM, libc::SOCK_SEQPACKET].contains(&kind) {
         return Err(r.refuse(format!("unix socket type {kind} is not supported")));
     }
-    let diag = ffi::unix_diag(ino as u32).map_err(r.sys("asking sock_diag about it"))?;
+    let diag = diag_in(r.pid, ino as u32).map_err(r.sys("asking sock_diag about it"))?;
     let name = ffi::unix_name(fd).map_err(r.sys("reading its name"))?;
     let shutdown = u32::from(diag.shutdown.unwrap_or(0));
     let mut s = UnixSocketState {
@@ -254,7 +254,7 @@ pub fn pair_sockets(
         }
         let Some((j, peer)) = carriers.iter().find(|(_, p)| p.ino == s.peer_ino) else {
             if ext_unix_sk && s.r#type == libc::SOCK_DGRAM {
-                let ext_peer = external_peer(s).map_err(|why| refuse(e, why))?;
+                let ext_peer = external_peer(pid, s).map_err(|why| refuse(e, why))?;
                 if let Some(State::UnixSocket(st)) = &mut fds[*i].state {
                     st.ext_peer = ext_peer;
                     st.peer_ino = 0;
@@ -310,8 +310,20 @@ pub fn pair_sockets(
     Ok(next_id)
 }
 
+/// sock_diag about unix socket `ino`, asked in the network namespace of `pid` (sock_diag
+/// only sees its own namespace's sockets).
+fn diag_in(pid: i32, ino: u32) -> Result<ffi::UnixDiag, crate::sys::SysError> {
+    let ns = crate::net::Netns::of_pid(pid).map_err(|e| {
+        crate::sys::SysError::from_errno(
+            "open /proc/PID/ns/net",
+            e.raw_os_error().unwrap_or(libc::EIO),
+        )
+    })?;
+    ns.run(|| ffi::unix_diag(ino))?
+}
+
 /// The name of a datagram socket's peer outside the process, to connect to again at restore.
-fn external_peer(s: &UnixSocketState) -> Result<Vec<u8>, String> {
+fn external_peer(pid: i32, s: &UnixSocketState) -> Result<Vec<u8>, String> {
     if !s.queue.is_empty() {
         return Err(format!(
             "{} datagrams from its peer outside the process are queued; they cannot be sent \
@@ -319,7 +331,7 @@ fn external_peer(s: &UnixSocketState) -> Result<Vec<u8>, String> {
             s.queue.len()
         ));
     }
-    let diag = ffi::unix_diag(s.peer_ino as u32).map_err(|e| {
+    let diag = diag_in(pid, s.peer_ino as u32).map_err(|e| {
         format!(
             "asking sock_diag about its peer socket:[{}]: {e}",
             s.peer_ino

@@ -71,8 +71,14 @@ int main(int argc, char **argv)
 	socklen_t ul = make_addr(&us, 0, "127.0.0.1", 7777);
 	if (bind(udp, (struct sockaddr *)&us, ul))
 		wl_die("bind udp");
+	int pair[2];
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET, 0, pair) || send(pair[0], "unix", 4, 0) != 4)
+		wl_die("socketpair");
 	wl_ready();
 	wl_wait_check(NULL);
+	char ub[8] = { 0 };
+	if (recv(pair[1], ub, sizeof(ub), MSG_DONTWAIT) != 4 || memcmp(ub, "unix", 4))
+		wl_fail("the unix pair lost its message");
 
 	/* ICMP echo to 127.0.0.1 through the raw socket. */
 	struct icmphdr h = { .type = ICMP_ECHO, .un.echo.id = htons(0x4321), .un.echo.sequence = htons(7) };
