@@ -7,7 +7,8 @@
  * with the link group, and a UDP socket with options set. After restore: the ICMP socket
  * pings 127.0.0.1 and gets the echo back; the packet socket is bound to lo with its protocol;
  * the netlink socket keeps its port id and group and answers an RTM_GETLINK dump; the UDP
- * socket keeps its port and options.
+ * socket keeps its port and options; a unix socket pair (sock_diag is asked in the process's
+ * namespace) still holds its queued message.
  */
 #include "protocol.c"
 #include "netstream.h"
