@@ -114,6 +114,18 @@ pub fn run_checks() -> Vec<Check> {
         &probe::probe_tcp_repair(),
         |_| "put a TCP socket into repair mode and back (needed for TCP connections)".into(),
     ));
+    out.push(match crate::net::lock::Backend::detect() {
+        Ok(b) => Check::new(
+            "network lock",
+            false,
+            true,
+            format!(
+                "{} found (holds packets of dumped TCP connections off)",
+                b.name()
+            ),
+        ),
+        Err(e) => Check::new("network lock", false, false, e.to_string()),
+    });
 
     let uffd = probe::probe_userfaultfd();
     out.push(Check::from_result("userfaultfd", false, &uffd, |f| {
@@ -326,6 +338,7 @@ mod tests {
             "pidfd_open/pidfd_getfd",
             "kcmp",
             "TCP_REPAIR",
+            "network lock",
             "userfaultfd",
             "UFFD_FEATURE_WP_ASYNC",
             "PAGEMAP_SCAN",
