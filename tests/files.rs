@@ -117,7 +117,7 @@ fn unsupported_fds_are_refused_and_the_target_runs_on() {
     let sockpath = sockpath.to_str().expect("utf-8").to_string();
     for (mode, kind) in [
         ("pidfd", "pidfd"),
-        ("inet", "inet socket"),
+        ("inet", "waiting to be accepted"),
         ("halfpipe", "pipe"),
         ("flock", "lock"),
         ("inotify-queued", "inotify"),

@@ -1,6 +1,7 @@
 /*
  * fd_refused MODE: holds one fd of a kind cryo refuses to dump, and writes its number to the
- * file `fdnum`. Modes: "pidfd" (a pidfd of itself), "inet" (a TCP socket), "halfpipe" (the
+ * file `fdnum`. Modes: "pidfd" (a pidfd of itself), "inet" (a TCP listener with a
+ * connection waiting to be accepted), "halfpipe" (the
  * read end of a pipe whose write end was closed, with data in it), "flock" (a file with an
  * flock lock held), "inotify-queued" (an inotify instance with an unread event), "ptmx" (a
  * pseudo-terminal master), "unix-peer PATH" (a stream socket connected to PATH, a listener
@@ -15,6 +16,7 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
+#include <netinet/in.h>
 
 int main(int argc, char **argv)
 {
@@ -24,7 +26,14 @@ int main(int argc, char **argv)
 	if (!strcmp(mode, "pidfd")) {
 		fd = syscall(SYS_pidfd_open, getpid(), 0);
 	} else if (!strcmp(mode, "inet")) {
+		struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+		socklen_t al = sizeof(a);
 		fd = socket(AF_INET, SOCK_STREAM, 0);
+		int c = socket(AF_INET, SOCK_STREAM, 0);
+		if (fd < 0 || c < 0 || bind(fd, (struct sockaddr *)&a, sizeof(a)) || listen(fd, 4) ||
+		    getsockname(fd, (struct sockaddr *)&a, &al) ||
+		    connect(c, (struct sockaddr *)&a, sizeof(a)))
+			wl_die("inet");
 	} else if (!strcmp(mode, "halfpipe")) {
 		if (pipe(p) || write(p[1], "left", 4) != 4)
 			wl_die("pipe");
