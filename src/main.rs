@@ -63,6 +63,10 @@ enum Cmd {
         /// dump fail.
         #[arg(long = "tcp-established")]
         tcp_established: bool,
+        /// Leave out TCP connections still being set up (waiting in a listener's accept
+        /// queue) instead of refusing the dump; they are reset.
+        #[arg(long = "skip-in-flight")]
+        skip_in_flight: bool,
         /// How packets of dumped TCP connections are held off: nftables (default, iptables
         /// if nft is not installed), iptables, or skip (no rule: keep the peers quiet yourself).
         #[arg(long = "network-lock", value_name = "METHOD", default_value = "nftables",
@@ -176,6 +180,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             file_locks,
             ext_unix_sk,
             tcp_established,
+            skip_in_flight,
             network_lock,
             sign_key,
             print_stats,
@@ -199,6 +204,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ext_unix_sk,
                 sign_key,
                 tcp_established,
+                skip_in_flight,
                 network_lock,
             };
             let stats = dump(&opts)

@@ -658,3 +658,39 @@ fn tcp_close_restores_connections_closed_and_unlocks() {
     let (ok, ctext) = client.finish();
     assert!(!ok, "the client should see its connections fail: {ctext}");
 }
+
+#[test]
+fn skip_in_flight_leaves_out_connections_waiting_to_be_accepted() {
+    let test = "skip_in_flight_leaves_out_connections_waiting_to_be_accepted";
+    if !require_root(test) {
+        return;
+    }
+    let _g = serial();
+    // In cryo's own network namespace, on loopback: a listener with a connection waiting to
+    // be accepted, whose connecting end is in the same process.
+    let bin = workload_bin("net", "fd_refused").expect("workloads");
+    let mut w = Workload::start(&bin, &["inet"]);
+    let dir = images_dir();
+    let out = dump(&w, dir.path(), &["--tcp-established"]);
+    assert!(
+        !out.status.success(),
+        "a pending connection must refuse the dump"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--skip-in-flight"),
+        "the refusal names the flag: {err}"
+    );
+    dump_ok(&w, dir.path(), &["--tcp-established", "--skip-in-flight"]);
+    w.wait_killed_by_dump();
+    assert_eq!(restore_and_check(&w, dir.path()), "PASS");
+    let tables = Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .expect("nft");
+    let text = String::from_utf8_lossy(&tables.stdout);
+    assert!(
+        !text.contains("cryo-"),
+        "cryo's lock remains in cryo's namespace:\n{text}"
+    );
+}

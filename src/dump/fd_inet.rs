@@ -257,6 +257,8 @@ pub fn ffi_addr(family: i32, a: &InetAddr) -> net::InetAddr {
 pub struct NetOpts {
     /// Established TCP connections are dumped (in repair mode).
     pub tcp_established: bool,
+    /// A listener's connections waiting to be accepted are left out (`--skip-in-flight`).
+    pub skip_in_flight: bool,
 }
 
 /// The state of the AF_INET/AF_INET6 socket `r` with inode `ino`. An established TCP
@@ -299,12 +301,20 @@ pub fn inet_socket(r: &FdRef, ino: u64, opts: NetOpts) -> Result<InetSocketState
             match s.state {
                 TCP_CLOSE => {}
                 TCP_LISTEN => {
-                    if info.unacked != 0 {
+                    if info.unacked != 0 && !opts.skip_in_flight {
                         return Err(r.refuse(format!(
                             "a listening TCP socket with {} connections waiting to be accepted \
-                             (they would be reset)",
+                             (they would be reset; --skip-in-flight leaves them out)",
                             info.unacked
                         )));
+                    }
+                    if info.unacked != 0 {
+                        tracing::warn!(
+                            pid = r.pid,
+                            fd = r.fd,
+                            pending = info.unacked,
+                            "--skip-in-flight: connections waiting to be accepted are left out"
+                        );
                     }
                     s.backlog = info.sacked;
                 }

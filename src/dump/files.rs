@@ -83,6 +83,8 @@ pub struct FdOpts {
     pub ext_unix_sk: bool,
     /// Established TCP connections are dumped (`--tcp-established`).
     pub tcp_established: bool,
+    /// Connections still being set up are left out (`--skip-in-flight`).
+    pub skip_in_flight: bool,
 }
 
 /// The link target of a deleted file ends with this.
@@ -407,6 +409,7 @@ fn desc_state(
 ) -> Result<Option<State>, DumpError> {
     let net = fd_inet::NetOpts {
         tcp_established: opts.tcp_established,
+        skip_in_flight: opts.skip_in_flight,
     };
     Ok(match e.kind() {
         FdKind::FdEventfd => Some(State::Eventfd(fd_event::eventfd(r, info)?)),

@@ -116,6 +116,8 @@ pub struct DumpOpts {
     pub sign_key: Option<PathBuf>,
     /// Dump established TCP connections in repair mode (`--tcp-established`).
     pub tcp_established: bool,
+    /// Leave out connections waiting to be accepted (`--skip-in-flight`).
+    pub skip_in_flight: bool,
     /// How packets of dumped connections are held off (`--network-lock`); `None`: no lock.
     pub network_lock: Option<crate::net::lock::Backend>,
 }
@@ -172,6 +174,7 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats, DumpError> {
         file_locks: opts.file_locks,
         ext_unix_sk: opts.ext_unix_sk,
         tcp_established: opts.tcp_established,
+        skip_in_flight: opts.skip_in_flight,
     };
     let mut all_fds: Vec<(i32, Vec<crate::proto::FdEntry>)> = Vec::new();
     for p in procs.iter().filter(|p| p.zombie.is_none()) {
