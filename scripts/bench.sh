@@ -5,6 +5,10 @@
 #   tiny   the counter (a few hundred KiB of memory)
 #   1GiB   1 GiB of incompressible anonymous memory plus 256 MiB of touched-but-zero memory
 #          (present pages holding zeros)
+#   tcp    a server on loopback (tests/workloads/net_tcp_server) with an established
+#          connection to a client outside the dumped tree and one to its own child, both
+#          streaming and with both queues full at dump; dumped and restored with
+#          --tcp-established (cryo's and criu's network locks both at work)
 #
 # Three "tools" run on the same workloads, alternating run by run in a new order each round
 # (floor cryo criu, criu floor cryo, cryo criu floor, ...), and the table shows the median of
@@ -28,6 +32,7 @@
 #   BENCH_RUNS=5 CRIU=/path/to/criu scripts/bench.sh
 #   BENCH_DIR=/some/fs scripts/bench.sh           (where images go; default /tmp)
 #   BENCH_SETTLE=0 scripts/bench.sh               (no pause before big runs; see SETTLE)
+#   BENCH_ONLY="tiny tcp" scripts/bench.sh        (only these workloads)
 set -euo pipefail
 # Close every fd this script inherited above stderr: the programs it starts would inherit
 # them, and cryo refuses to dump fds it cannot restore (a pipe from the calling shell, say).
@@ -67,7 +72,7 @@ CRYO=$ROOT/target/release/cryo
 
 WORK=$(mktemp -d "${BENCH_DIR:-/tmp}/cryo-bench.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
-for w in counter bigmem; do
+for w in counter bigmem net_tcp_server net_tcp_client; do
 	cc -O1 -o "$WORK/$w" "$ROOT/tests/workloads/$w.c" -lrt
 done
 
@@ -200,10 +205,19 @@ wait_gone() { # wait_gone PID: until it no longer runs (a zombie counts as gone)
 one_run() {
 	local tool=$1 floor_bytes=$2 bin=$3
 	shift 3
-	local dir img pid t0 t1 t2 t3 bytes
+	local dir img pid t0 t1 t2 t3 bytes client='' tcp=()
 	dir=$(mktemp -d "$WORK/run.XXXXXX")
 	img=$dir/images
 	mkdir "$dir/cwd" "$img"
+	if [ "${bin##*/}" = net_tcp_server ]; then
+		# A fresh port each run (the last run's connections may linger in TIME_WAIT); the
+		# client, outside the dumped tree, connects once the server listens.
+		local port=$((20000 + RANDOM % 20000))
+		set -- - 4 127.0.0.1 "$port" 1 $((8 << 20))
+		"$WORK/net_tcp_client" - 4 127.0.0.1 "$port" 1 $((8 << 20)) 3 >"$dir/client.log" 2>&1 </dev/null &
+		client=$!
+		tcp=(--tcp-established)
+	fi
 	(cd "$dir/cwd" && exec "$bin" "$@" >out.log 2>&1 </dev/null) &
 	pid=$!
 	wait_file "$dir/cwd/ready" || { echo "FAIL workload not ready"; return; }
@@ -215,12 +229,12 @@ one_run() {
 		restore=("$WORK/floor" restore "$floor_bytes")
 		;;
 	cryo)
-		dump=("$CRYO" dump -t "$pid" -D "$img" --print-stats)
+		dump=("$CRYO" dump -t "$pid" -D "$img" --print-stats "${tcp[@]}")
 		restore=("$CRYO" restore -D "$img" -d --print-stats)
 		;;
 	criu)
-		dump=("$CRIU" dump -t "$pid" -D "$img" -j)
-		restore=("$CRIU" restore -D "$img" -j -d)
+		dump=("$CRIU" dump -t "$pid" -D "$img" -j "${tcp[@]}")
+		restore=("$CRIU" restore -D "$img" -j -d "${tcp[@]}")
 		;;
 	esac
 	stamp t0
@@ -250,6 +264,12 @@ one_run() {
 		fi
 		wait_gone "$pid" || kill -KILL "$pid" 2>/dev/null || true
 	fi
+	if [ -n "$client" ]; then
+		if ! wait "$client"; then
+			echo "FAIL client: $(cat "$dir/client.log")"
+			return
+		fi
+	fi
 	if [ -n "${BENCH_KEEP_STATS:-}" ] && [ "$tool" = cryo ]; then
 		cat "$dir/dump.out" "$dir/restore.out" >>"$WORK/stats.log"
 	fi
@@ -262,7 +282,15 @@ median() { sort -g | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)
 TOOLS=(floor cryo)
 [ -n "$CRIU" ] && TOOLS+=(criu)
 # name:floor_bytes:command (floor_bytes 0: no floor for this workload)
-WORKLOADS=("tiny:0:$WORK/counter" "1GiB:$((1 << 30)):$WORK/bigmem 1024 256")
+WORKLOADS=("tiny:0:$WORK/counter" "1GiB:$((1 << 30)):$WORK/bigmem 1024 256" "tcp:0:$WORK/net_tcp_server")
+# BENCH_ONLY="tiny tcp" runs only those workloads.
+if [ -n "${BENCH_ONLY:-}" ]; then
+	keep=()
+	for w in "${WORKLOADS[@]}"; do
+		case " $BENCH_ONLY " in *" ${w%%:*} "*) keep+=("$w") ;; esac
+	done
+	WORKLOADS=("${keep[@]}")
+fi
 
 echo "$(date -u '+%Y-%m-%d %H:%M UTC'); $(uname -sr); $(nproc) CPUs: $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n 1)"
 echo "images on $(df -T "$WORK" | awk 'NR == 2 { print $2 " (" $1 ")" }'); $RUNS runs of each, alternating ${TOOLS[*]}"
