@@ -122,7 +122,7 @@ fn unsupported_fds_are_refused_and_the_target_runs_on() {
         ("flock", "lock"),
         ("inotify-queued", "inotify"),
         ("ptmx", "character device"),
-        ("unix-peer", "outside the process"),
+        ("unix-peer", "outside the checkpoint"),
     ] {
         let args: Vec<&str> = if mode == "unix-peer" {
             vec![mode, &sockpath]
@@ -327,4 +327,24 @@ fn external_datagram_peer_with_ext_unix_sk() {
     assert_eq!(restore_and_check(&w, images.path()), "PASS");
     let n = peer.recv(&mut buf).expect("datagram after restore");
     assert_eq!(&buf[..n], b"after restore");
+}
+
+/// Unix socket pairs whose ends are held by different processes (parent and child), with
+/// unread data both ways at dump: restored as one pair again, every message arrives once with
+/// its boundaries, and the processes keep talking.
+#[test]
+fn unix_pairs_across_processes() {
+    let _serial = serial();
+    let test = "unix_pairs_across_processes";
+    let Some(bin) = prepare(test, "unix_xproc") else {
+        return;
+    };
+    let mut w = Workload::start(&bin, &[]);
+    let tree = descendants(w.pid);
+    assert_eq!(tree.len(), 2, "parent and child");
+    let images = images_dir();
+    dump_ok(&w, images.path(), &[]);
+    w.wait_killed_by_dump();
+    assert!(reap_gone(&tree), "the dumped tree did not go away");
+    assert_eq!(restore_and_check(&w, images.path()), "PASS", "{}", w.logs());
 }

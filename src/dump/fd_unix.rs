@@ -5,8 +5,8 @@
 //! a pidfd_getfd copy at a peek offset that walks the queue (the socket's own SO_PEEK_OFF is
 //! put back afterwards), so datagram and packet boundaries are kept.
 //!
-//! Supported: connected pairs whose both ends are in the process (socketpair, or a stream half
-//! whose peer was closed), unconnected sockets (bound to a path or an abstract name, or not),
+//! Supported: connected pairs whose both ends are in the checkpoint, in one process or two
+//! (socketpair, or a stream half whose peer was closed), unconnected sockets (bound to a path or an abstract name, or not),
 //! listening sockets without connections waiting, and with `--ext-unix-sk` a datagram socket
 //! connected to a named socket outside (restore connects it to that name again; datagrams
 //! carry no connection state). Refused, naming the socket: any other peer outside the
@@ -215,32 +215,13 @@ fn peek_all(r: &FdRef, fd: i32, kind: i32, shutdown: u32) -> Result<Vec<Vec<u8>>
     Ok(out)
 }
 
-/// Pairs connected sockets: both ends must be in the process, connected to each other, and
-/// unnamed; each pair gets an object id (`inode_id`), starting at `next_id`. With
-/// `ext_unix_sk`, a datagram socket whose peer is outside keeps the peer's name instead.
-/// Returns the next free id.
-pub fn pair_sockets(
-    pid: i32,
-    fds: &mut [FdEntry],
-    mut next_id: u32,
-    ext_unix_sk: bool,
-) -> Result<u32, DumpError> {
-    let state = |e: &FdEntry| match &e.state {
-        Some(State::UnixSocket(s)) => Some(s.clone()),
-        _ => None,
-    };
-    let carriers: Vec<(usize, UnixSocketState)> = fds
-        .iter()
-        .enumerate()
-        .filter(|(_, e)| e.kind() == FdKind::FdUnix)
-        .filter_map(|(i, e)| state(e).map(|s| (i, s)))
-        .collect();
-    let refuse = |e: &FdEntry, what: String| DumpError::Unsupported {
-        pid,
-        what: format!("fd {} ({}): {what}", e.fd, e.path),
-    };
+/// Pairs connected sockets whose both ends are in the process, and gives each socket whose
+/// peer was closed an id of its own: each pair gets an object id (`inode_id`), starting at
+/// `next_id`. Sockets whose peer is elsewhere are left for [`pair_across_processes`]. Returns
+/// the next free id.
+pub fn pair_sockets(pid: i32, fds: &mut [FdEntry], mut next_id: u32) -> Result<u32, DumpError> {
+    let carriers = carriers(fds);
     for (i, s) in &carriers {
-        let e = &fds[*i];
         if fds[*i].inode_id != 0 {
             continue;
         }
@@ -253,48 +234,52 @@ pub fn pair_sockets(
             continue;
         }
         let Some((j, peer)) = carriers.iter().find(|(_, p)| p.ino == s.peer_ino) else {
-            if ext_unix_sk && s.r#type == libc::SOCK_DGRAM {
-                let ext_peer = external_peer(pid, s).map_err(|why| refuse(e, why))?;
-                if let Some(State::UnixSocket(st)) = &mut fds[*i].state {
-                    st.ext_peer = ext_peer;
-                    st.peer_ino = 0;
-                }
-                continue;
-            }
-            let hint = if s.r#type == libc::SOCK_DGRAM {
-                " (dump with --ext-unix-sk to connect it to the same name again at restore)"
-            } else {
-                ""
-            };
-            return Err(refuse(
-                e,
-                format!(
-                    "connected to socket:[{}] outside the process; unix sockets are supported \
-                     when both ends are in the checkpoint{hint}",
-                    s.peer_ino
-                ),
-            ));
+            continue;
         };
-        if peer.peer_ino != s.ino {
-            return Err(refuse(
-                e,
-                "connected to a socket that is not connected back to it".into(),
-            ));
-        }
-        // An abstract name (an autobind, say) is bound again to that end; a path name may be
-        // shared with a listener (an accepted socket) and cannot.
-        let path_named = |n: &[u8]| n.first().is_some_and(|&c| c != 0);
-        if path_named(&s.name) || path_named(&peer.name) {
-            return Err(refuse(
-                e,
-                "connected unix sockets bound to paths are not supported yet".into(),
-            ));
-        }
+        check_pair(s, peer).map_err(|what| refuse(pid, &fds[*i], what))?;
         fds[*i].inode_id = next_id;
         fds[*j].inode_id = next_id;
         next_id += 1;
     }
-    // The other fds of each socket's description carry the same id.
+    same_id_for_dups(fds);
+    Ok(next_id)
+}
+
+/// The unix sockets of `fds` that carry a state: (index, state).
+fn carriers(fds: &[FdEntry]) -> Vec<(usize, UnixSocketState)> {
+    fds.iter()
+        .enumerate()
+        .filter(|(_, e)| e.kind() == FdKind::FdUnix)
+        .filter_map(|(i, e)| match &e.state {
+            Some(State::UnixSocket(s)) => Some((i, s.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn refuse(pid: i32, e: &FdEntry, what: String) -> DumpError {
+    DumpError::Unsupported {
+        pid,
+        what: format!("fd {} ({}): {what}", e.fd, e.path),
+    }
+}
+
+/// Whether two connected sockets can be restored as a pair.
+fn check_pair(s: &UnixSocketState, peer: &UnixSocketState) -> Result<(), String> {
+    if peer.peer_ino != s.ino {
+        return Err("connected to a socket that is not connected back to it".into());
+    }
+    // An abstract name (an autobind, say) is bound again to that end; a path name may be
+    // shared with a listener (an accepted socket) and cannot.
+    let path_named = |n: &[u8]| n.first().is_some_and(|&c| c != 0);
+    if path_named(&s.name) || path_named(&peer.name) {
+        return Err("connected unix sockets bound to paths are not supported yet".into());
+    }
+    Ok(())
+}
+
+/// The other fds of each socket's description carry the same id.
+fn same_id_for_dups(fds: &mut [FdEntry]) {
     for k in 0..fds.len() {
         if fds[k].kind() == FdKind::FdUnix && fds[k].inode_id == 0 {
             let desc = fds[k].desc_id;
@@ -307,7 +292,73 @@ pub fn pair_sockets(
             }
         }
     }
-    Ok(next_id)
+}
+
+/// After ids are numbered across the checkpoint: pairs connected sockets whose ends are in
+/// different processes (one object id for both, so restore creates the pair once and each
+/// process gets its end), and handles peers outside the checkpoint: with `ext_unix_sk` a
+/// datagram socket keeps its peer's name, anything else is refused naming the socket.
+pub fn pair_across_processes(
+    all: &mut [(i32, Vec<FdEntry>)],
+    ext_unix_sk: bool,
+) -> Result<(), DumpError> {
+    let mut next_id = all
+        .iter()
+        .flat_map(|(_, l)| l.iter().map(|e| e.inode_id))
+        .max()
+        .unwrap_or(0)
+        + 1;
+    // (process index, fd index, state) of every socket still without a peer.
+    let mut open: Vec<(usize, usize, UnixSocketState)> = Vec::new();
+    for (p, (_, list)) in all.iter().enumerate() {
+        for (i, s) in carriers(list) {
+            if list[i].inode_id == 0 && s.peer_ino != 0 {
+                open.push((p, i, s));
+            }
+        }
+    }
+    let mut done: Vec<u64> = Vec::new();
+    for (p, i, s) in &open {
+        if done.contains(&s.ino) {
+            continue;
+        }
+        let pid = all[*p].0;
+        if let Some((q, j, peer)) = open.iter().find(|(q, _, o)| q != p && o.ino == s.peer_ino) {
+            check_pair(s, peer).map_err(|what| refuse(pid, &all[*p].1[*i], what))?;
+            all[*p].1[*i].inode_id = next_id;
+            all[*q].1[*j].inode_id = next_id;
+            next_id += 1;
+            done.extend([s.ino, peer.ino]);
+            continue;
+        }
+        let e = &all[*p].1[*i];
+        if ext_unix_sk && s.r#type == libc::SOCK_DGRAM {
+            let ext_peer = external_peer(pid, s).map_err(|why| refuse(pid, e, why))?;
+            if let Some(State::UnixSocket(st)) = &mut all[*p].1[*i].state {
+                st.ext_peer = ext_peer;
+                st.peer_ino = 0;
+            }
+            continue;
+        }
+        let hint = if s.r#type == libc::SOCK_DGRAM {
+            " (dump with --ext-unix-sk to connect it to the same name again at restore)"
+        } else {
+            ""
+        };
+        return Err(refuse(
+            pid,
+            e,
+            format!(
+                "connected to socket:[{}] outside the checkpoint; unix sockets are supported \
+                 when both ends are in the checkpoint{hint}",
+                s.peer_ino
+            ),
+        ));
+    }
+    for (_, list) in all.iter_mut() {
+        same_id_for_dups(list);
+    }
+    Ok(())
 }
 
 /// sock_diag about unix socket `ino`, asked in the network namespace of `pid` (sock_diag

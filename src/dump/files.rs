@@ -395,7 +395,7 @@ pub fn collect_fds(pid: i32, opts: FdOpts) -> Result<Vec<FdEntry>, DumpError> {
         };
         out[i].state = state;
     }
-    fd_unix::pair_sockets(pid, &mut out, next_inode, opts.ext_unix_sk)?;
+    fd_unix::pair_sockets(pid, &mut out, next_inode)?;
     fd_event::check_epoll_targets(pid, &out)?;
     Ok(out)
 }

@@ -181,6 +181,7 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats, DumpError> {
         all_fds.push((p.pid, files::collect_fds(p.pid, fd_opts)?));
     }
     files::number_across_processes(&mut all_fds)?;
+    fd_unix::pair_across_processes(&mut all_fds, opts.ext_unix_sk)?;
     fd_pipe::check_pipe_ends(&all_fds)?;
     // Established connections: packets held off first, then the sockets go into repair mode
     // and are read. On failure the guard takes them out of repair mode, then unlocks.

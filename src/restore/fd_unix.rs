@@ -190,11 +190,21 @@ fn send_all(f: &FdEntry, from: RawFd, msgs: &[Vec<u8>], stream: bool) -> Result<
 }
 
 /// Phase 3: refills every socket's queue from its peer, then applies shutdowns and peek
-/// offsets. The fds are at their saved numbers by now.
-pub fn fill_and_shut(fds: &[FdEntry], descs: &Descriptions) -> Result<(), String> {
+/// offsets. In a restore child (`placed`) the fds are at their saved numbers by now, and the
+/// sockets cryo made before the fork (shared with other processes) are left alone: cryo
+/// refilled those itself, calling this on its own descriptions (`placed` false).
+pub fn fill_and_shut(fds: &[FdEntry], descs: &Descriptions, placed: bool) -> Result<(), String> {
+    let fd_of = |f: &FdEntry| -> Option<RawFd> {
+        if placed {
+            Some(f.fd)
+        } else {
+            descs.fd_of(f)
+        }
+    };
     let sockets = || {
         fds.iter()
             .filter(|f| f.kind() == FdKind::FdUnix)
+            .filter(|f| !(placed && descs.is_shared(f)))
             .filter_map(|f| state(f).map(|s| (f, s)))
     };
     for (f, s) in sockets().filter(|(_, s)| !s.queue.is_empty()) {
@@ -209,12 +219,13 @@ pub fn fill_and_shut(fds: &[FdEntry], descs: &Descriptions) -> Result<(), String
         } else {
             sockets()
                 .find(|(_, p)| p.ino == s.peer_ino)
-                .map(|(p, _)| p.fd)
+                .and_then(|(p, _)| fd_of(p))
                 .ok_or_else(|| format!("fd {}: its peer is not in the checkpoint", f.fd))?
         };
         send_all(f, from, &s.queue, s.r#type == libc::SOCK_STREAM)?;
     }
     for (f, s) in sockets() {
+        let Some(fd) = fd_of(f) else { continue };
         let how = match s.shutdown & 3 {
             1 => Some(libc::SHUT_RD),
             2 => Some(libc::SHUT_WR),
@@ -222,10 +233,10 @@ pub fn fill_and_shut(fds: &[FdEntry], descs: &Descriptions) -> Result<(), String
             _ => None,
         };
         if let Some(how) = how {
-            ffi::shutdown(f.fd, how).map_err(|e| format!("fd {}: shutdown: {e}", f.fd))?;
+            ffi::shutdown(fd, how).map_err(|e| format!("fd {}: shutdown: {e}", f.fd))?;
         }
         if s.peek_off >= 0 {
-            ffi::set_sockopt_int(f.fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, s.peek_off)
+            ffi::set_sockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, s.peek_off)
                 .map_err(|e| format!("fd {}: setting SO_PEEK_OFF: {e}", f.fd))?;
         }
     }

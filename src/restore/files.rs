@@ -96,6 +96,8 @@ pub struct Descriptions {
     pub(super) repaired: Vec<(RawFd, i32)>,
     /// Established connections are restored closed (`--tcp-close`).
     pub(super) tcp_close: bool,
+    /// Keys of the descriptions cryo created before the fork (a child's inherited ones).
+    shared: std::collections::HashSet<u64>,
 }
 
 impl Descriptions {
@@ -109,7 +111,18 @@ impl Descriptions {
             seals: Vec::new(),
             repaired: Vec::new(),
             tcp_close: false,
+            shared: std::collections::HashSet::new(),
         }
+    }
+
+    /// The description created for `f`, if any.
+    pub(super) fn fd_of(&self, f: &FdEntry) -> Option<RawFd> {
+        self.get(f)
+    }
+
+    /// Whether `f`'s description was created by cryo before the fork and inherited.
+    pub(super) fn is_shared(&self, f: &FdEntry) -> bool {
+        self.shared.contains(&desc_key(f))
     }
 
     /// Records `fd` as the description of `f` as soon as it exists, so that a failure
@@ -253,6 +266,7 @@ pub fn install_fds(
     let report = task::dup_above(report_fd, high).map_err(|e| e.to_string())?;
     let mut descs = Descriptions::new(high);
     descs.descs.extend(shared.iter().copied());
+    descs.shared.extend(shared.iter().map(|s| s.0));
 
     // Terminals inherited from cryo (shell job): taken before cryo's fds are closed.
     for f in fds.iter().filter(|f| f.kind() == FdKind::FdTty) {
@@ -292,7 +306,7 @@ pub fn install_fds(
             .ok_or_else(|| format!("fd {}: its description was not created", f.fd))?;
         place(src, f)?;
     }
-    fd_unix::fill_and_shut(fds, &descs)?;
+    fd_unix::fill_and_shut(fds, &descs, true)?;
     fd_event::register_epoll_targets(fds)?;
     drop(descs);
     fd_locks::take_locks(fds)?;
@@ -343,6 +357,9 @@ impl SharedDescs {
         let mut descs = Descriptions::new(high);
         descs.tcp_close = tcp_close;
         create_descriptions(&subset, &mut descs)?;
+        // Queues of unix sockets whose ends are in different processes are refilled here,
+        // where both ends are at hand.
+        fd_unix::fill_and_shut(&subset, &descs, false)?;
         Ok(Self { descs })
     }
 

@@ -32,6 +32,7 @@ pub const TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The workloads compiled for the tests, by file stem.
 pub const WORKLOADS: &[&str] = &[
+    "unix_xproc",
     "net_tcp_server",
     "net_tcp_client",
     "net_tcp_halfclose",
