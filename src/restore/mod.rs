@@ -844,6 +844,7 @@ fn build(
     memory::fill_pages(&mut ctx, img, pages_path)?;
     memory::fix_protections(&mut ctx, img)?;
     memory::set_mm_fields(&mut ctx, img)?;
+    fd_locks::retake_posix_locks(&mut ctx, img)?;
     crate::fault::point("restore:memory")?;
     task_state::restore_sigactions(&mut ctx, img)?;
     task_state::restore_itimers(&mut ctx, img)?;

@@ -3,7 +3,9 @@
  *
  *   fa  "a" with an exclusive flock
  *   fs  "s" with a shared flock
- *   fb  "b" with POSIX locks: write on bytes 10-19, read from 100 to the end
+ *   fb  "b" with POSIX locks: write on bytes 10-19, read from 100 to the end; "b" is also
+ *       mapped shared (restore maps it by opening and closing it in the process, which drops
+ *       the process's POSIX locks on it unless they are taken again afterwards)
  *   fc  "c" with an open file description (OFD) write lock on bytes 0-4
  *
  * After restore the locks are held again: another description of "a" cannot take any flock,
@@ -12,6 +14,7 @@
  */
 #include "protocol.c"
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 
 static int setlk(int fd, int cmd, short type, off_t start, off_t len)
@@ -43,6 +46,12 @@ int main(void)
 		wl_die("posix lock");
 	if (setlk(fc, F_OFD_SETLK, F_WRLCK, 0, 5))
 		wl_die("ofd lock");
+	if (ftruncate(fb, 4096))
+		wl_die("ftruncate");
+	char *map = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fb, 0);
+	if (map == MAP_FAILED)
+		wl_die("mmap");
+	strcpy(map + 1000, "mapped and locked");
 	pid_t me = getpid();
 
 	wl_ready();
@@ -60,6 +69,10 @@ int main(void)
 	struct flock l = getlk(c2, F_OFD_GETLK, F_WRLCK, 0, 5);
 	if (l.l_type != F_WRLCK || l.l_start != 0 || l.l_len != 5)
 		wl_fail("c: the OFD lock is not held (type %d)", l.l_type);
+
+	if (strcmp(map + 1000, "mapped and locked"))
+		wl_fail("b: the shared mapping lost its contents");
+	strcpy(map + 2000, "still writable");
 
 	pid_t child = fork();
 	if (child == 0) {
