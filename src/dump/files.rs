@@ -15,8 +15,8 @@
 //! shared by several processes (kcmp) gets one id, and so does a pipe whose ends are in
 //! different processes (same pipe inode).
 //!
-//! Failed syscalls on the target's fds are reported as [`DumpError::Unsupported`] naming the
-//! fd and what was being done (the dump cannot go on either way).
+//! Failed syscalls on the target's fds are reported as [`DumpError::Fd`] naming the fd and
+//! what was being done; fds cryo cannot restore as [`DumpError::Unsupported`].
 //!
 //! It reads /proc, compares files with kcmp and looks at copies of the target's fds taken with
 //! pidfd_getfd; it never reads from a file in a way that changes what the target would see
@@ -60,9 +60,16 @@ impl<'a> FdRef<'a> {
         }
     }
 
-    /// Maps a failed syscall made for this fd into a dump error saying what was being done.
+    /// Maps a failed syscall made for this fd into a dump error saying what was being done
+    /// (not a refusal: the fd may be of a supported kind, the call failed).
     pub fn sys<'b>(&'b self, what: &'b str) -> impl FnOnce(SysError) -> DumpError + 'b {
-        move |e| self.refuse(format!("{what}: {e}"))
+        move |source| DumpError::Fd {
+            pid: self.pid,
+            fd: self.fd,
+            target: self.target.to_string(),
+            what: what.to_string(),
+            source,
+        }
     }
 
     /// A copy of the fd in cryo (pidfd_getfd): the same open file description.
@@ -463,6 +470,23 @@ fn owner(r: &FdRef, e: &FdEntry, pgid: i32) -> Result<Option<FileOwner>, DumpErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failed_fd_syscalls_are_not_refusals() {
+        let e = DumpError::Fd {
+            pid: 7,
+            fd: 3,
+            target: "socket:[9]".into(),
+            what: "reading its type".into(),
+            source: SysError::from_errno("getsockopt", libc::EBADF),
+        };
+        let text = e.to_string();
+        assert!(
+            text.starts_with("pid 7: fd 3 (socket:[9]): reading its type: "),
+            "{text}"
+        );
+        assert!(!text.contains("cannot dump"), "{text}");
+    }
 
     #[test]
     fn unsupported_names() {

@@ -75,6 +75,21 @@ pub enum DumpError {
         /// What, and why.
         what: String,
     },
+    /// A syscall on one of the process's fds failed.
+    #[error("pid {pid}: fd {fd} ({target}): {what}: {source}")]
+    Fd {
+        /// The process.
+        pid: i32,
+        /// The fd.
+        fd: i32,
+        /// What /proc/PID/fd/N reads.
+        target: String,
+        /// What was being done.
+        what: String,
+        /// The failed call.
+        #[source]
+        source: SysError,
+    },
     /// A fault injected by a test (`CRYO_FAULT`).
     #[error(transparent)]
     Fault(#[from] crate::fault::InjectedFault),
