@@ -7,6 +7,7 @@ mod common;
 
 use common::*;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Common preamble: root, a CLI with the subcommands, the workload binary.
 fn prepare(test: &str, workload: &str) -> Option<PathBuf> {
@@ -121,7 +122,7 @@ fn unsupported_fds_are_refused_and_the_target_runs_on() {
         ("halfpipe", "pipe"),
         ("flock", "lock"),
         ("inotify-queued", "inotify"),
-        ("ptmx", "character device"),
+        ("ptmx", "pseudo-terminal"),
         ("unix-peer", "outside the checkpoint"),
     ] {
         let args: Vec<&str> = if mode == "unix-peer" {
@@ -347,4 +348,115 @@ fn unix_pairs_across_processes() {
     w.wait_killed_by_dump();
     assert!(reap_gone(&tree), "the dumped tree did not go away");
     assert_eq!(restore_and_check(&w, images.path()), "PASS", "{}", w.logs());
+}
+
+/// A pseudo-terminal pair inside the tree, the controlling terminal of a session inside the
+/// tree with another group in the foreground: restored as a new pair with its settings, and
+/// the session, its terminal and its foreground group as they were.
+#[test]
+fn pty_pair_and_controlling_terminal() {
+    let _serial = serial();
+    let test = "pty_pair_and_controlling_terminal";
+    let Some(bin) = prepare(test, "pty") else {
+        return;
+    };
+    let mut w = Workload::start(&bin, &[]);
+    let tree = descendants(w.pid);
+    assert_eq!(tree.len(), 3, "root, session leader, foreground child");
+    let images = images_dir();
+    dump_ok(&w, images.path(), &[]);
+    w.wait_killed_by_dump();
+    assert!(reap_gone(&tree), "the dumped tree did not go away");
+    let show = cryo_output(&["show", "-D", images.path().to_str().unwrap()], TIMEOUT);
+    let text = String::from_utf8_lossy(&show.stdout);
+    assert!(text.contains("packet mode"), "show lists the pty:\n{text}");
+    assert!(
+        text.contains("controlling terminal"),
+        "show gives the session its terminal:\n{text}"
+    );
+    assert_eq!(restore_and_check(&w, images.path()), "PASS", "{}", w.logs());
+}
+
+/// A pseudo-terminal pair made by the test: (master, slave).
+fn openpty() -> (std::fs::File, std::fs::File) {
+    use std::os::fd::FromRawFd;
+    let (mut m, mut s) = (-1, -1);
+    // SAFETY: openpty writes two fds to the pointers; the name, termios and winsize are null.
+    let r = unsafe {
+        libc::openpty(
+            &mut m,
+            &mut s,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
+    for fd in [m, s] {
+        // SAFETY: plain fcntl on an fd we own; other processes must not inherit it.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    // SAFETY: openpty returned two new fds that nothing else owns.
+    unsafe { (std::fs::File::from_raw_fd(m), std::fs::File::from_raw_fd(s)) }
+}
+
+/// A job started on a terminal (session leader, stdio on a pty whose master is the test's):
+/// refused without --shell-job; with it, restored by a cryo running on another terminal, the
+/// job gets that terminal and its output reaches it.
+#[test]
+fn shell_job_gets_the_restoring_terminal() {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let _serial = serial();
+    let test = "shell_job_gets_the_restoring_terminal";
+    let Some(bin) = prepare(test, "tty_job") else {
+        return;
+    };
+    let (_m1, s1) = openpty();
+    let mut w = Workload::start_on_terminal(&bin, &[], &s1);
+    drop(s1);
+    let images = images_dir();
+    let out = dump(&w, images.path(), &[]);
+    assert!(
+        !out.status.success(),
+        "dumped a terminal without --shell-job\n{}",
+        show_output("dump", &out)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--shell-job"), "the refusal names -j: {err}");
+    dump_ok(&w, images.path(), &["--shell-job"]);
+    w.wait_killed_by_dump();
+    // cryo restore runs on a second terminal.
+    let (mut m2, s2) = openpty();
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_cryo"))
+        .args(["restore", "-j", "-d", "-D", images.path().to_str().unwrap()])
+        .stdin(s2.try_clone().unwrap())
+        .stdout(s2.try_clone().unwrap())
+        .stderr(s2.try_clone().unwrap())
+        .status()
+        .expect("run cryo restore");
+    drop(s2);
+    assert!(status.success(), "restore -j failed ({status})");
+    assert_eq!(w.check(), "PASS", "{}", w.logs());
+    // Its output came out on the second terminal.
+    let mut seen = String::new();
+    let ok = wait_until(Duration::from_secs(10), || {
+        let mut p = libc::pollfd {
+            fd: m2.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        if unsafe { libc::poll(&mut p, 1, 100) } == 1 {
+            let mut b = [0u8; 4096];
+            if let Ok(n) = m2.read(&mut b) {
+                seen.push_str(&String::from_utf8_lossy(&b[..n]));
+            }
+        }
+        seen.contains("job-alive")
+    });
+    assert!(
+        ok,
+        "the job's output did not reach the restoring terminal: {seen:?}"
+    );
 }

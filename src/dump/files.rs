@@ -7,7 +7,8 @@
 //! state of each kind is read by its own module: [`super::fd_data`] (contents of deleted
 //! files and memfds), [`super::fd_pipe`] (pipe and FIFO buffers), [`super::fd_event`]
 //! (eventfd, timerfd, signalfd, epoll, inotify), [`super::fd_unix`] (unix sockets),
-//! [`super::fd_inet`] (IPv4/IPv6, packet and netlink sockets),
+//! [`super::fd_inet`] (IPv4/IPv6, packet and netlink sockets), [`super::fd_tty`]
+//! (pseudo-terminals),
 //! [`super::fd_locks`] (file locks).
 //!
 //! Ids: `desc_id` and `inode_id` are numbered from 1 within the process by [`collect_fds`],
@@ -25,7 +26,7 @@
 
 use super::proc::{self, FdInfo, FdLink};
 use super::DumpError;
-use super::{fd_data, fd_event, fd_inet, fd_locks, fd_pipe, fd_unix};
+use super::{fd_data, fd_event, fd_inet, fd_locks, fd_pipe, fd_tty, fd_unix};
 use crate::proto::{fd_entry::State, FdEntry, FdKind, FileOwner};
 use crate::sys::{files_ffi as ffi, proc_ctl, SysError};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -147,6 +148,13 @@ fn classify(r: &FdRef, link: &FdLink, shell_job: bool) -> Result<FdKind, DumpErr
             }
             return Ok(FdKind::FdUnlinked);
         }
+    }
+    if fmt == libc::S_IFCHR && fd_tty::is_ptmx(st.rdev) {
+        return Ok(FdKind::FdPtyMaster);
+    }
+    if fmt == libc::S_IFCHR && fd_tty::pts_index(st.rdev).is_some() {
+        // Inside the checkpoint or not is decided once every process's fds are known.
+        return Ok(FdKind::FdPtySlave);
     }
     if fmt == libc::S_IFCHR && is_terminal_path(t) {
         if !shell_job {
@@ -428,6 +436,7 @@ fn desc_state(
         FdKind::FdInet => Some(State::Inet(fd_inet::inet_socket(r, e.ino, net)?)),
         FdKind::FdPacket => Some(State::Packet(fd_inet::packet_socket(r, e.ino)?)),
         FdKind::FdNetlink => Some(State::Netlink(fd_inet::netlink_socket(r, e.ino)?)),
+        FdKind::FdPtyMaster => Some(State::Tty(fd_tty::master_state(r)?)),
         _ => None,
     })
 }

@@ -13,6 +13,7 @@ pub mod fd_event;
 pub mod fd_inet;
 pub mod fd_locks;
 pub mod fd_pipe;
+pub mod fd_tty;
 pub mod fd_unix;
 pub mod files;
 pub mod mm;
@@ -197,6 +198,7 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats, DumpError> {
     }
     files::number_across_processes(&mut all_fds)?;
     fd_unix::pair_across_processes(&mut all_fds, opts.ext_unix_sk)?;
+    let pty_pairs = fd_tty::pair_ptys(&mut all_fds, opts.shell_job)?;
     fd_pipe::check_pipe_ends(&all_fds)?;
     // Established connections: packets held off first, then the sockets go into repair mode
     // and are read. On failure the guard takes them out of repair mode, then unlocks.
@@ -213,6 +215,7 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats, DumpError> {
                 zombie: true,
                 exit_status: status,
                 stopped: false,
+                ..PstreeEntry::default()
             },
             None => {
                 let fds = all_fds
@@ -220,7 +223,13 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats, DumpError> {
                     .find(|(pid, _)| *pid == p.pid)
                     .map(|(_, f)| f.as_slice())
                     .unwrap_or_default();
-                collect(p, fds, &mut writer, &mut stats)?
+                let mut entry = collect(p, fds, &mut writer, &mut stats)?;
+                let tty_nr = proc::read_stat(p.pid)?.tty_nr;
+                fd_tty::controlling_terminal(&mut entry, tty_nr, fds, &pty_pairs, opts.shell_job)?;
+                if entry.ctty_inode_id != 0 {
+                    entry.tty_fg_pgrp = fd_tty::foreground_group(&all_fds, entry.ctty_inode_id)?;
+                }
+                entry
             }
         });
     }
@@ -504,6 +513,7 @@ fn collect(
         zombie: false,
         exit_status: 0,
         stopped: p.stopped,
+        ..PstreeEntry::default()
     })
 }
 

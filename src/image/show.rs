@@ -481,6 +481,15 @@ fn fd_detail(f: &FdEntry, all: &[FdEntry]) -> String {
             }
         }
         Some(State::Inet(s)) => inet_detail(s, &mut parts),
+        Some(State::Tty(t)) => {
+            parts.push(format!("pty {} ({}x{})", t.index, t.cols, t.rows));
+            if t.packet {
+                parts.push("packet mode".into());
+            }
+            if t.locked {
+                parts.push("locked".into());
+            }
+        }
         Some(State::Packet(p)) => {
             parts.push(format!(
                 "packet type {} protocol {:#06x}",
@@ -665,9 +674,17 @@ fn to_text(c: &Checkpoint) -> String {
                 } else {
                     threads.join(" ")
                 };
+                let ctty = if e.ctty_inode_id != 0 {
+                    format!(
+                        "  [controlling terminal: pty object {}, foreground group {}]",
+                        e.ctty_inode_id, e.tty_fg_pgrp
+                    )
+                } else {
+                    String::new()
+                };
                 let _ = writeln!(
                     s,
-                    "  {:>7} {:>7} {:>7} {:>7}  {}",
+                    "  {:>7} {:>7} {:>7} {:>7}  {}{ctty}",
                     e.pid, e.ppid, e.pgid, e.sid, state
                 );
             }

@@ -45,7 +45,10 @@ fn run_inner(
     task::set_pdeathsig(libc::SIGKILL).map_err(|e| e.to_string())?;
     match plan.join(pid) {
         Join::Inherit => {}
-        Join::NewSession => task::setsid().map_err(|e| format!("setsid: {e}"))?,
+        Join::NewSession => {
+            task::setsid().map_err(|e| format!("setsid: {e}"))?;
+            controlling_terminal(plan, pid, shared)?;
+        }
         Join::NewGroup => task::setpgid(0).map_err(|e| format!("setpgid(0): {e}"))?,
         Join::Group(g) => task::setpgid(g).map_err(|e| format!("setpgid({g}): {e}"))?,
     }
@@ -75,6 +78,26 @@ fn run_inner(
         .get(&pid)
         .ok_or_else(|| format!("no images for pid {pid}"))?;
     prepare(img, report, keep, shared)
+}
+
+/// A session leader whose controlling terminal was a pseudo-terminal of the checkpoint takes
+/// the pair's slave (inherited from cryo) as its own, before it forks the rest of its session
+/// (a process gets its controlling terminal from its parent at fork).
+fn controlling_terminal(plan: &Plan, pid: i32, shared: &[(u64, RawFd)]) -> Result<(), String> {
+    let Some(e) = plan.entry(pid) else {
+        return Ok(());
+    };
+    if e.ctty_inode_id == 0 {
+        return Ok(());
+    }
+    let key = super::fd_tty::ctty_key(e.ctty_inode_id);
+    let fd = shared
+        .iter()
+        .find(|s| s.0 == key)
+        .map(|s| s.1)
+        .ok_or_else(|| "its controlling terminal was not created".to_string())?;
+    crate::sys::tty_ffi::set_controlling(fd)
+        .map_err(|e| format!("taking its controlling terminal: {e}"))
 }
 
 /// fds, cwd, root, umask, rlimits and name. Returns the report fd's new number.

@@ -24,7 +24,7 @@
 //! is inherited from cryo (`--shell-job`); the other kinds are built by
 //! [`super::fd_pipe`], [`super::fd_data`], [`super::fd_event`] and [`super::fd_unix`].
 
-use super::{fd_data, fd_event, fd_inet, fd_locks, fd_pipe, fd_unix};
+use super::{fd_data, fd_event, fd_inet, fd_locks, fd_pipe, fd_tty, fd_unix};
 use crate::proto::{fd_entry::State, FdEntry, FdKind};
 use crate::sys::files_ffi as ffi;
 use crate::sys::task;
@@ -79,6 +79,16 @@ pub(super) enum Inode {
         ends: [RawFd; 2],
         /// Who took them.
         takers: [u64; 2],
+    },
+    /// A pseudo-terminal pair: its master, and a slave for the first slave description (and
+    /// for a session leader's controlling terminal).
+    Pty {
+        /// The master.
+        master: RawFd,
+        /// A slave opened from the master.
+        slave: RawFd,
+        /// The slave was handed to a description already (later ones open their own).
+        slave_taken: bool,
     },
 }
 
@@ -164,6 +174,8 @@ impl Drop for Descriptions {
                 }
                 Inode::File(fd) => task::close(fd),
                 Inode::SocketPair { ends, .. } => ends.into_iter().for_each(task::close),
+                // The master is a description (closed with the descriptions).
+                Inode::Pty { slave, .. } => task::close(slave),
             }
         }
     }
@@ -344,7 +356,7 @@ impl SharedDescs {
         let mut subset: Vec<FdEntry> = Vec::new();
         for fds in all {
             for f in fds.iter() {
-                let shared = is_network(f.kind())
+                let shared = created_by_cryo(f.kind())
                     || desc_procs.get(&desc_key(f)).is_some_and(|&n| n > 1)
                     || (f.inode_id != 0 && inode_procs.get(&f.inode_id).is_some_and(|&n| n > 1));
                 if shared && !subset.iter().any(|s| desc_key(s) == desc_key(f)) {
@@ -370,15 +382,22 @@ impl SharedDescs {
         Ok(())
     }
 
-    /// (description key, fd) of every shared description.
+    /// (description key, fd) of every shared description, and the slave of every
+    /// pseudo-terminal pair under [`fd_tty::ctty_key`] (for controlling terminals).
     pub fn seeds(&self) -> Vec<(u64, RawFd)> {
-        self.descs.descs.iter().map(|(k, v)| (*k, *v)).collect()
+        let mut out: Vec<(u64, RawFd)> = self.descs.descs.iter().map(|(k, v)| (*k, *v)).collect();
+        for (id, i) in &self.descs.inodes {
+            if let Inode::Pty { slave, .. } = i {
+                out.push((fd_tty::ctty_key(*id), *slave));
+            }
+        }
+        out
     }
 }
 
 /// Kinds cryo creates itself before forking, whether shared or not.
-fn is_network(kind: FdKind) -> bool {
-    matches!(kind, FdKind::FdInet | FdKind::FdPacket | FdKind::FdNetlink)
+fn created_by_cryo(kind: FdKind) -> bool {
+    matches!(kind, FdKind::FdInet | FdKind::FdPacket | FdKind::FdNetlink) || fd_tty::is_pty(kind)
 }
 
 /// Phase 1: every description of `fds` not created yet (in fd order, so the fd that carries
@@ -439,6 +458,8 @@ fn create_one(f: &FdEntry, descs: &mut Descriptions) -> Result<RawFd, String> {
         FdKind::FdInet => fd_inet::create_inet(f, descs),
         FdKind::FdPacket => fd_inet::create_packet(f, descs),
         FdKind::FdNetlink => fd_inet::create_netlink(f, descs),
+        FdKind::FdPtyMaster => fd_tty::create_master(f, descs),
+        FdKind::FdPtySlave => fd_tty::create_slave(f, descs),
     }
 }
 

@@ -18,6 +18,7 @@ mod fd_event;
 mod fd_inet;
 mod fd_locks;
 mod fd_pipe;
+mod fd_tty;
 mod fd_unix;
 mod files;
 mod fill;
@@ -334,6 +335,33 @@ impl Drop for TreeGuard {
             while let Ok(Some(_)) = ptrace::wait(-1, 0) {}
         }
     }
+}
+
+/// A session leader with a pseudo-terminal of the checkpoint as controlling terminal: its
+/// foreground process group, set with a remote TIOCSPGRP once every process exists.
+fn restore_foreground_group(
+    ctx: &mut remote_ctx::Ctx,
+    img: &ProcessImage,
+) -> Result<(), RestoreError> {
+    let e = &img.pstree;
+    if e.ctty_inode_id == 0 || e.tty_fg_pgrp == 0 || e.tty_fg_pgrp == e.pgid {
+        return Ok(());
+    }
+    if e.tty_fd < 0 {
+        tracing::warn!(
+            pid = e.pid,
+            pgrp = e.tty_fg_pgrp,
+            "no fd on its terminal: its foreground process group stays its own"
+        );
+        return Ok(());
+    }
+    let addr = ctx.put(0, &e.tty_fg_pgrp.to_ne_bytes())?;
+    ctx.sys(
+        || format!("ioctl(TIOCSPGRP, {}) on fd {}", e.tty_fg_pgrp, e.tty_fd),
+        libc::SYS_ioctl,
+        [e.tty_fd as u64, libc::TIOCSPGRP, addr, 0, 0, 0],
+    )?;
+    Ok(())
 }
 
 /// The network lock during a restore. If the dump left its lock in place (restore on the same
@@ -845,6 +873,7 @@ fn build(
     memory::fix_protections(&mut ctx, img)?;
     memory::set_mm_fields(&mut ctx, img)?;
     fd_locks::retake_posix_locks(&mut ctx, img)?;
+    restore_foreground_group(&mut ctx, img)?;
     crate::fault::point("restore:memory")?;
     task_state::restore_sigactions(&mut ctx, img)?;
     task_state::restore_itimers(&mut ctx, img)?;

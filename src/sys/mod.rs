@@ -11,6 +11,7 @@ pub mod probe;
 pub mod proc_ctl;
 pub mod ptrace;
 pub mod task;
+pub mod tty_ffi;
 pub mod uffd;
 
 use std::fmt;

@@ -32,6 +32,8 @@ pub const TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The workloads compiled for the tests, by file stem.
 pub const WORKLOADS: &[&str] = &[
+    "tty_job",
+    "pty",
     "unix_xproc",
     "net_tcp_server",
     "net_tcp_client",
@@ -358,6 +360,45 @@ impl Workload {
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+        let pid = child.id() as i32;
+        let mut w = Self {
+            name,
+            pid,
+            dir,
+            original: Some(child),
+        };
+        w.wait_ready();
+        w
+    }
+
+    /// Starts workload `bin` in a fresh directory as a session leader whose controlling
+    /// terminal, and stdin, stdout and stderr, is the terminal `tty` (a pty slave).
+    pub fn start_on_terminal(bin: &Path, args: &[&str], tty: &fs::File) -> Self {
+        use std::os::unix::process::CommandExt;
+        init();
+        let name = bin
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let dir = TempDir::with_prefix(format!("cryo-{name}-")).expect("workload tempdir");
+        let mut cmd = Command::new(bin);
+        cmd.args(args)
+            .current_dir(dir.path())
+            .stdin(tty.try_clone().expect("dup tty"))
+            .stdout(tty.try_clone().expect("dup tty"))
+            .stderr(tty.try_clone().expect("dup tty"));
+        // SAFETY: setsid and ioctl are async-signal-safe and touch only the child.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
         let pid = child.id() as i32;

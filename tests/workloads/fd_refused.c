@@ -4,7 +4,7 @@
  * connection waiting to be accepted), "halfpipe" (the
  * read end of a pipe whose write end was closed, with data in it), "flock" (a file with an
  * flock lock held), "inotify-queued" (an inotify instance with an unread event), "ptmx" (a
- * pseudo-terminal master), "unix-peer PATH" (a stream socket connected to PATH, a listener
+ * pseudo-terminal pair with data written to the master and not read yet), "unix-peer PATH" (a stream socket connected to PATH, a listener
  * outside the process).
  *
  * The check (after the dump was refused) sees the fd still working as before: the dump must
@@ -51,6 +51,10 @@ int main(int argc, char **argv)
 		close(t);
 	} else if (!strcmp(mode, "ptmx")) {
 		fd = open("/dev/ptmx", O_RDWR | O_NOCTTY);
+		char name[64];
+		if (fd < 0 || grantpt(fd) || unlockpt(fd) || ptsname_r(fd, name, sizeof(name)) ||
+		    open(name, O_RDWR | O_NOCTTY) < 0 || write(fd, "queued\n", 7) != 7)
+			wl_die("ptmx");
 	} else if (!strcmp(mode, "unix-peer") && argc > 2) {
 		struct sockaddr_un a = {.sun_family = AF_UNIX};
 		snprintf(a.sun_path, sizeof(a.sun_path), "%s", argv[2]);
