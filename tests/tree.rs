@@ -170,7 +170,7 @@ impl Drop for PidHolder {
 }
 
 fn hold_pid(pid: i32) -> Option<PidHolder> {
-    match cryo::sys::proc_ctl::fork_with_pid(pid) {
+    match cryo::sys::proc_ctl::fork_with_pid(pid, 0) {
         Ok(0) => cryo::sys::task::pause_forever(),
         Ok(p) => Some(PidHolder(p)),
         Err(_) => None,
@@ -239,4 +239,22 @@ fn shared_file_offset_and_pipe_between_processes() {
     let tree = descendants(w.pid);
     assert_eq!(tree.len(), 2, "expected a parent and a child: {tree:?}");
     dump_restore_check(&mut w, &tree);
+}
+
+/// A child created with CLONE_FS shares cwd and umask with its parent again after restore:
+/// a chdir and a umask by either is seen by the other.
+#[test]
+fn clone_fs_child_shares_cwd_and_umask() {
+    let test = "clone_fs_child_shares_cwd_and_umask";
+    let Some(bin) = prepare(test, "clone_fs") else {
+        return;
+    };
+    let _serial = serial();
+    let mut w = Workload::start(&bin, &[]);
+    let tree = descendants(w.pid);
+    let images = images_dir();
+    dump_ok(&w, images.path(), &[]);
+    w.wait_killed_by_dump();
+    assert!(reap_gone(&tree), "the dumped tree did not go away");
+    assert_eq!(restore_and_check(&w, images.path()), "PASS", "{}", w.logs());
 }

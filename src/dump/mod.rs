@@ -178,7 +178,7 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats, DumpError> {
     let frozen_at = Instant::now();
     crate::fault::point("dump:seized")?;
     let procs = tree.procs();
-    refuse_shared_with_parent(&procs)?;
+    let fs_shared = shared_with_parent(&procs)?;
     let mut stats = DumpStats {
         freeze_s: (frozen_at - t0).as_secs_f64(),
         ..DumpStats::default()
@@ -224,6 +224,7 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats, DumpError> {
                     .map(|(_, f)| f.as_slice())
                     .unwrap_or_default();
                 let mut entry = collect(p, fds, &mut writer, &mut stats)?;
+                entry.fs_shared = fs_shared.contains(&p.pid);
                 let tty_nr = proc::read_stat(p.pid)?.tty_nr;
                 fd_tty::controlling_terminal(&mut entry, tty_nr, fds, &pty_pairs, opts.shell_job)?;
                 if entry.ctty_inode_id != 0 {
@@ -350,18 +351,27 @@ struct NetFreeze {
 
 /// Refuses processes that share their memory (vfork), fd table (CLONE_FILES) or fs info
 /// (CLONE_FS) with their parent: restore would give them separate copies.
-fn refuse_shared_with_parent(procs: &[SeizedProc]) -> Result<(), DumpError> {
+/// Returns the processes that share their fs info with their parent (CLONE_FS: restored with
+/// CLONE_FS again).
+fn shared_with_parent(procs: &[SeizedProc]) -> Result<Vec<i32>, DumpError> {
     use crate::sys::proc_ctl::{kcmp_same, KCMP_FILES, KCMP_FS, KCMP_VM};
+    let mut fs_shared = Vec::new();
     for p in procs.iter().filter(|p| p.zombie.is_none() && p.ppid != 0) {
+        let parent_in_tree = procs.iter().any(|q| q.pid == p.ppid && q.zombie.is_none());
+        if parent_in_tree
+            && kcmp_same(p.pid, p.ppid, KCMP_FS).map_err(|source| DumpError::Ptrace {
+                pid: p.pid,
+                what: "kcmp with its parent",
+                source,
+            })?
+        {
+            fs_shared.push(p.pid);
+        }
         for (kind, what) in [
             (KCMP_VM, "shares its memory with its parent (a vfork child)"),
             (
                 KCMP_FILES,
                 "shares its fd table with its parent (CLONE_FILES)",
-            ),
-            (
-                KCMP_FS,
-                "shares cwd, root and umask with its parent (CLONE_FS)",
             ),
         ] {
             let same = kcmp_same(p.pid, p.ppid, kind).map_err(|source| DumpError::Ptrace {
@@ -377,7 +387,7 @@ fn refuse_shared_with_parent(procs: &[SeizedProc]) -> Result<(), DumpError> {
             }
         }
     }
-    Ok(())
+    Ok(fs_shared)
 }
 
 fn ptrace_err(pid: i32, what: &'static str) -> impl FnOnce(SysError) -> DumpError {

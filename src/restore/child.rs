@@ -56,7 +56,13 @@ fn run_inner(
         let entry = plan
             .entry(kid)
             .ok_or_else(|| format!("child {kid} missing from the plan"))?;
-        match super::fork_at(kid).map_err(|e| format!("forking child {kid}: {e}"))? {
+        // A child that shared its parent's fs info (CLONE_FS) shares it again.
+        let flags = if entry.fs_shared {
+            libc::CLONE_FS as u64
+        } else {
+            0
+        };
+        match super::fork_at(kid, flags).map_err(|e| format!("forking child {kid}: {e}"))? {
             0 if entry.zombie => task::die_with_status(entry.exit_status),
             0 => run(plan, images, kid, report, keep, shared),
             _ => {

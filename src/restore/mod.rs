@@ -551,7 +551,7 @@ pub fn restore(opts: &RestoreOpts) -> Result<RestoreOutcome, RestoreError> {
         .into_iter()
         .chain(seeds.iter().map(|s| s.1))
         .collect();
-    let child = fork_at(root)?;
+    let child = fork_at(root, 0)?;
     if child == 0 {
         task::close(rd);
         child::run(&plan, &images, root, wr, &keep, &seeds);
@@ -800,18 +800,18 @@ fn seize_ready(pid: i32) -> Result<(), RestoreError> {
 }
 
 /// Forks a child at exactly `pid`.
-pub(crate) fn fork_at(pid: i32) -> Result<i32, RestoreError> {
+pub(crate) fn fork_at(pid: i32, flags: u64) -> Result<i32, RestoreError> {
     let sys = |source| RestoreError::Sys {
         pid,
         what: "forking the process".into(),
         source,
     };
-    match proc_ctl::fork_with_pid(pid) {
+    match proc_ctl::fork_with_pid(pid, flags) {
         Ok(c) => Ok(c),
         Err(e) if e.errno == libc::EEXIST => Err(RestoreError::PidTaken { pid }),
         Err(e) if e.errno == libc::ENOSYS || e.errno == libc::EPERM || e.errno == libc::EINVAL => {
             tracing::debug!(pid, error = %e, "clone3 set_tid unavailable, using ns_last_pid");
-            match proc_ctl::fork_with_pid_fallback(pid) {
+            match proc_ctl::fork_with_pid_fallback(pid, flags) {
                 Err(e) if e.errno == libc::EEXIST => Err(RestoreError::PidTaken { pid }),
                 r => r.map_err(sys),
             }

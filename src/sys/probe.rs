@@ -144,7 +144,7 @@ pub fn probe_clone3_set_tid() -> ProbeResult<i32> {
         if fs::metadata(format!("/proc/{want}")).is_ok() {
             continue;
         }
-        match proc_ctl::fork_with_pid(want) {
+        match proc_ctl::fork_with_pid(want, 0) {
             Ok(0) => {
                 // SAFETY: in the child: leave at once without running any Rust code.
                 unsafe { libc::_exit(0) }

@@ -88,9 +88,10 @@ struct CloneArgs {
 /// (`set_tid`). Returns Ok(0) in the child and Ok(child pid) in the parent, like fork.
 ///
 /// The caller must be single-threaded at this point (it behaves like fork(2)).
-pub fn fork_with_pid(pid: i32) -> SysResult<i32> {
+pub fn fork_with_pid(pid: i32, flags: u64) -> SysResult<i32> {
     let tid = [pid];
     let args = CloneArgs {
+        flags,
         exit_signal: libc::SIGCHLD as u64,
         set_tid: tid.as_ptr() as u64,
         set_tid_size: 1,
@@ -110,7 +111,7 @@ pub fn fork_with_pid(pid: i32) -> SysResult<i32> {
 
 /// Forks with the ns_last_pid fallback: writes `pid - 1` to /proc/sys/kernel/ns_last_pid and
 /// forks; fails with EEXIST if the kernel handed out a different PID.
-pub fn fork_with_pid_fallback(pid: i32) -> SysResult<i32> {
+pub fn fork_with_pid_fallback(pid: i32, flags: u64) -> SysResult<i32> {
     use std::io::Write;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -118,9 +119,19 @@ pub fn fork_with_pid_fallback(pid: i32) -> SysResult<i32> {
         .map_err(|e| SysError::from_errno("open(ns_last_pid)", e.raw_os_error().unwrap_or(0)))?;
     write!(f, "{}", pid - 1)
         .map_err(|e| SysError::from_errno("write(ns_last_pid)", e.raw_os_error().unwrap_or(0)))?;
-    // SAFETY: fork in a single-threaded caller.
-    let ret = unsafe { libc::fork() };
-    let ret = check("fork", ret as libc::c_long)? as i32;
+    // SAFETY: clone without CLONE_VM and with a null stack is fork (plus `flags`, e.g.
+    // CLONE_FS), in a single-threaded caller.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            flags | libc::SIGCHLD as u64,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    let ret = check("clone", ret)? as i32;
     if ret != 0 && ret != pid {
         // Someone else took the PID between our write and our fork.
         // SAFETY: the child is ours and not yet doing anything useful.
