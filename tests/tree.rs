@@ -258,3 +258,21 @@ fn clone_fs_child_shares_cwd_and_umask() {
     assert!(reap_gone(&tree), "the dumped tree did not go away");
     assert_eq!(restore_and_check(&w, images.path()), "PASS", "{}", w.logs());
 }
+
+/// A child created with CLONE_FILES shares one fd table with its parent again after restore:
+/// an fd opened by one is seen by the other, one closed by one is closed for the other.
+#[test]
+fn clone_files_child_shares_the_fd_table() {
+    let test = "clone_files_child_shares_the_fd_table";
+    let Some(bin) = prepare(test, "clone_files") else {
+        return;
+    };
+    let _serial = serial();
+    let mut w = Workload::start(&bin, &[]);
+    let tree = descendants(w.pid);
+    let images = images_dir();
+    dump_ok(&w, images.path(), &[]);
+    w.wait_killed_by_dump();
+    assert!(reap_gone(&tree), "the dumped tree did not go away");
+    assert_eq!(restore_and_check(&w, images.path()), "PASS", "{}", w.logs());
+}

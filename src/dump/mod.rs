@@ -178,7 +178,7 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats, DumpError> {
     let frozen_at = Instant::now();
     crate::fault::point("dump:seized")?;
     let procs = tree.procs();
-    let fs_shared = shared_with_parent(&procs)?;
+    let (fs_shared, files_shared) = shared_with_parent(&procs)?;
     let mut stats = DumpStats {
         freeze_s: (frozen_at - t0).as_secs_f64(),
         ..DumpStats::default()
@@ -194,7 +194,13 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats, DumpError> {
     };
     let mut all_fds: Vec<(i32, Vec<crate::proto::FdEntry>)> = Vec::new();
     for p in procs.iter().filter(|p| p.zombie.is_none()) {
-        all_fds.push((p.pid, files::collect_fds(p.pid, fd_opts)?));
+        // A process sharing its parent's fd table has the parent's fds: saved once, there.
+        let fds = if files_shared.contains(&p.pid) {
+            Vec::new()
+        } else {
+            files::collect_fds(p.pid, fd_opts)?
+        };
+        all_fds.push((p.pid, fds));
     }
     files::number_across_processes(&mut all_fds)?;
     fd_unix::pair_across_processes(&mut all_fds, opts.ext_unix_sk)?;
@@ -225,6 +231,7 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats, DumpError> {
                     .unwrap_or_default();
                 let mut entry = collect(p, fds, &mut writer, &mut stats)?;
                 entry.fs_shared = fs_shared.contains(&p.pid);
+                entry.files_shared = files_shared.contains(&p.pid);
                 let tty_nr = proc::read_stat(p.pid)?.tty_nr;
                 fd_tty::controlling_terminal(&mut entry, tty_nr, fds, &pty_pairs, opts.shell_job)?;
                 if entry.ctty_inode_id != 0 {
@@ -349,45 +356,43 @@ struct NetFreeze {
     lock: Option<crate::net::lock::NetLock>,
 }
 
-/// Refuses processes that share their memory (vfork), fd table (CLONE_FILES) or fs info
-/// (CLONE_FS) with their parent: restore would give them separate copies.
-/// Returns the processes that share their fs info with their parent (CLONE_FS: restored with
-/// CLONE_FS again).
-fn shared_with_parent(procs: &[SeizedProc]) -> Result<Vec<i32>, DumpError> {
+/// Returns the processes that share their fs info (CLONE_FS) and those that share their fd
+/// table (CLONE_FILES) with their parent: restored sharing them again. A process sharing its
+/// parent's memory (vfork) is refused, and so is a CLONE_FILES child with children of its own.
+fn shared_with_parent(procs: &[SeizedProc]) -> Result<(Vec<i32>, Vec<i32>), DumpError> {
     use crate::sys::proc_ctl::{kcmp_same, KCMP_FILES, KCMP_FS, KCMP_VM};
-    let mut fs_shared = Vec::new();
+    let (mut fs_shared, mut files_shared) = (Vec::new(), Vec::new());
     for p in procs.iter().filter(|p| p.zombie.is_none() && p.ppid != 0) {
         let parent_in_tree = procs.iter().any(|q| q.pid == p.ppid && q.zombie.is_none());
-        if parent_in_tree
-            && kcmp_same(p.pid, p.ppid, KCMP_FS).map_err(|source| DumpError::Ptrace {
+        let same = |kind: i32| {
+            kcmp_same(p.pid, p.ppid, kind).map_err(|source| DumpError::Ptrace {
                 pid: p.pid,
                 what: "kcmp with its parent",
                 source,
-            })?
-        {
+            })
+        };
+        if parent_in_tree && same(KCMP_FS)? {
             fs_shared.push(p.pid);
         }
-        for (kind, what) in [
-            (KCMP_VM, "shares its memory with its parent (a vfork child)"),
-            (
-                KCMP_FILES,
-                "shares its fd table with its parent (CLONE_FILES)",
-            ),
-        ] {
-            let same = kcmp_same(p.pid, p.ppid, kind).map_err(|source| DumpError::Ptrace {
-                pid: p.pid,
-                what: "kcmp with its parent",
-                source,
-            })?;
-            if same {
+        if parent_in_tree && same(KCMP_FILES)? {
+            if procs.iter().any(|q| q.ppid == p.pid) {
                 return Err(DumpError::Unsupported {
                     pid: p.pid,
-                    what: format!("{what}; not supported yet"),
+                    what: "shares its fd table with its parent (CLONE_FILES) and has children \
+                           of its own; not supported yet"
+                        .into(),
                 });
             }
+            files_shared.push(p.pid);
+        }
+        if same(KCMP_VM)? {
+            return Err(DumpError::Unsupported {
+                pid: p.pid,
+                what: "shares its memory with its parent (a vfork child); not supported yet".into(),
+            });
         }
     }
-    Ok(fs_shared)
+    Ok((fs_shared, files_shared))
 }
 
 fn ptrace_err(pid: i32, what: &'static str) -> impl FnOnce(SysError) -> DumpError {

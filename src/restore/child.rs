@@ -52,38 +52,71 @@ fn run_inner(
         Join::NewGroup => task::setpgid(0).map_err(|e| format!("setpgid(0): {e}"))?,
         Join::Group(g) => task::setpgid(g).map_err(|e| format!("setpgid({g}): {e}"))?,
     }
-    for &kid in plan.children(pid) {
-        let entry = plan
-            .entry(kid)
-            .ok_or_else(|| format!("child {kid} missing from the plan"))?;
-        // A child that shared its parent's fs info (CLONE_FS) shares it again.
-        let flags = if entry.fs_shared {
-            libc::CLONE_FS as u64
-        } else {
-            0
-        };
-        match super::fork_at(kid, flags).map_err(|e| format!("forking child {kid}: {e}"))? {
-            0 if entry.zombie => task::die_with_status(entry.exit_status),
-            0 => run(plan, images, kid, report, keep, shared),
-            _ => {
-                // Both parent and child set the child's group (as shells do), so a sibling
-                // forked next can join it whichever of the two runs first.
-                let target = match plan.join(kid) {
-                    Join::NewGroup => Some(kid),
-                    Join::Group(g) => Some(g),
-                    _ => None,
-                };
-                if let Some(g) = target {
-                    let _ = task::setpgid_of(kid, g);
-                }
-            }
-        }
+    // Children sharing this process's fd table (CLONE_FILES) are forked once the table is
+    // built, the others before (they build their own).
+    let (late, early): (Vec<i32>, Vec<i32>) = plan
+        .children(pid)
+        .iter()
+        .partition(|&&k| plan.entry(k).is_some_and(|e| e.files_shared));
+    for &kid in &early {
+        fork_child(plan, images, kid, report, keep, shared)?;
     }
     crate::fault::point("restore:child").map_err(|e| e.to_string())?;
     let img = images
         .get(&pid)
         .ok_or_else(|| format!("no images for pid {pid}"))?;
-    prepare(img, report, keep, shared)
+    let report = if plan.entry(pid).is_some_and(|e| e.files_shared) {
+        // The parent built this table; only what is per process remains.
+        prepare_own(img)?;
+        report
+    } else {
+        prepare(img, report, keep, shared)?
+    };
+    for &kid in &late {
+        // Its own report fd in the shared table, which it closes when it has reported.
+        let kid_report = task::dup_above(report, report + 1).map_err(|e| e.to_string())?;
+        fork_child(plan, images, kid, kid_report, keep, shared)?;
+    }
+    Ok(report)
+}
+
+/// Forks child `kid` of the plan at its PID, sharing fs info (CLONE_FS) and the fd table
+/// (CLONE_FILES) with this process where it did; the child goes on in [`run`].
+fn fork_child(
+    plan: &Plan,
+    images: &BTreeMap<i32, ProcessImage>,
+    kid: i32,
+    report: RawFd,
+    keep: &[RawFd],
+    shared: &[(u64, RawFd)],
+) -> Result<(), String> {
+    let entry = plan
+        .entry(kid)
+        .ok_or_else(|| format!("child {kid} missing from the plan"))?;
+    let mut flags = 0u64;
+    if entry.fs_shared {
+        flags |= libc::CLONE_FS as u64;
+    }
+    if entry.files_shared {
+        flags |= libc::CLONE_FILES as u64;
+    }
+    match super::fork_at(kid, flags).map_err(|e| format!("forking child {kid}: {e}"))? {
+        0 if entry.zombie => task::die_with_status(entry.exit_status),
+        0 => run(plan, images, kid, report, keep, shared),
+        _ => {
+            // Both parent and child set the child's group (as shells do), so a sibling
+            // forked next can join it whichever of the two runs first.
+            let target = match plan.join(kid) {
+                Join::NewGroup => Some(kid),
+                Join::Group(g) => Some(g),
+                _ => None,
+            };
+            if let Some(g) = target {
+                let _ = task::setpgid_of(kid, g);
+            }
+            Ok(())
+        }
+    }
 }
 
 /// A session leader whose controlling terminal was a pseudo-terminal of the checkpoint takes
@@ -114,6 +147,12 @@ fn prepare(
     shared: &[(u64, RawFd)],
 ) -> Result<RawFd, String> {
     let report = super::files::install_fds(&img.fds, report_fd, keep, shared)?;
+    prepare_own(img)?;
+    Ok(report)
+}
+
+/// cwd, root, umask, rlimits and name.
+fn prepare_own(img: &ProcessImage) -> Result<(), String> {
     let core = &img.core;
     if !core.root.is_empty() && core.root != "/" {
         task::chroot(&core.root).map_err(|e| format!("chroot({}): {e}", core.root))?;
@@ -136,5 +175,5 @@ fn prepare(
             let _ = task::set_comm(&t.comm);
         }
     }
-    Ok(report)
+    Ok(())
 }

@@ -497,6 +497,23 @@ pub fn restore(opts: &RestoreOpts) -> Result<RestoreOutcome, RestoreError> {
         tramps.insert(img.pid(), memory::choose_trampoline(&img)?);
         images.insert(img.pid(), img);
     }
+    // A shared fd table holds the shared memory objects of both processes at one set of
+    // numbers; mapping them in both is not supported yet.
+    let maps_shm = |i: &ProcessImage| {
+        i.mm.vmas
+            .iter()
+            .any(|v| v.kind() == crate::proto::VmaKind::VmaAnonShared)
+    };
+    for img in images.values().filter(|i| i.pstree.files_shared) {
+        if maps_shm(img) || images.get(&img.pstree.ppid).is_some_and(maps_shm) {
+            return Err(RestoreError::Invalid {
+                pid: img.pid(),
+                what: "shares its fd table with its parent (CLONE_FILES) while one of them \
+                       maps shared anonymous memory: not supported yet"
+                    .into(),
+            });
+        }
+    }
     for e in plan.entries() {
         for id in std::iter::once(e.pid).chain(e.threads.iter().copied()) {
             if std::path::Path::new(&format!("/proc/{id}")).exists() {
@@ -863,11 +880,19 @@ fn build(
     memory::clear_and_move_specials(&mut ctx, img)?;
     memory::map_vmas(&mut ctx, img, shared)?;
     for fd in shared.fds() {
-        ctx.sys(
+        let closed = ctx.sys(
             || format!("close of inherited shared memory fd {fd}"),
             libc::SYS_close,
             [fd as u64, 0, 0, 0, 0, 0],
-        )?;
+        );
+        match closed {
+            // An fd table shared with another process (CLONE_FILES): it closed it already.
+            Err(RestoreError::Remote(RemoteError::Syscall { errno, .. }))
+                if errno == libc::EBADF => {}
+            r => {
+                r?;
+            }
+        }
     }
     memory::fill_pages(&mut ctx, img, pages_path)?;
     memory::fix_protections(&mut ctx, img)?;

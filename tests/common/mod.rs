@@ -32,6 +32,7 @@ pub const TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The workloads compiled for the tests, by file stem.
 pub const WORKLOADS: &[&str] = &[
+    "clone_files",
     "clone_fs",
     "tty_job",
     "pty",
