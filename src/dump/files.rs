@@ -228,8 +228,9 @@ fn has_inode_id(kind: FdKind, mode: u32) -> bool {
 pub fn number_across_processes(all: &mut [(i32, Vec<FdEntry>)]) -> Result<(), DumpError> {
     use std::collections::HashMap;
     let (mut next_desc, mut next_inode) = (1u32, 1u32);
-    // (pid, fd, dev, ino, kind, global desc) of descriptions seen so far.
-    let mut seen: Vec<(i32, i32, u64, u64, i32, u32)> = Vec::new();
+    // Descriptions seen so far, bucketed by (dev, ino, kind) and kept sorted in kcmp's order
+    // within a bucket: each new one costs a binary search (log n kcmp calls), not a scan.
+    let mut seen: HashMap<(u64, u64, i32), Vec<(i32, i32, u32)>> = HashMap::new();
     let mut pipes: HashMap<(u64, u64), u32> = HashMap::new();
     for (pid, list) in all.iter_mut() {
         let pid = *pid;
@@ -241,31 +242,32 @@ pub fn number_across_processes(all: &mut [(i32, Vec<FdEntry>)]) -> Result<(), Du
             let desc = match desc_map.get(&e.desc_id) {
                 Some(d) => *d,
                 None => {
-                    let mut found = None;
-                    for s in seen
-                        .iter()
-                        .filter(|s| s.0 != pid && (s.2, s.3, s.4) == (e.dev, e.ino, e.kind))
-                    {
-                        let same = ffi::same_file(s.0, s.1, pid, e.fd).map_err(|source| {
-                            DumpError::Unsupported {
-                                pid,
-                                what: format!(
-                                    "fd {}: comparing with pid {} fd {}: {source}",
-                                    e.fd, s.0, s.1
-                                ),
-                            }
-                        })?;
-                        if same {
-                            found = Some(s.5);
-                            break;
-                        }
-                    }
-                    let d = found.unwrap_or_else(|| {
-                        next_desc += 1;
-                        next_desc - 1
+                    let bucket = seen.entry((e.dev, e.ino, e.kind)).or_default();
+                    let mut failed = None;
+                    let pos = bucket.binary_search_by(|s| {
+                        ffi::file_order(s.0, s.1, pid, e.fd).unwrap_or_else(|err| {
+                            failed.get_or_insert((s.0, s.1, err));
+                            std::cmp::Ordering::Less
+                        })
                     });
+                    if let Some((p2, fd2, source)) = failed {
+                        return Err(DumpError::Unsupported {
+                            pid,
+                            what: format!(
+                                "fd {}: comparing with pid {p2} fd {fd2}: {source}",
+                                e.fd
+                            ),
+                        });
+                    }
+                    let d = match pos {
+                        Ok(i) => bucket[i].2,
+                        Err(i) => {
+                            next_desc += 1;
+                            bucket.insert(i, (pid, e.fd, next_desc - 1));
+                            next_desc - 1
+                        }
+                    };
                     desc_map.insert(e.desc_id, d);
-                    seen.push((pid, e.fd, e.dev, e.ino, e.kind, d));
                     d
                 }
             };

@@ -39,6 +39,19 @@ pub fn same_file(pid1: i32, fd1: RawFd, pid2: i32, fd2: RawFd) -> SysResult<bool
     check("kcmp(KCMP_FILE)", r).map(|r| r == 0)
 }
 
+/// kcmp(KCMP_FILE) as an order: the kernel orders open file descriptions consistently (by
+/// their obfuscated addresses), so descriptions can be sorted and searched with it.
+pub fn file_order(pid1: i32, fd1: RawFd, pid2: i32, fd2: RawFd) -> SysResult<std::cmp::Ordering> {
+    // SAFETY: kcmp with KCMP_FILE takes two integer fd numbers; no pointers.
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, pid1, pid2, KCMP_FILE, fd1, fd2) };
+    match check("kcmp(KCMP_FILE)", r)? {
+        0 => Ok(std::cmp::Ordering::Equal),
+        1 => Ok(std::cmp::Ordering::Less),
+        2 => Ok(std::cmp::Ordering::Greater),
+        _ => Err(super::SysError::from_errno("kcmp(KCMP_FILE)", libc::EINVAL)),
+    }
+}
+
 /// kcmp(KCMP_EPOLL_TFD): whether the file registered as `tfd` (the `toff`-th registration with
 /// that number) in epoll instance `efd` of `pid` is the open file at fd `fd` of `pid`.
 pub fn epoll_target_is(pid: i32, efd: RawFd, tfd: RawFd, toff: u32, fd: RawFd) -> SysResult<bool> {
