@@ -222,6 +222,9 @@ fn has_inode_id(kind: FdKind, mode: u32) -> bool {
     }
 }
 
+/// A description already numbered: (pid, fd, checkpoint-wide desc id).
+type SeenDesc = (i32, i32, u32);
+
 /// Renumbers the per-process `desc_id`s and `inode_id`s of every process (`(pid, fds)`, in
 /// dump order) so that they are unique across the checkpoint, and equal where two processes
 /// share an open file description (kcmp) or a pipe (same pipe inode).
@@ -230,7 +233,7 @@ pub fn number_across_processes(all: &mut [(i32, Vec<FdEntry>)]) -> Result<(), Du
     let (mut next_desc, mut next_inode) = (1u32, 1u32);
     // Descriptions seen so far, bucketed by (dev, ino, kind) and kept sorted in kcmp's order
     // within a bucket: each new one costs a binary search (log n kcmp calls), not a scan.
-    let mut seen: HashMap<(u64, u64, i32), Vec<(i32, i32, u32)>> = HashMap::new();
+    let mut seen: HashMap<(u64, u64, i32), Vec<SeenDesc>> = HashMap::new();
     let mut pipes: HashMap<(u64, u64), u32> = HashMap::new();
     for (pid, list) in all.iter_mut() {
         let pid = *pid;
