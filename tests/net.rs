@@ -189,7 +189,9 @@ impl Client {
                 &port.to_string(),
                 &conns.to_string(),
                 &bytes.to_string(),
-                "3",
+                // Reading starts this many seconds after the client does: well after the
+                // dump, so the server's send queues are still full when it is frozen.
+                "6",
             ])
             .stdin(Stdio::null())
             .stdout(f.try_clone().expect("dup"))

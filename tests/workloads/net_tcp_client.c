@@ -28,6 +28,10 @@ int main(int argc, char **argv)
 		int fd = -1;
 		while (now_s() < start + 20) {
 			fd = socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM, 0);
+			/* A small receive buffer (no autotuning): the stream cannot all sit in it, so
+			 * the server's send queue stays full while the client does not read. */
+			int rcvbuf = 64 << 10;
+			setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
 			if (connect(fd, (struct sockaddr *)&ss, len) == 0)
 				break;
 			close(fd);

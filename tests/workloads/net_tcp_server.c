@@ -31,6 +31,8 @@ static void child(uint64_t total)
 	struct sockaddr_storage ss;
 	socklen_t len = make_addr(&ss, v6, addr, port);
 	int fd = socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM, 0);
+	int rcvbuf = 64 << 10; /* keeps the server's send queue full while we do not read */
+	setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
 	if (fd < 0 || connect(fd, (struct sockaddr *)&ss, len)) {
 		perror("child connect");
 		_exit(3);
