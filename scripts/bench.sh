@@ -5,6 +5,8 @@
 #   tiny   the counter (a few hundred KiB of memory)
 #   1GiB   1 GiB of incompressible anonymous memory plus 256 MiB of touched-but-zero memory
 #          (present pages holding zeros)
+#   tree   tests/workloads/tree: 13 live processes over 4 levels and a zombie, in their own
+#          session with two process groups (a few hundred KiB each)
 #   tcp    a server on loopback (tests/workloads/net_tcp_server) with an established
 #          connection to a client outside the dumped tree and one to its own child, both
 #          streaming and with both queues full at dump; dumped and restored with
@@ -72,7 +74,7 @@ CRYO=$ROOT/target/release/cryo
 
 WORK=$(mktemp -d "${BENCH_DIR:-/tmp}/cryo-bench.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
-for w in counter bigmem net_tcp_server net_tcp_client; do
+for w in counter bigmem tree net_tcp_server net_tcp_client; do
 	cc -O1 -o "$WORK/$w" "$ROOT/tests/workloads/$w.c" -lrt
 done
 
@@ -282,7 +284,7 @@ median() { sort -g | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)
 TOOLS=(floor cryo)
 [ -n "$CRIU" ] && TOOLS+=(criu)
 # name:floor_bytes:command (floor_bytes 0: no floor for this workload)
-WORKLOADS=("tiny:0:$WORK/counter" "1GiB:$((1 << 30)):$WORK/bigmem 1024 256" "tcp:0:$WORK/net_tcp_server")
+WORKLOADS=("tiny:0:$WORK/counter" "1GiB:$((1 << 30)):$WORK/bigmem 1024 256" "tree:0:$WORK/tree" "tcp:0:$WORK/net_tcp_server")
 # BENCH_ONLY="tiny tcp" runs only those workloads.
 if [ -n "${BENCH_ONLY:-}" ]; then
 	keep=()
