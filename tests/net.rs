@@ -101,16 +101,29 @@ impl Hosts {
             }
             Ok(())
         };
-        match setup() {
-            Ok(()) => Some(h),
-            Err(e) => {
-                skip(
-                    test,
-                    &format!("cannot make network namespaces as test hosts: {e}"),
-                );
-                None
+        if let Err(e) = setup() {
+            skip(
+                test,
+                &format!("cannot make network namespaces as test hosts: {e}"),
+            );
+            return None;
+        }
+        // The firewall the network lock uses must work in this kernel.
+        for cmd in [
+            &["nft", "list", "tables"][..],
+            &["iptables", "-w", "-n", "-L"][..],
+        ] {
+            let ok = Command::new("ip")
+                .args(["netns", "exec", &h.a])
+                .args(cmd)
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if !ok {
+                skip(test, &format!("`{}` does not work here", cmd.join(" ")));
+                return None;
             }
         }
+        Some(h)
     }
 
     fn path(ns: &str) -> String {
