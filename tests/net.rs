@@ -9,7 +9,7 @@ mod common;
 
 use common::*;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Two test hosts: network namespaces A and B joined by a veth pair, with IPv4 10.77.N.1/.2
@@ -183,29 +183,13 @@ struct Client {
 }
 
 impl Client {
-    fn start(
-        bin: &std::path::Path,
-        hosts: &Hosts,
-        v6: bool,
-        port: u16,
-        conns: u32,
-        bytes: u64,
-    ) -> Self {
+    /// Runs `bin args` (a client in host B), its output to a file.
+    fn spawn(bin: &std::path::Path, args: &[&str]) -> Self {
         let dir = tempfile::TempDir::with_prefix("cryo-net-client-").expect("tempdir");
         let out = dir.path().join("out");
         let f = std::fs::File::create(&out).expect("client out");
         let child = Command::new(bin)
-            .args([
-                Hosts::path(&hosts.b).as_str(),
-                if v6 { "6" } else { "4" },
-                &hosts.addr(v6, 1),
-                &port.to_string(),
-                &conns.to_string(),
-                &bytes.to_string(),
-                // Reading starts this many seconds after the client does: well after the
-                // dump, so the server's send queues are still full when it is frozen.
-                "6",
-            ])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(f.try_clone().expect("dup"))
             .stderr(f)
@@ -216,6 +200,31 @@ impl Client {
             out,
             _dir: dir,
         }
+    }
+
+    /// net_tcp_client in host B: `conns` connections streaming `bytes` each way.
+    fn start(
+        bin: &std::path::Path,
+        hosts: &Hosts,
+        v6: bool,
+        port: u16,
+        conns: u32,
+        bytes: u64,
+    ) -> Self {
+        Self::spawn(
+            bin,
+            &[
+                Hosts::path(&hosts.b).as_str(),
+                if v6 { "6" } else { "4" },
+                &hosts.addr(v6, 1),
+                &port.to_string(),
+                &conns.to_string(),
+                &bytes.to_string(),
+                // Reading starts this many seconds after the client does: well after the
+                // dump, so the server's send queues are still full when it is frozen.
+                "6",
+            ],
+        )
     }
 
     /// Waits for the client's verdict.
@@ -250,6 +259,21 @@ fn cryo_output_env(args: &[&str], env: &[(&str, &str)]) -> std::process::Output 
         .expect("run cryo")
 }
 
+/// The common start of a test between hosts: root, the serial lock, the hosts (or a skip).
+fn begin(test: &str) -> Option<(std::sync::MutexGuard<'static, ()>, Hosts)> {
+    if !require_root(test) {
+        return None;
+    }
+    let g = serial();
+    Hosts::new(test).map(|h| (g, h))
+}
+
+/// `cryo show -D DIR` as text.
+fn show_text(dir: &std::path::Path) -> String {
+    let out = cryo_output(&["show", "-D", dir.to_str().expect("utf-8 path")], TIMEOUT);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 const BYTES: u64 = 4 << 20;
 const PORT: u16 = 7000;
 
@@ -272,8 +296,9 @@ fn start_pair(hosts: &Hosts, v6: bool) -> (Workload, Client) {
     (w, client)
 }
 
-/// Restores into host A, has the server check itself and the client report.
-fn restore_and_finish(hosts: &Hosts, w: &Workload, dir: &std::path::Path, client: Client) {
+/// Restores into host A (`--join-ns`) and has the server check itself: its result and
+/// cryo's output.
+fn restore_on_a(hosts: &Hosts, w: &Workload, dir: &std::path::Path) -> (String, Output) {
     let ns = format!("net:{}", Hosts::path(&hosts.a));
     let mut restore = restore_spawn(dir, &["--join-ns", &ns]);
     let result = w.check_with(|| {
@@ -282,7 +307,12 @@ fn restore_and_finish(hosts: &Hosts, w: &Workload, dir: &std::path::Path, client
             .filter(|s| !s.success())
             .map(|s| format!("cryo restore failed ({s})\n{}", restore.describe()))
     });
-    let out = restore.finish(TIMEOUT);
+    (result, restore.finish(TIMEOUT))
+}
+
+/// Restores into host A, has the server check itself and the client report.
+fn restore_and_finish(hosts: &Hosts, w: &Workload, dir: &std::path::Path, client: Client) {
+    let (result, out) = restore_on_a(hosts, w, dir);
     let (client_ok, client_text) = client.finish();
     assert_eq!(
         result,
@@ -299,11 +329,7 @@ fn restore_and_finish(hosts: &Hosts, w: &Workload, dir: &std::path::Path, client
 }
 
 fn tcp_roundtrip(test: &str, v6: bool, extra_dump: &[&str]) {
-    if !require_root(test) {
-        return;
-    }
-    let _g = serial();
-    let Some(hosts) = Hosts::new(test) else {
+    let Some((_g, hosts)) = begin(test) else {
         return;
     };
     let (mut w, client) = start_pair(&hosts, v6);
@@ -319,8 +345,7 @@ fn tcp_roundtrip(test: &str, v6: bool, extra_dump: &[&str]) {
         "no network lock is held between dump and restore"
     );
     // What was caught: unread data and unacknowledged data in the server's connections.
-    let show = cryo_output(&["show", "-D", dir.path().to_str().unwrap()], TIMEOUT);
-    let text = String::from_utf8_lossy(&show.stdout);
+    let text = show_text(dir.path());
     assert!(text.contains("LISTEN"), "show lists the listener:\n{text}");
     let conns: Vec<&str> = text.lines().filter(|l| l.contains("ESTABLISHED")).collect();
     assert_eq!(
@@ -355,11 +380,7 @@ fn tcp6_connections_survive_with_iptables_lock() {
 #[test]
 fn established_connection_refused_without_the_flag() {
     let test = "established_connection_refused_without_the_flag";
-    if !require_root(test) {
-        return;
-    }
-    let _g = serial();
-    let Some(hosts) = Hosts::new(test) else {
+    let Some((_g, hosts)) = begin(test) else {
         return;
     };
     let (w, client) = start_pair(&hosts, false);
@@ -384,11 +405,7 @@ fn established_connection_refused_without_the_flag() {
 #[test]
 fn leave_running_keeps_connections_and_removes_the_lock() {
     let test = "leave_running_keeps_connections_and_removes_the_lock";
-    if !require_root(test) {
-        return;
-    }
-    let _g = serial();
-    let Some(hosts) = Hosts::new(test) else {
+    let Some((_g, hosts)) = begin(test) else {
         return;
     };
     let (w, client) = start_pair(&hosts, false);
@@ -472,54 +489,28 @@ fn failed_dumps_and_restores_leave_connections_working() {
 }
 
 fn udp_roundtrip(test: &str, v6: bool) {
-    if !require_root(test) {
-        return;
-    }
-    let _g = serial();
-    let Some(hosts) = Hosts::new(test) else {
+    let Some((_g, hosts)) = begin(test) else {
         return;
     };
     let bin = workload_bin("net", "net_udp").expect("workloads");
     let fam = if v6 { "6" } else { "4" };
     let (a, b) = (hosts.addr(v6, 1), hosts.addr(v6, 2));
-    let out_dir = tempfile::TempDir::with_prefix("cryo-net-udp-").expect("tempdir");
-    let out = std::fs::File::create(out_dir.path().join("out")).expect("client out");
-    let mark = out_dir.path().join("bound").display().to_string();
-    let mut client = Command::new(&bin)
-        .args(["client", &Hosts::path(&hosts.b), fam, &a, &b, "7100", &mark])
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().expect("dup"))
-        .stderr(out)
-        .spawn()
-        .expect("start client");
-    // The client sends at once; the server waits until the datagrams are queued.
-    let mut w = Workload::start(
-        &bin,
-        &["server", &Hosts::path(&hosts.a), fam, &a, &b, "7100", &mark],
-    );
+    let mark_dir = tempfile::TempDir::with_prefix("cryo-net-udp-").expect("tempdir");
+    let mark = mark_dir.path().join("bound").display().to_string();
+    let host_b = Hosts::path(&hosts.b);
+    let client = Client::spawn(&bin, &["client", &host_b, fam, &a, &b, "7100", &mark]);
+    // The client sends once the server is bound; the server waits until they are queued.
+    let host_a = Hosts::path(&hosts.a);
+    let mut w = Workload::start(&bin, &["server", &host_a, fam, &a, &b, "7100", &mark]);
     let dir = images_dir();
     dump_ok(&w, dir.path(), &[]);
     w.wait_killed_by_dump();
-    let show = cryo_output(&["show", "-D", dir.path().to_str().unwrap()], TIMEOUT);
-    let text = String::from_utf8_lossy(&show.stdout);
+    let text = show_text(dir.path());
     assert!(
         text.contains("5 datagrams queued") && text.contains("3 datagrams queued"),
         "show lists the queued datagrams:\n{text}"
     );
-    let ns = format!("net:{}", Hosts::path(&hosts.a));
-    let mut restore = restore_spawn(dir.path(), &["--join-ns", &ns]);
-    let result = w.check_with(|| {
-        restore
-            .try_wait()
-            .filter(|s| !s.success())
-            .map(|s| format!("cryo restore failed ({s})\n{}", restore.describe()))
-    });
-    let rout = restore.finish(TIMEOUT);
-    assert_eq!(result, "PASS", "{}", show_output("cryo restore", &rout));
-    let ok = wait_until(TIMEOUT, || matches!(client.try_wait(), Ok(Some(_))));
-    let status = client.wait().expect("client");
-    let text = std::fs::read_to_string(out_dir.path().join("out")).unwrap_or_default();
-    assert!(ok && status.success(), "client: {text}");
+    restore_and_finish(&hosts, &w, dir.path(), client);
     hosts.assert_no_rules("after a UDP restore");
 }
 
@@ -535,12 +526,7 @@ fn udp6_sockets_keep_queued_datagrams() {
 
 #[test]
 fn raw_packet_and_netlink_sockets_work_after_restore() {
-    let test = "raw_packet_and_netlink_sockets_work_after_restore";
-    if !require_root(test) {
-        return;
-    }
-    let _g = serial();
-    let Some(hosts) = Hosts::new(test) else {
+    let Some((_g, hosts)) = begin("raw_packet_and_netlink_sockets_work_after_restore") else {
         return;
     };
     let bin = workload_bin("net", "net_misc").expect("workloads");
@@ -548,8 +534,7 @@ fn raw_packet_and_netlink_sockets_work_after_restore() {
     let dir = images_dir();
     dump_ok(&w, dir.path(), &[]);
     w.wait_killed_by_dump();
-    let show = cryo_output(&["show", "-D", dir.path().to_str().unwrap()], TIMEOUT);
-    let text = String::from_utf8_lossy(&show.stdout);
+    let text = show_text(dir.path());
     for want in [
         "raw4",
         "packet",
@@ -559,74 +544,35 @@ fn raw_packet_and_netlink_sockets_work_after_restore() {
     ] {
         assert!(text.contains(want), "show lacks {want}:\n{text}");
     }
-    let ns = format!("net:{}", Hosts::path(&hosts.a));
-    let mut restore = restore_spawn(dir.path(), &["--join-ns", &ns]);
-    let result = w.check_with(|| {
-        restore
-            .try_wait()
-            .filter(|s| !s.success())
-            .map(|s| format!("cryo restore failed ({s})\n{}", restore.describe()))
-    });
-    let out = restore.finish(TIMEOUT);
+    let (result, out) = restore_on_a(&hosts, &w, dir.path());
     assert_eq!(result, "PASS", "{}", show_output("cryo restore", &out));
 }
 
 #[test]
 fn half_closed_connections_survive() {
-    let test = "half_closed_connections_survive";
-    if !require_root(test) {
-        return;
-    }
-    let _g = serial();
-    let Some(hosts) = Hosts::new(test) else {
+    let Some((_g, hosts)) = begin("half_closed_connections_survive") else {
         return;
     };
     let bin = workload_bin("net", "net_tcp_halfclose").expect("workloads");
     let a = hosts.addr(false, 1);
-    let out_dir = tempfile::TempDir::with_prefix("cryo-net-hc-").expect("tempdir");
-    let out = std::fs::File::create(out_dir.path().join("out")).expect("client out");
-    let mut client = Command::new(&bin)
-        .args(["client", &Hosts::path(&hosts.b), "4", &a, "7200"])
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().expect("dup"))
-        .stderr(out)
-        .spawn()
-        .expect("start client");
-    let mut w = Workload::start(&bin, &["server", &Hosts::path(&hosts.a), "4", &a, "7200"]);
+    let (host_a, host_b) = (Hosts::path(&hosts.a), Hosts::path(&hosts.b));
+    let client = Client::spawn(&bin, &["client", &host_b, "4", &a, "7200"]);
+    let mut w = Workload::start(&bin, &["server", &host_a, "4", &a, "7200"]);
     let dir = images_dir();
     dump_ok(&w, dir.path(), &["--tcp-established"]);
     w.wait_killed_by_dump();
-    let show = cryo_output(&["show", "-D", dir.path().to_str().unwrap()], TIMEOUT);
-    let text = String::from_utf8_lossy(&show.stdout);
+    let text = show_text(dir.path());
     for st in ["CLOSE_WAIT", "FIN_WAIT2", "FIN_WAIT1"] {
         assert!(text.contains(st), "show lists a {st} connection:\n{text}");
     }
-    let ns = format!("net:{}", Hosts::path(&hosts.a));
-    let mut restore = restore_spawn(dir.path(), &["--join-ns", &ns]);
-    let result = w.check_with(|| {
-        restore
-            .try_wait()
-            .filter(|s| !s.success())
-            .map(|s| format!("cryo restore failed ({s})\n{}", restore.describe()))
-    });
-    let rout = restore.finish(TIMEOUT);
-    let ok = wait_until(TIMEOUT, || matches!(client.try_wait(), Ok(Some(_))));
-    let _ = client.kill();
-    let status = client.wait().expect("client");
-    let ctext = std::fs::read_to_string(out_dir.path().join("out")).unwrap_or_default();
-    assert_eq!(result, "PASS", "{}", show_output("cryo restore", &rout));
-    assert!(ok && status.success(), "client: {ctext}");
+    restore_and_finish(&hosts, &w, dir.path(), client);
     hosts.assert_no_rules("after restoring half-closed connections");
 }
 
 #[test]
 fn tcp_close_restores_connections_closed_and_unlocks() {
     let test = "tcp_close_restores_connections_closed_and_unlocks";
-    if !require_root(test) {
-        return;
-    }
-    let _g = serial();
-    let Some(hosts) = Hosts::new(test) else {
+    let Some((_g, hosts)) = begin(test) else {
         return;
     };
     let (mut w, client) = start_pair(&hosts, false);

@@ -70,6 +70,10 @@ int main(int argc, char **argv)
 	int one = 1;
 	setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
 	setsockopt(ls, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+	/* Accepted sockets inherit a small receive buffer: what the peers (the in-tree child
+	 * among them) send cannot all sit in it, so their send queues stay full too. */
+	int rcvbuf = 64 << 10;
+	setsockopt(ls, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
 	if (v6)
 		setsockopt(ls, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
 	struct sockaddr_storage ss;
