@@ -341,12 +341,8 @@ fn unix_pairs_across_processes() {
         return;
     };
     let mut w = Workload::start(&bin, &[]);
-    let tree = descendants(w.pid);
-    assert_eq!(tree.len(), 2, "parent and child");
-    let images = images_dir();
-    dump_ok(&w, images.path(), &[]);
-    w.wait_killed_by_dump();
-    assert!(reap_gone(&tree), "the dumped tree did not go away");
+    assert_eq!(descendants(w.pid).len(), 2, "parent and child");
+    let images = dump_tree_and_reap(&mut w, &[]);
     assert_eq!(restore_and_check(&w, images.path()), "PASS", "{}", w.logs());
 }
 
@@ -361,12 +357,12 @@ fn pty_pair_and_controlling_terminal() {
         return;
     };
     let mut w = Workload::start(&bin, &[]);
-    let tree = descendants(w.pid);
-    assert_eq!(tree.len(), 3, "root, session leader, foreground child");
-    let images = images_dir();
-    dump_ok(&w, images.path(), &[]);
-    w.wait_killed_by_dump();
-    assert!(reap_gone(&tree), "the dumped tree did not go away");
+    assert_eq!(
+        descendants(w.pid).len(),
+        3,
+        "root, session leader, foreground child"
+    );
+    let images = dump_tree_and_reap(&mut w, &[]);
     let show = cryo_output(&["show", "-D", images.path().to_str().unwrap()], TIMEOUT);
     let text = String::from_utf8_lossy(&show.stdout);
     assert!(text.contains("packet mode"), "show lists the pty:\n{text}");

@@ -251,11 +251,7 @@ fn clone_fs_child_shares_cwd_and_umask() {
     };
     let _serial = serial();
     let mut w = Workload::start(&bin, &[]);
-    let tree = descendants(w.pid);
-    let images = images_dir();
-    dump_ok(&w, images.path(), &[]);
-    w.wait_killed_by_dump();
-    assert!(reap_gone(&tree), "the dumped tree did not go away");
+    let images = dump_tree_and_reap(&mut w, &[]);
     assert_eq!(restore_and_check(&w, images.path()), "PASS", "{}", w.logs());
 }
 
@@ -269,10 +265,6 @@ fn clone_files_child_shares_the_fd_table() {
     };
     let _serial = serial();
     let mut w = Workload::start(&bin, &[]);
-    let tree = descendants(w.pid);
-    let images = images_dir();
-    dump_ok(&w, images.path(), &[]);
-    w.wait_killed_by_dump();
-    assert!(reap_gone(&tree), "the dumped tree did not go away");
+    let images = dump_tree_and_reap(&mut w, &[]);
     assert_eq!(restore_and_check(&w, images.path()), "PASS", "{}", w.logs());
 }

@@ -345,18 +345,25 @@ pub fn inet_socket(r: &FdRef, ino: u64, opts: NetOpts) -> Result<InetSocketState
         }
         _ => {
             s.state = if s.peer.is_some() { 1 } else { TCP_CLOSE };
-            s.dropped = queued(fd);
-            if s.dropped != 0 {
-                tracing::warn!(
-                    pid = r.pid,
-                    fd = r.fd,
-                    bytes = s.dropped,
-                    "raw socket: its queued packets are not saved"
-                );
-            }
+            s.dropped = dropped_queue(r, fd, "raw socket");
         }
     }
     Ok(s)
+}
+
+/// Bytes waiting in the receive queue of a socket whose queue is not saved (raw, packet,
+/// netlink: like packets lost on the wire), logged when there are any.
+fn dropped_queue(r: &FdRef, fd: RawFd, kind: &str) -> u32 {
+    let n = queued(fd);
+    if n != 0 {
+        tracing::warn!(
+            pid = r.pid,
+            fd = r.fd,
+            bytes = n,
+            "{kind}: its queued data is not saved"
+        );
+    }
+    n
 }
 
 /// Bytes waiting in the receive queue (0 if it cannot be told).
@@ -435,15 +442,7 @@ pub fn packet_socket(r: &FdRef, ino: u64) -> Result<PacketSocketState, DumpError
     } else {
         String::new()
     };
-    let dropped = queued(fd);
-    if dropped != 0 {
-        tracing::warn!(
-            pid = r.pid,
-            fd = r.fd,
-            bytes = dropped,
-            "packet socket: its queued packets are not saved"
-        );
-    }
+    let dropped = dropped_queue(r, fd, "packet socket");
     Ok(PacketSocketState {
         r#type: kind,
         protocol: u32::from(proto),
@@ -478,15 +477,7 @@ pub fn netlink_socket(r: &FdRef, ino: u64) -> Result<NetlinkSocketState, DumpErr
             }
         }
     }
-    let dropped = queued(fd);
-    if dropped != 0 {
-        tracing::warn!(
-            pid = r.pid,
-            fd = r.fd,
-            bytes = dropped,
-            "netlink socket: its queued messages are not saved"
-        );
-    }
+    let dropped = dropped_queue(r, fd, "netlink socket");
     Ok(NetlinkSocketState {
         r#type: kind,
         protocol,

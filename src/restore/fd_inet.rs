@@ -70,18 +70,30 @@ fn saved_reuseaddr(opts: &[SockOpt]) -> i32 {
         .map_or(0, i32::from_ne_bytes)
 }
 
+/// A new socket for `f` (owned by `descs` from the start, so a failure closes it) with the
+/// saved options applied.
+fn new_socket(
+    f: &FdEntry,
+    descs: &mut Descriptions,
+    what: &str,
+    (domain, kind, protocol): (i32, i32, i32),
+    opts: &[SockOpt],
+) -> Result<RawFd, String> {
+    let fd = net::socket(domain, kind, protocol)
+        .map_err(|e| format!("{what}: creating the socket: {e}"))?;
+    let fd = descs.keep(fd, what)?;
+    descs.adopt(f, fd);
+    apply_opts(fd, opts, what)?;
+    Ok(fd)
+}
+
 /// Creates the AF_INET/AF_INET6 socket of `f`.
 pub fn create_inet(f: &FdEntry, descs: &mut Descriptions) -> Result<RawFd, String> {
     let what = format!("fd {} ({})", f.fd, f.path);
     let Some(State::Inet(s)) = &f.state else {
         return Err(format!("{what}: the saved socket has no state"));
     };
-    let fd = net::socket(s.family, s.r#type, s.protocol)
-        .map_err(|e| format!("{what}: creating the socket: {e}"))?;
-    let fd = descs.keep(fd, &what)?;
-    // Owned by `descs` from here: a failure closes it.
-    descs.adopt(f, fd);
-    apply_opts(fd, &s.opts, &what)?;
+    let fd = new_socket(f, descs, &what, (s.family, s.r#type, s.protocol), &s.opts)?;
     let w = what.as_str();
     let sys = |doing: &'static str| move |e| format!("{w}: {doing}: {e}");
     let local = s.local.as_ref().map(|a| addr(s.family, a));
@@ -498,11 +510,13 @@ pub fn create_packet(f: &FdEntry, descs: &mut Descriptions) -> Result<RawFd, Str
     let Some(State::Packet(s)) = &f.state else {
         return Err(format!("{what}: the saved socket has no state"));
     };
-    let fd = net::socket(libc::AF_PACKET, s.r#type, s.protocol as i32)
-        .map_err(|e| format!("{what}: creating the socket: {e}"))?;
-    let fd = descs.keep(fd, &what)?;
-    descs.adopt(f, fd);
-    apply_opts(fd, &s.opts, &what)?;
+    let fd = new_socket(
+        f,
+        descs,
+        &what,
+        (libc::AF_PACKET, s.r#type, s.protocol as i32),
+        &s.opts,
+    )?;
     if s.ifindex != 0 || s.protocol != 0 {
         let ifindex = if s.ifname.is_empty() {
             0
@@ -522,11 +536,13 @@ pub fn create_netlink(f: &FdEntry, descs: &mut Descriptions) -> Result<RawFd, St
     let Some(State::Netlink(s)) = &f.state else {
         return Err(format!("{what}: the saved socket has no state"));
     };
-    let fd = net::socket(libc::AF_NETLINK, s.r#type, s.protocol)
-        .map_err(|e| format!("{what}: creating the socket: {e}"))?;
-    let fd = descs.keep(fd, &what)?;
-    descs.adopt(f, fd);
-    apply_opts(fd, &s.opts, &what)?;
+    let fd = new_socket(
+        f,
+        descs,
+        &what,
+        (libc::AF_NETLINK, s.r#type, s.protocol),
+        &s.opts,
+    )?;
     if s.portid != 0 {
         net::netlink_bind(fd, s.portid, 0, false)
             .map_err(|e| format!("{what}: binding to port {}: {e}", s.portid))?;

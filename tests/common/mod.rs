@@ -612,6 +612,17 @@ pub fn dump_ok(w: &Workload, dir: &Path, extra: &[&str]) -> Output {
     out
 }
 
+/// Dumps `w` and its descendants into a new images directory (`cryo dump ... EXTRA`, which
+/// must succeed), waits until the whole tree is gone, and returns the directory.
+pub fn dump_tree_and_reap(w: &mut Workload, extra: &[&str]) -> TempDir {
+    let tree = descendants(w.pid);
+    let images = images_dir();
+    dump_ok(w, images.path(), extra);
+    w.wait_killed_by_dump();
+    assert!(reap_gone(&tree), "the dumped tree did not go away");
+    images
+}
+
 /// Starts `cryo restore -D DIR -v 4 EXTRA...` without waiting for it.
 pub fn restore_spawn(dir: &Path, extra: &[&str]) -> CryoProcess {
     let dir = dir.to_str().expect("utf-8 path");
