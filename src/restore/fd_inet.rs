@@ -335,12 +335,27 @@ fn fake_segment(
         let sum = tcp4_checksum(&peer.addr, &local.addr, &seg);
         seg[16..18].copy_from_slice(&sum.to_be_bytes());
     }
-    let raw = net::socket(
-        local.family,
-        libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-        libc::IPPROTO_TCP,
-    )
-    .map_err(|e| format!("creating a raw socket for a FIN: {e}"))?;
+    // The checksum offset in a TCP header: the kernel fills it in over IPv6.
+    send_as(peer, local, libc::IPPROTO_TCP, &seg, true, 16)
+        .map_err(|e| format!("sending a segment on behalf of {peer}: {e}"))
+}
+
+/// Sends `packet` (a transport header and its data, protocol `proto`) from `from`'s address
+/// to `to`'s, through a raw socket bound there transparently (the address need not be ours
+/// and no port is taken). `marked`: it carries the mark that passes the network lock. Over
+/// IPv6 the kernel computes the checksum at `csum_offset`; over IPv4 it must be in place (or
+/// 0 for UDP).
+fn send_as(
+    from: &net::InetAddr,
+    to: &net::InetAddr,
+    proto: i32,
+    packet: &[u8],
+    marked: bool,
+    csum_offset: i32,
+) -> Result<(), String> {
+    let v6 = from.family == libc::AF_INET6;
+    let raw = net::socket(from.family, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto)
+        .map_err(|e| format!("creating a raw socket: {e}"))?;
     let res = (|| {
         let (level, transparent) = if v6 {
             (libc::IPPROTO_IPV6, libc::IPV6_TRANSPARENT)
@@ -349,35 +364,31 @@ fn fake_segment(
         };
         ffi::set_sockopt_int(raw, level, transparent, 1)
             .map_err(|e| format!("making the raw socket transparent: {e}"))?;
-        ffi::set_sockopt_int(
-            raw,
-            libc::SOL_SOCKET,
-            libc::SO_MARK,
-            crate::net::lock::PASS_MARK as i32,
-        )
-        .map_err(|e| format!("marking the raw socket: {e}"))?;
+        if marked {
+            ffi::set_sockopt_int(
+                raw,
+                libc::SOL_SOCKET,
+                libc::SO_MARK,
+                crate::net::lock::PASS_MARK as i32,
+            )
+            .map_err(|e| format!("marking the raw socket: {e}"))?;
+        }
         if v6 {
-            ffi::set_sockopt_int(raw, libc::IPPROTO_RAW, libc::IPV6_CHECKSUM, 16)
+            ffi::set_sockopt_int(raw, libc::IPPROTO_RAW, libc::IPV6_CHECKSUM, csum_offset)
                 .map_err(|e| format!("setting IPV6_CHECKSUM: {e}"))?;
         }
-        net::inet_bind(
-            raw,
-            &net::InetAddr {
-                port: 0,
-                ..peer.clone()
-            },
-        )
-        .map_err(|e| format!("binding the raw socket to {peer}: {e}"))?;
-        net::inet_sendto(
-            raw,
-            &seg,
-            &net::InetAddr {
-                port: 0,
-                ..local.clone()
-            },
-        )
-        .map_err(|e| format!("sending a segment on behalf of {peer}: {e}"))
-        .map(drop)
+        let src = net::InetAddr {
+            port: 0,
+            ..from.clone()
+        };
+        net::inet_bind(raw, &src).map_err(|e| format!("binding a raw socket to {src}: {e}"))?;
+        let dst = net::InetAddr {
+            port: 0,
+            ..to.clone()
+        };
+        net::inet_sendto(raw, packet, &dst)
+            .map(drop)
+            .map_err(|e| format!("sending to {dst}: {e}"))
     })();
     task::close(raw);
     res
@@ -458,48 +469,15 @@ fn requeue_datagrams(s: &InetSocketState, local: Option<&net::InetAddr>) -> Resu
             return Err("a queued datagram has no sender".into());
         };
         let from = addr(s.family, from);
-        let raw = net::socket(
-            s.family,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::IPPROTO_UDP,
-        )
-        .map_err(|e| format!("creating a raw socket to requeue datagrams: {e}"))?;
-        let res = (|| {
-            let (level, transparent) = if v6 {
-                (libc::IPPROTO_IPV6, libc::IPV6_TRANSPARENT)
-            } else {
-                (libc::IPPROTO_IP, libc::IP_TRANSPARENT)
-            };
-            ffi::set_sockopt_int(raw, level, transparent, 1)
-                .map_err(|e| format!("making the requeue socket transparent: {e}"))?;
-            if v6 {
-                // The kernel fills in the UDP checksum at this offset.
-                ffi::set_sockopt_int(raw, libc::IPPROTO_RAW, libc::IPV6_CHECKSUM, 6)
-                    .map_err(|e| format!("setting IPV6_CHECKSUM: {e}"))?;
-            }
-            let src = net::InetAddr {
-                port: 0,
-                ..from.clone()
-            };
-            net::inet_bind(raw, &src)
-                .map_err(|e| format!("binding the requeue socket to {src}: {e}"))?;
-            let len = 8 + d.data.len();
-            let mut pkt = Vec::with_capacity(len);
-            pkt.extend_from_slice(&from.port.to_be_bytes());
-            pkt.extend_from_slice(&port.to_be_bytes());
-            pkt.extend_from_slice(&(len as u16).to_be_bytes());
-            pkt.extend_from_slice(&[0, 0]);
-            pkt.extend_from_slice(&d.data);
-            let to = net::InetAddr {
-                port: 0,
-                ..dst.clone()
-            };
-            net::inet_sendto(raw, &pkt, &to)
-                .map_err(|e| format!("requeueing a datagram from {from}: {e}"))
-                .map(drop)
-        })();
-        task::close(raw);
-        res?;
+        let len = 8 + d.data.len();
+        let mut pkt = Vec::with_capacity(len);
+        pkt.extend_from_slice(&from.port.to_be_bytes());
+        pkt.extend_from_slice(&port.to_be_bytes());
+        pkt.extend_from_slice(&(len as u16).to_be_bytes());
+        pkt.extend_from_slice(&[0, 0]); // checksum: none over IPv4, the kernel's over IPv6
+        pkt.extend_from_slice(&d.data);
+        send_as(&from, &dst, libc::IPPROTO_UDP, &pkt, false, 6)
+            .map_err(|e| format!("requeueing a datagram from {from}: {e}"))?;
     }
     Ok(())
 }
