@@ -279,15 +279,21 @@ const PORT: u16 = 7000;
 
 /// Starts the server in host A with clients in host B; returns once its queues are full.
 fn start_pair(hosts: &Hosts, v6: bool) -> (Workload, Client) {
+    start_pair_on(hosts, v6, &hosts.addr(v6, 1), v6)
+}
+
+/// Starts the server in host A listening on `addr` (IPv6 if `v6`) and clients in host B over
+/// IPv6 or IPv4 (`client_v6`); returns once the server's queues are full.
+fn start_pair_on(hosts: &Hosts, v6: bool, addr: &str, client_v6: bool) -> (Workload, Client) {
     let server = workload_bin("net", "net_tcp_server").expect("workloads");
     let client_bin = workload_bin("net", "net_tcp_client").expect("workloads");
-    let client = Client::start(&client_bin, hosts, v6, PORT, 3, BYTES);
+    let client = Client::start(&client_bin, hosts, client_v6, PORT, 3, BYTES);
     let w = Workload::start(
         &server,
         &[
             &Hosts::path(&hosts.a),
             if v6 { "6" } else { "4" },
-            &hosts.addr(v6, 1),
+            addr,
             &PORT.to_string(),
             "3",
             &BYTES.to_string(),
@@ -328,11 +334,24 @@ fn restore_and_finish(hosts: &Hosts, w: &Workload, dir: &std::path::Path, client
     );
 }
 
-fn tcp_roundtrip(test: &str, v6: bool, extra_dump: &[&str]) {
+/// How a server and its clients meet.
+#[derive(Clone, Copy)]
+enum Family {
+    V4,
+    V6,
+    /// A dual-stack IPv6 listener on `::` with IPv4 clients (v4-mapped connections).
+    Dual,
+}
+
+fn tcp_roundtrip(test: &str, family: Family, extra_dump: &[&str]) {
     let Some((_g, hosts)) = begin(test) else {
         return;
     };
-    let (mut w, client) = start_pair(&hosts, v6);
+    let (mut w, client) = match family {
+        Family::V4 => start_pair(&hosts, false),
+        Family::V6 => start_pair(&hosts, true),
+        Family::Dual => start_pair_on(&hosts, true, "::", false),
+    };
     let dir = images_dir();
     let mut args = vec!["--tcp-established"];
     args.extend_from_slice(extra_dump);
@@ -347,6 +366,12 @@ fn tcp_roundtrip(test: &str, v6: bool, extra_dump: &[&str]) {
     // What was caught: unread data and unacknowledged data in the server's connections.
     let text = show_text(dir.path());
     assert!(text.contains("LISTEN"), "show lists the listener:\n{text}");
+    if matches!(family, Family::Dual) {
+        assert!(
+            text.contains("::ffff:10.77."),
+            "IPv4 clients appear as v4-mapped peers:\n{text}"
+        );
+    }
     let conns: Vec<&str> = text.lines().filter(|l| l.contains("ESTABLISHED")).collect();
     assert_eq!(
         conns.len(),
@@ -365,16 +390,21 @@ fn tcp_roundtrip(test: &str, v6: bool, extra_dump: &[&str]) {
 
 #[test]
 fn tcp_connections_survive_dump_and_restore() {
-    tcp_roundtrip("tcp_connections_survive_dump_and_restore", false, &[]);
+    tcp_roundtrip("tcp_connections_survive_dump_and_restore", Family::V4, &[]);
 }
 
 #[test]
 fn tcp6_connections_survive_with_iptables_lock() {
     tcp_roundtrip(
         "tcp6_connections_survive_with_iptables_lock",
-        true,
+        Family::V6,
         &["--network-lock", "iptables"],
     );
+}
+
+#[test]
+fn dual_stack_listener_with_ipv4_clients() {
+    tcp_roundtrip("dual_stack_listener_with_ipv4_clients", Family::Dual, &[]);
 }
 
 #[test]
