@@ -200,6 +200,10 @@ fn restore_connection(
     if t.opt_mask & tcp::TCPI_OPT_TIMESTAMPS != 0 {
         set(tcp::TIMESTAMP, t.timestamp as i32, "setting the timestamp")?;
     }
+    // The queues are written back in larger pieces than they arrived in, which the kernel
+    // accounts differently: make room for them first (the saved sizes are set again below).
+    make_room(fd, libc::SO_RCVBUF, libc::SO_RCVBUFFORCE, t.inq.len())?;
+    make_room(fd, libc::SO_SNDBUF, libc::SO_SNDBUFFORCE, t.outq.len())?;
     if !t.inq.is_empty() {
         set(
             tcp::REPAIR_QUEUE,
@@ -224,6 +228,16 @@ fn restore_connection(
         send_all(fd, &t.outq[sent..], "the unsent data")?;
         set(tcp::REPAIR, 1, "turning TCP repair mode on again")?;
     }
+    // The buffer sizes the program had (autotuned ones, not saved, keep the raised size).
+    let sizes: Vec<SockOpt> = s
+        .opts
+        .iter()
+        .filter(|o| {
+            o.level == libc::SOL_SOCKET && matches!(o.name, libc::SO_RCVBUF | libc::SO_SNDBUF)
+        })
+        .cloned()
+        .collect();
+    apply_opts(fd, &sizes, "restoring its buffer sizes")?;
     if t.has_window {
         let mut w = net::RepairWindow {
             snd_wl1: t.snd_wl1,
@@ -268,6 +282,23 @@ fn restore_connection(
     }
     tracing::debug!(local = %local, peer = %peer, inq = t.inq.len(), outq = t.outq.len(), unsent, family = s.family, "TCP connection rebuilt");
     Ok(())
+}
+
+/// Raises buffer `name` (set through `force`) so that `bytes` of queued data fit, when it is
+/// smaller.
+fn make_room(fd: RawFd, name: i32, force: i32, bytes: usize) -> Result<(), String> {
+    if bytes == 0 {
+        return Ok(());
+    }
+    let cur = ffi::sockopt_int(fd, libc::SOL_SOCKET, name)
+        .map_err(|e| format!("reading a buffer size: {e}"))?;
+    // Twice the data plus slack for the per-buffer overhead; the kernel doubles what is set.
+    let want = (bytes.saturating_mul(2) + (256 << 10)).min(i32::MAX as usize) as i32;
+    if cur >= want {
+        return Ok(());
+    }
+    ffi::set_sockopt_int(fd, libc::SOL_SOCKET, force, want / 2)
+        .map_err(|e| format!("making room for {bytes} queued bytes: {e}"))
 }
 
 /// TCP header flags.
