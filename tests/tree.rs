@@ -268,3 +268,64 @@ fn clone_files_child_shares_the_fd_table() {
     let images = dump_tree_and_reap(&mut w, &[]);
     assert_eq!(restore_and_check(&w, images.path()), "PASS", "{}", w.logs());
 }
+
+#[test]
+fn shared_fd_table_and_fs_info_between_processes() {
+    let _serial = serial();
+    let Some(bin) = prepare(
+        "shared_fd_table_and_fs_info_between_processes",
+        "clone_share",
+    ) else {
+        return;
+    };
+    let mut w = Workload::start(&bin, &[]);
+    let tree = descendants(w.pid);
+    assert_eq!(
+        tree.len(),
+        4,
+        "expected a parent, a CLONE_FILES child and grandchild, a CLONE_FS child: {tree:?}"
+    );
+    let images = images_dir();
+    dump_ok(&w, images.path(), &[]);
+    let show = cryo_output(&["show", "-D", images.path().to_str().unwrap()], TIMEOUT);
+    let text = String::from_utf8_lossy(&show.stdout);
+    assert!(
+        text.contains("[parent's fd table]") && text.contains("[parent's cwd/root/umask]"),
+        "cryo show does not show the sharing\n{text}"
+    );
+    w.wait_killed_by_dump();
+    reap_tree(&tree);
+    let result = restore_and_check(&w, images.path());
+    assert_eq!(result, "PASS", "{}", w.logs());
+}
+
+/// A restore of processes sharing an fd table and fs info that fails at any step (in a sharer
+/// or its owner) leaves no process behind and does not hang; the checkpoint restores after.
+#[test]
+fn failed_restore_of_sharing_processes_leaves_nothing_behind() {
+    let _serial = serial();
+    let test = "failed_restore_of_sharing_processes_leaves_nothing_behind";
+    let Some(bin) = prepare(test, "clone_share") else {
+        return;
+    };
+    let mut w = Workload::start(&bin, &[]);
+    let tree = descendants(w.pid);
+    let images = images_dir();
+    dump_ok(&w, images.path(), &[]);
+    w.wait_killed_by_dump();
+    reap_tree(&tree);
+    for point in cryo::fault::RESTORE_POINTS {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cryo"))
+            .args(["restore", "-d", "-D", images.path().to_str().unwrap()])
+            .env("CRYO_FAULT", point)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run cryo");
+        assert!(!out.status.success(), "{point}: restore succeeded");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("injected fault"), "{point}: {err}");
+        reap_tree(&tree);
+    }
+    let result = restore_and_check(&w, images.path());
+    assert_eq!(result, "PASS", "{}", w.logs());
+}

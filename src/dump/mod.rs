@@ -19,6 +19,7 @@ pub mod files;
 pub mod mm;
 pub mod proc;
 pub mod seize;
+pub mod share;
 
 use crate::image::{ImageError, ImageType, ImageWriter};
 use crate::infect::remote::{find_syscall_insn, RemoteError, RemoteTask};
@@ -178,7 +179,12 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats, DumpError> {
     let frozen_at = Instant::now();
     crate::fault::point("dump:seized")?;
     let procs = tree.procs();
-    let (fs_shared, files_shared) = shared_with_parent(&procs)?;
+    let sharing = share::process_sharing(&procs)?;
+    let shares = |pid: i32, files: bool| {
+        sharing
+            .get(&pid)
+            .is_some_and(|s| if files { s.files_owner } else { s.fs_owner } != 0)
+    };
     let mut stats = DumpStats {
         freeze_s: (frozen_at - t0).as_secs_f64(),
         ..DumpStats::default()
@@ -195,7 +201,7 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats, DumpError> {
     let mut all_fds: Vec<(i32, Vec<crate::proto::FdEntry>)> = Vec::new();
     for p in procs.iter().filter(|p| p.zombie.is_none()) {
         // A process sharing its parent's fd table has the parent's fds: saved once, there.
-        let fds = if files_shared.contains(&p.pid) {
+        let fds = if shares(p.pid, true) {
             Vec::new()
         } else {
             files::collect_fds(p.pid, fd_opts)?
@@ -230,8 +236,9 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats, DumpError> {
                     .map(|(_, f)| f.as_slice())
                     .unwrap_or_default();
                 let mut entry = collect(p, fds, &mut writer, &mut stats)?;
-                entry.fs_shared = fs_shared.contains(&p.pid);
-                entry.files_shared = files_shared.contains(&p.pid);
+                // A sharer's parent is in its group (share.rs): it shares its parent's.
+                entry.fs_shared = shares(p.pid, false);
+                entry.files_shared = shares(p.pid, true);
                 let tty_nr = proc::read_stat(p.pid)?.tty_nr;
                 fd_tty::controlling_terminal(&mut entry, tty_nr, fds, &pty_pairs, opts.shell_job)?;
                 if entry.ctty_inode_id != 0 {
@@ -354,45 +361,6 @@ fn lock_and_repair(
 struct NetFreeze {
     repaired: fd_inet::Repaired,
     lock: Option<crate::net::lock::NetLock>,
-}
-
-/// Returns the processes that share their fs info (CLONE_FS) and those that share their fd
-/// table (CLONE_FILES) with their parent: restored sharing them again. A process sharing its
-/// parent's memory (vfork) is refused, and so is a CLONE_FILES child with children of its own.
-fn shared_with_parent(procs: &[SeizedProc]) -> Result<(Vec<i32>, Vec<i32>), DumpError> {
-    use crate::sys::proc_ctl::{kcmp_same, KCMP_FILES, KCMP_FS, KCMP_VM};
-    let (mut fs_shared, mut files_shared) = (Vec::new(), Vec::new());
-    for p in procs.iter().filter(|p| p.zombie.is_none() && p.ppid != 0) {
-        let parent_in_tree = procs.iter().any(|q| q.pid == p.ppid && q.zombie.is_none());
-        let same = |kind: i32| {
-            kcmp_same(p.pid, p.ppid, kind).map_err(|source| DumpError::Ptrace {
-                pid: p.pid,
-                what: "kcmp with its parent",
-                source,
-            })
-        };
-        if parent_in_tree && same(KCMP_FS)? {
-            fs_shared.push(p.pid);
-        }
-        if parent_in_tree && same(KCMP_FILES)? {
-            if procs.iter().any(|q| q.ppid == p.pid) {
-                return Err(DumpError::Unsupported {
-                    pid: p.pid,
-                    what: "shares its fd table with its parent (CLONE_FILES) and has children \
-                           of its own; not supported yet"
-                        .into(),
-                });
-            }
-            files_shared.push(p.pid);
-        }
-        if same(KCMP_VM)? {
-            return Err(DumpError::Unsupported {
-                pid: p.pid,
-                what: "shares its memory with its parent (a vfork child); not supported yet".into(),
-            });
-        }
-    }
-    Ok((fs_shared, files_shared))
 }
 
 fn ptrace_err(pid: i32, what: &'static str) -> impl FnOnce(SysError) -> DumpError {

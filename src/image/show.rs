@@ -674,6 +674,13 @@ fn to_text(c: &Checkpoint) -> String {
                 } else {
                     threads.join(" ")
                 };
+                let mut state = state;
+                if e.files_shared {
+                    state += " [parent's fd table]";
+                }
+                if e.fs_shared {
+                    state += " [parent's cwd/root/umask]";
+                }
                 let ctty = if e.ctty_inode_id != 0 {
                     format!(
                         "  [controlling terminal: pty object {}, foreground group {}]",
@@ -932,6 +939,7 @@ fn to_json(c: &Checkpoint) -> Value {
                         "pid": e.pid, "ppid": e.ppid, "pgid": e.pgid, "sid": e.sid,
                         "threads": e.threads, "zombie": e.zombie,
                         "exit_status": e.exit_status, "stopped": e.stopped,
+                        "files_shared": e.files_shared, "fs_shared": e.fs_shared,
                     })
                 })
                 .collect(),

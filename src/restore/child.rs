@@ -3,12 +3,45 @@
 //! once with their saved status), set up its fd table (through [`super::files`]), cwd, umask,
 //! rlimits and name, report `R <pid>` on the shared report pipe and wait in pause() until cryo
 //! seizes it. On failure it reports `E <pid> <message>` and exits.
+//!
+//! Shared fd tables and fs infos (see [`super::tree::Plan::clone_flags`]): a process that
+//! shares its parent's fd table (CLONE_FILES) or cwd/root/umask (CLONE_FS) is created with that
+//! flag and leaves the shared thing alone; its owner (the top of the sharing group) restores
+//! it once, and only after every sharer is done with it. Each owner with sharers creates a
+//! sync pipe before forking, at fd numbers above every saved fd; the sharers inherit its
+//! write end (or see it in the shared table) and, once they have forked their own children,
+//! set themselves up and written their `R` line, write one byte per thing they share (`R`, or
+//! `E` when they failed). The owner waits for all of them (with a time limit) before it
+//! installs its fd table (which closes what the sharers inherited, the report fd among them)
+//! and sets its cwd and umask. A sharer of an fd table never closes an fd itself: the table is
+//! its owner's.
 
 use super::tree::{Join, Plan};
 use super::ProcessImage;
 use crate::sys::task;
 use std::collections::BTreeMap;
 use std::os::fd::RawFd;
+
+/// How long an owner waits for the processes sharing its fd table or fs info.
+const SHARERS_TIMEOUT_MS: u64 = 60_000;
+
+/// What every restore process inherits from cryo.
+struct Env<'a> {
+    plan: &'a Plan,
+    images: &'a BTreeMap<i32, ProcessImage>,
+    report: RawFd,
+    keep: &'a [RawFd],
+    shared: &'a [(u64, RawFd)],
+    /// Above every saved fd number of every process: where sync pipes go.
+    fd_base: RawFd,
+}
+
+/// The write end of an owner's sync pipe, as inherited by the processes forked after it.
+#[derive(Debug, Clone, Copy)]
+struct OwnerPipe {
+    owner: i32,
+    w: RawFd,
+}
 
 /// Runs restore process `pid` (in the freshly forked child). `keep` are fds cryo prepared
 /// that must survive into the process (shared memory objects). Never returns.
@@ -20,103 +53,142 @@ pub fn run(
     keep: &[RawFd],
     shared: &[(u64, RawFd)],
 ) -> ! {
-    match run_inner(plan, images, pid, report, keep, shared) {
+    let fd_base = images
+        .values()
+        .flat_map(|i| i.fds.iter().map(|f| f.fd))
+        .max()
+        .unwrap_or(2)
+        .max(2)
+        + 1;
+    let env = Env {
+        plan,
+        images,
+        report,
+        keep,
+        shared,
+        fd_base,
+    };
+    run_proc(&env, pid, &[])
+}
+
+fn run_proc(env: &Env, pid: i32, pipes: &[OwnerPipe]) -> ! {
+    let entry = env.plan.entry(pid);
+    let owner_if = |shared: bool, files: bool| {
+        if shared {
+            env.plan.owner(pid, files)
+        } else {
+            0
+        }
+    };
+    let files_owner = owner_if(entry.is_some_and(|e| e.files_shared), true);
+    let fs_owner = owner_if(entry.is_some_and(|e| e.fs_shared), false);
+    // One byte to each owner per thing shared with it.
+    let mut owed: Vec<RawFd> = Vec::new();
+    let mut missing = None;
+    for owner in [files_owner, fs_owner].into_iter().filter(|&o| o != 0) {
+        match pipes.iter().find(|p| p.owner == owner) {
+            Some(p) => owed.push(p.w),
+            None => missing = Some(owner),
+        }
+    }
+    let res = match missing {
+        Some(o) => Err(format!(
+            "the sync pipe of {o}, whose state it shares, is missing"
+        )),
+        None => run_inner(env, pid, pipes, &owed),
+    };
+    match res {
         Ok(report) => {
             task::write_all(report, format!("R {pid}\n").as_bytes());
-            task::close(report);
+            for &w in &owed {
+                task::write_all(w, b"R");
+            }
+            if files_owner == 0 {
+                let mut mine = owed.clone();
+                mine.sort_unstable();
+                mine.dedup();
+                mine.into_iter().for_each(task::close);
+                task::close(report);
+            }
             task::pause_forever()
         }
         Err(msg) => {
             let msg = msg.replace('\n', " ");
-            task::write_all(report, format!("E {pid} {msg}\n").as_bytes());
+            task::write_all(env.report, format!("E {pid} {msg}\n").as_bytes());
+            for &w in &owed {
+                task::write_all(w, b"E");
+            }
             task::exit_now(1)
         }
     }
 }
 
-fn run_inner(
-    plan: &Plan,
-    images: &BTreeMap<i32, ProcessImage>,
-    pid: i32,
-    report: RawFd,
-    keep: &[RawFd],
-    shared: &[(u64, RawFd)],
-) -> Result<RawFd, String> {
+fn run_inner(env: &Env, pid: i32, pipes: &[OwnerPipe], owed: &[RawFd]) -> Result<RawFd, String> {
+    let plan = env.plan;
     task::set_pdeathsig(libc::SIGKILL).map_err(|e| e.to_string())?;
     match plan.join(pid) {
         Join::Inherit => {}
         Join::NewSession => {
             task::setsid().map_err(|e| format!("setsid: {e}"))?;
-            controlling_terminal(plan, pid, shared)?;
+            controlling_terminal(plan, pid, env.shared)?;
         }
         Join::NewGroup => task::setpgid(0).map_err(|e| format!("setpgid(0): {e}"))?,
         Join::Group(g) => task::setpgid(g).map_err(|e| format!("setpgid({g}): {e}"))?,
     }
-    // Children sharing this process's fd table (CLONE_FILES) are forked once the table is
-    // built, the others before (they build their own).
-    let (late, early): (Vec<i32>, Vec<i32>) = plan
-        .children(pid)
-        .iter()
-        .partition(|&&k| plan.entry(k).is_some_and(|e| e.files_shared));
-    for &kid in &early {
-        fork_child(plan, images, kid, report, keep, shared)?;
-    }
-    crate::fault::point("restore:child").map_err(|e| e.to_string())?;
-    let img = images
-        .get(&pid)
-        .ok_or_else(|| format!("no images for pid {pid}"))?;
-    let report = if plan.entry(pid).is_some_and(|e| e.files_shared) {
-        // The parent built this table; only what is per process remains.
-        prepare_own(img)?;
-        report
+    let sharers = plan.sharers(pid);
+    let mut pipes = pipes.to_vec();
+    let sync = if sharers > 0 {
+        let (r, w) = sync_pipe(env.fd_base)?;
+        pipes.push(OwnerPipe { owner: pid, w });
+        Some((r, w))
     } else {
-        prepare(img, report, keep, shared)?
+        None
     };
-    for &kid in &late {
-        // Its own report fd in the shared table, which it closes when it has reported.
-        let kid_report = task::dup_above(report, report + 1).map_err(|e| e.to_string())?;
-        fork_child(plan, images, kid, kid_report, keep, shared)?;
-    }
-    Ok(report)
-}
-
-/// Forks child `kid` of the plan at its PID, sharing fs info (CLONE_FS) and the fd table
-/// (CLONE_FILES) with this process where it did; the child goes on in [`run`].
-fn fork_child(
-    plan: &Plan,
-    images: &BTreeMap<i32, ProcessImage>,
-    kid: i32,
-    report: RawFd,
-    keep: &[RawFd],
-    shared: &[(u64, RawFd)],
-) -> Result<(), String> {
-    let entry = plan
-        .entry(kid)
-        .ok_or_else(|| format!("child {kid} missing from the plan"))?;
-    let mut flags = 0u64;
-    if entry.fs_shared {
-        flags |= libc::CLONE_FS as u64;
-    }
-    if entry.files_shared {
-        flags |= libc::CLONE_FILES as u64;
-    }
-    match super::fork_at(kid, flags).map_err(|e| format!("forking child {kid}: {e}"))? {
-        0 if entry.zombie => task::die_with_status(entry.exit_status),
-        0 => run(plan, images, kid, report, keep, shared),
-        _ => {
-            // Both parent and child set the child's group (as shells do), so a sibling
-            // forked next can join it whichever of the two runs first.
-            let target = match plan.join(kid) {
-                Join::NewGroup => Some(kid),
-                Join::Group(g) => Some(g),
-                _ => None,
-            };
-            if let Some(g) = target {
-                let _ = task::setpgid_of(kid, g);
+    for &kid in plan.children(pid) {
+        let entry = plan
+            .entry(kid)
+            .ok_or_else(|| format!("child {kid} missing from the plan"))?;
+        let flags = plan.clone_flags(kid);
+        match super::fork_at(kid, flags).map_err(|e| format!("forking child {kid}: {e}"))? {
+            0 if entry.zombie => task::die_with_status(entry.exit_status),
+            0 => run_proc(env, kid, &pipes),
+            _ => {
+                // Both parent and child set the child's group (as shells do), so a sibling
+                // forked next can join it whichever of the two runs first.
+                let target = match plan.join(kid) {
+                    Join::NewGroup => Some(kid),
+                    Join::Group(g) => Some(g),
+                    _ => None,
+                };
+                if let Some(g) = target {
+                    let _ = task::setpgid_of(kid, g);
+                }
             }
-            Ok(())
         }
     }
+    if let Some((r, w)) = sync {
+        let got = task::read_bytes_timeout(r, sharers, SHARERS_TIMEOUT_MS);
+        task::close(r);
+        task::close(w);
+        let got =
+            got.map_err(|e| format!("waiting for the processes that share its state: {e}"))?;
+        if got.len() < sharers || got.contains(&b'E') {
+            return Err(format!(
+                "{} of the {sharers} processes sharing its fd table or cwd failed",
+                sharers - got.iter().filter(|&&b| b == b'R').count()
+            ));
+        }
+    }
+    crate::fault::point("restore:child").map_err(|e| e.to_string())?;
+    let img = env
+        .images
+        .get(&pid)
+        .ok_or_else(|| format!("no images for pid {pid}"))?;
+    let keep: Vec<RawFd> = env.keep.iter().chain(owed).copied().collect();
+    let entry = plan.entry(pid);
+    let own_files = entry.is_none_or(|e| !e.files_shared);
+    let own_fs = entry.is_none_or(|e| !e.fs_shared);
+    prepare(img, env.report, &keep, env.shared, own_files, own_fs)
 }
 
 /// A session leader whose controlling terminal was a pseudo-terminal of the checkpoint takes
@@ -139,28 +211,46 @@ fn controlling_terminal(plan: &Plan, pid: i32, shared: &[(u64, RawFd)]) -> Resul
         .map_err(|e| format!("taking its controlling terminal: {e}"))
 }
 
-/// fds, cwd, root, umask, rlimits and name. Returns the report fd's new number.
+/// A pipe at fd numbers at or above `base` (clear of every fd number the restored tables use).
+fn sync_pipe(base: RawFd) -> Result<(RawFd, RawFd), String> {
+    let (r, w) = task::pipe().map_err(|e| format!("creating a sync pipe: {e}"))?;
+    let moved = task::dup_above(r, base).and_then(|r2| match task::dup_above(w, base) {
+        Ok(w2) => Ok((r2, w2)),
+        Err(e) => {
+            task::close(r2);
+            Err(e)
+        }
+    });
+    task::close(r);
+    task::close(w);
+    moved.map_err(|e| format!("placing a sync pipe: {e}"))
+}
+
+/// fds (`own_files`), cwd, root, umask (`own_fs`), rlimits and name. Returns the report fd's
+/// new number.
 fn prepare(
     img: &ProcessImage,
     report_fd: RawFd,
     keep: &[RawFd],
     shared: &[(u64, RawFd)],
+    own_files: bool,
+    own_fs: bool,
 ) -> Result<RawFd, String> {
-    let report = super::files::install_fds(&img.fds, report_fd, keep, shared)?;
-    prepare_own(img)?;
-    Ok(report)
-}
-
-/// cwd, root, umask, rlimits and name.
-fn prepare_own(img: &ProcessImage) -> Result<(), String> {
+    let report = if own_files {
+        super::files::install_fds(&img.fds, report_fd, keep, shared)?
+    } else {
+        report_fd
+    };
     let core = &img.core;
-    if !core.root.is_empty() && core.root != "/" {
-        task::chroot(&core.root).map_err(|e| format!("chroot({}): {e}", core.root))?;
+    if own_fs {
+        if !core.root.is_empty() && core.root != "/" {
+            task::chroot(&core.root).map_err(|e| format!("chroot({}): {e}", core.root))?;
+        }
+        if !core.cwd.is_empty() {
+            task::chdir(&core.cwd).map_err(|e| format!("chdir({}): {e}", core.cwd))?;
+        }
+        task::umask(core.umask);
     }
-    if !core.cwd.is_empty() {
-        task::chdir(&core.cwd).map_err(|e| format!("chdir({}): {e}", core.cwd))?;
-    }
-    task::umask(core.umask);
     for r in &core.rlimits {
         let (_, our_max) = task::get_rlimit(r.resource).map_err(|e| e.to_string())?;
         // Raising a hard limit needs CAP_SYS_RESOURCE; keep ours where we cannot.
@@ -175,5 +265,5 @@ fn prepare_own(img: &ProcessImage) -> Result<(), String> {
             let _ = task::set_comm(&t.comm);
         }
     }
-    Ok(())
+    Ok(report)
 }

@@ -234,6 +234,11 @@ impl ProcessImage {
             }
             prev = end;
         }
+        if self.pstree.files_shared && !self.fds.is_empty() {
+            return bad(format!(
+                "fds-{pid}.img: it shares its parent's fd table, yet has fds of its own"
+            ));
+        }
         let mut seen = std::collections::HashSet::new();
         for f in &self.fds {
             if f.fd < 0 || !seen.insert(f.fd) {
@@ -497,23 +502,6 @@ pub fn restore(opts: &RestoreOpts) -> Result<RestoreOutcome, RestoreError> {
         tramps.insert(img.pid(), memory::choose_trampoline(&img)?);
         images.insert(img.pid(), img);
     }
-    // A shared fd table holds the shared memory objects of both processes at one set of
-    // numbers; mapping them in both is not supported yet.
-    let maps_shm = |i: &ProcessImage| {
-        i.mm.vmas
-            .iter()
-            .any(|v| v.kind() == crate::proto::VmaKind::VmaAnonShared)
-    };
-    for img in images.values().filter(|i| i.pstree.files_shared) {
-        if maps_shm(img) || images.get(&img.pstree.ppid).is_some_and(maps_shm) {
-            return Err(RestoreError::Invalid {
-                pid: img.pid(),
-                what: "shares its fd table with its parent (CLONE_FILES) while one of them \
-                       maps shared anonymous memory: not supported yet"
-                    .into(),
-            });
-        }
-    }
     for e in plan.entries() {
         for id in std::iter::once(e.pid).chain(e.threads.iter().copied()) {
             if std::path::Path::new(&format!("/proc/{id}")).exists() {
@@ -650,19 +638,27 @@ fn build_all(
         .filter(|e| e.stopped && !e.zombie)
         .map(|e| e.pid)
         .collect();
-    // Biggest first, each to the least loaded worker.
+    // Biggest first, each to the least loaded worker. Processes sharing one fd table go to
+    // one worker, in a row: the shared memory fds they inherited are one set of fds in that
+    // table, closed by the last of them built (the others still map from them).
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, 4)
         .min(images.len().max(1));
-    let mut by_size: Vec<&ProcessImage> = images.values().collect();
-    by_size.sort_by_key(|i| std::cmp::Reverse(i.pagemap.iter().map(|r| r.nr_pages).sum::<u64>()));
-    let mut shares: Vec<(u64, Vec<&ProcessImage>)> = vec![(0, Vec::new()); workers];
-    for img in by_size {
-        let load = img.pagemap.iter().map(|r| r.nr_pages).sum::<u64>() + 1;
+    let mut units: BTreeMap<i32, (u64, Vec<&ProcessImage>)> = BTreeMap::new();
+    for img in images.values() {
+        let u = units.entry(plan.owner(img.pid(), true)).or_default();
+        u.0 += img.pagemap.iter().map(|r| r.nr_pages).sum::<u64>() + 1;
+        u.1.push(img);
+    }
+    let mut units: Vec<(u64, Vec<&ProcessImage>)> = units.into_values().collect();
+    units.sort_by_key(|u| std::cmp::Reverse(u.0));
+    let mut shares: Vec<(u64, Vec<(&ProcessImage, bool)>)> = vec![(0, Vec::new()); workers];
+    for (load, imgs) in units {
         if let Some(w) = shares.iter_mut().min_by_key(|w| w.0) {
             w.0 += load;
-            w.1.push(img);
+            let last = imgs.len().saturating_sub(1);
+            w.1.extend(imgs.into_iter().enumerate().map(|(k, i)| (i, k == last)));
         }
     }
     let failed = AtomicBool::new(false);
@@ -679,12 +675,18 @@ fn build_all(
             let (barrier, failed, fail, stopped) = (&barrier, &failed, &fail, &stopped);
             sc.spawn(move || {
                 let mut held: Vec<(i32, i32)> = Vec::new(); // (tid, its process)
-                for img in mine {
+                for &(img, close_shared_mem) in mine {
                     let pid = img.pid();
                     let r = seize_ready(pid).and_then(|()| {
                         held.push((pid, pid));
                         crate::fault::point("restore:seized")?;
-                        build(img, tramps[&pid], &pages_paths[&pid], shared)
+                        build(
+                            img,
+                            tramps[&pid],
+                            &pages_paths[&pid],
+                            shared,
+                            close_shared_mem,
+                        )
                     });
                     match r {
                         Ok(tids) => held.extend(tids.into_iter().map(|t| (t, pid))),
@@ -838,12 +840,15 @@ pub(crate) fn fork_at(pid: i32, flags: u64) -> Result<i32, RestoreError> {
 }
 
 /// Builds the seized restore process into the saved process, threads included. Returns the
-/// thread ids it created (all stopped, ready to be detached).
+/// thread ids it created (all stopped, ready to be detached). `close_shared_mem`: close the
+/// inherited shared memory fds once mapped (false while another process sharing this fd
+/// table has yet to map from them).
 fn build(
     img: &ProcessImage,
     tramp: u64,
     pages_path: &str,
     shared: &shmem::SharedMem,
+    close_shared_mem: bool,
 ) -> Result<Vec<i32>, RestoreError> {
     let pid = img.pid();
     let maps_path = format!("/proc/{pid}/maps");
@@ -879,20 +884,12 @@ fn build(
     memory::drop_inherited_rseq(&mut ctx)?;
     memory::clear_and_move_specials(&mut ctx, img)?;
     memory::map_vmas(&mut ctx, img, shared)?;
-    for fd in shared.fds() {
-        let closed = ctx.sys(
+    for fd in shared.fds().into_iter().filter(|_| close_shared_mem) {
+        ctx.sys(
             || format!("close of inherited shared memory fd {fd}"),
             libc::SYS_close,
             [fd as u64, 0, 0, 0, 0, 0],
-        );
-        match closed {
-            // An fd table shared with another process (CLONE_FILES): it closed it already.
-            Err(RestoreError::Remote(RemoteError::Syscall { errno, .. }))
-                if errno == libc::EBADF => {}
-            r => {
-                r?;
-            }
-        }
+        )?;
     }
     memory::fill_pages(&mut ctx, img, pages_path)?;
     memory::fix_protections(&mut ctx, img)?;

@@ -96,6 +96,17 @@ impl Plan {
                 ));
             }
         }
+        for e in map.values().filter(|e| e.files_shared || e.fs_shared) {
+            let parent_live = map.get(&e.ppid).is_some_and(|p| !p.zombie);
+            if e.zombie || e.pid == root || !parent_live {
+                return Err(bad(
+                    e.pid,
+                    "it shares its parent's fd table or cwd, but has no live parent in the \
+                     checkpoint"
+                        .into(),
+                ));
+            }
+        }
         // Fork group leaders before the processes that join their groups.
         for kids in children.values_mut() {
             kids.sort_by_key(|k| (map[k].pgid != *k, *k));
@@ -141,6 +152,51 @@ impl Plan {
     /// The children `pid` forks, in fork order.
     pub fn children(&self, pid: i32) -> &[i32] {
         self.children.get(&pid).map_or(&[], |v| v.as_slice())
+    }
+
+    /// The clone flags `pid` is created with by its parent: CLONE_FILES when it shares its
+    /// parent's fd table, CLONE_FS when it shares its cwd, root and umask.
+    pub fn clone_flags(&self, pid: i32) -> u64 {
+        let Some(e) = self.entries.get(&pid) else {
+            return 0;
+        };
+        let mut flags = 0;
+        if e.files_shared {
+            flags |= libc::CLONE_FILES as u64;
+        }
+        if e.fs_shared {
+            flags |= libc::CLONE_FS as u64;
+        }
+        flags
+    }
+
+    /// The process that owns the fd table (`files`) or the cwd/root/umask (otherwise) of
+    /// `pid`: the nearest ancestor-or-self that does not share its parent's. It restores the
+    /// shared thing once, for every process sharing it.
+    pub fn owner(&self, pid: i32, files: bool) -> i32 {
+        let mut p = pid;
+        // Parent links are acyclic (checked in new), so this ends.
+        while let Some(e) = self.entries.get(&p) {
+            let shares = if files { e.files_shared } else { e.fs_shared };
+            if !shares || p == self.root {
+                break;
+            }
+            p = e.ppid;
+        }
+        p
+    }
+
+    /// How many (process, kind) pairs share an fd table or fs info owned by `pid`: the
+    /// reports it waits for before it restores them.
+    pub fn sharers(&self, pid: i32) -> usize {
+        self.entries
+            .values()
+            .filter(|e| e.pid != pid)
+            .map(|e| {
+                usize::from(e.files_shared && self.owner(e.pid, true) == pid)
+                    + usize::from(e.fs_shared && self.owner(e.pid, false) == pid)
+            })
+            .sum()
     }
 
     /// What `pid` must do about its session and group, given what it inherits from its parent.
@@ -218,6 +274,48 @@ mod tests {
         assert_eq!(plan.join(21), Join::Inherit);
         let plan = Plan::new(vec![e(20, 0, 20, 20), e(21, 20, 20, 20)], 20).unwrap();
         assert_eq!(plan.join(20), Join::NewSession);
+    }
+
+    #[test]
+    fn shared_tables_go_from_parent_to_child() {
+        let share = |mut x: PstreeEntry, files: bool, fs: bool| {
+            x.files_shared = files;
+            x.fs_shared = fs;
+            x
+        };
+        // 21 and its child 22 share 20's fd table; 23 shares 20's fs info; 24, a child of
+        // 21, has its own of both.
+        let plan = Plan::new(
+            vec![
+                e(20, 0, 20, 20),
+                share(e(21, 20, 20, 20), true, false),
+                share(e(22, 21, 20, 20), true, false),
+                share(e(23, 20, 20, 20), false, true),
+                e(24, 21, 20, 20),
+            ],
+            20,
+        )
+        .unwrap();
+        assert_eq!(plan.clone_flags(21), libc::CLONE_FILES as u64);
+        assert_eq!(plan.clone_flags(23), libc::CLONE_FS as u64);
+        assert_eq!(plan.clone_flags(20), 0);
+        assert_eq!(plan.owner(22, true), 20);
+        assert_eq!(plan.owner(22, false), 22);
+        assert_eq!(plan.owner(24, true), 24);
+        assert_eq!(plan.sharers(20), 3);
+        assert_eq!(plan.sharers(21), 0);
+        // The root, or a process whose parent is a zombie, cannot share its parent's.
+        assert!(Plan::new(vec![share(e(20, 0, 20, 20), true, false)], 20).is_err());
+        let mut z = e(21, 20, 20, 20);
+        z.zombie = true;
+        z.threads.clear();
+        let bad = vec![
+            e(20, 0, 20, 20),
+            z.clone(),
+            share(e(22, 21, 20, 20), false, true),
+        ];
+        assert!(Plan::new(bad, 20).is_err());
+        assert!(Plan::new(vec![e(20, 0, 20, 20), share(z, true, false)], 20).is_err());
     }
 
     #[test]

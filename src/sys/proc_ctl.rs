@@ -159,3 +159,27 @@ pub fn kcmp_same(pid1: i32, pid2: i32, kind: i32) -> SysResult<bool> {
     let r = unsafe { libc::syscall(libc::SYS_kcmp, pid1, pid2, kind, 0, 0) };
     check("kcmp", r).map(|r| r == 0)
 }
+
+/// kcmp(2) as an ordering: the kernel compares the two objects' (obfuscated) addresses, so
+/// equal means the very same object and the order is total and stable while both exist.
+/// `idx1`/`idx2` are fd numbers for [`KCMP_FILE`], 0 otherwise.
+pub fn kcmp_order(
+    pid1: i32,
+    pid2: i32,
+    kind: i32,
+    idx1: i32,
+    idx2: i32,
+) -> SysResult<std::cmp::Ordering> {
+    // SAFETY: plain syscall with integer arguments (no kind that takes a pointer is passed
+    // here: KCMP_EPOLL_TFD has its own wrapper).
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, pid1, pid2, kind, idx1, idx2) };
+    match check("kcmp", r)? {
+        0 => Ok(std::cmp::Ordering::Equal),
+        1 => Ok(std::cmp::Ordering::Less),
+        2 => Ok(std::cmp::Ordering::Greater),
+        _ => Err(SysError::from_errno(
+            "kcmp (unordered result)",
+            libc::EINVAL,
+        )),
+    }
+}

@@ -183,6 +183,46 @@ pub fn read_to_string(fd: RawFd) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Reads up to `n` bytes from `fd`, waiting at most `timeout_ms` in all (poll); fewer bytes
+/// are returned at end of file, ETIMEDOUT when the time is up first.
+pub fn read_bytes_timeout(fd: RawFd, n: usize, timeout_ms: u64) -> SysResult<Vec<u8>> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(timeout_ms);
+    let mut out = vec![0u8; n];
+    let mut got = 0;
+    while got < n {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(SysError::from_errno("poll", libc::ETIMEDOUT));
+        }
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: pfd is one valid pollfd for the duration of the call.
+        let r = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
+        if r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            continue;
+        }
+        check("poll", r as libc::c_long)?;
+        if r == 0 {
+            continue;
+        }
+        // SAFETY: out[got..] is a valid writable buffer of n - got bytes.
+        let k = unsafe { libc::read(fd, out[got..].as_mut_ptr().cast(), n - got) };
+        if k < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            continue;
+        }
+        let k = check("read", k as libc::c_long)? as usize;
+        if k == 0 {
+            break;
+        }
+        got += k;
+    }
+    out.truncate(got);
+    Ok(out)
+}
+
 /// fcntl(F_SETFL).
 pub fn set_status_flags(fd: RawFd, flags: i32) -> SysResult<()> {
     // SAFETY: plain syscall on integers.

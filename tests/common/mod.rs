@@ -34,6 +34,7 @@ pub const TIMEOUT: Duration = Duration::from_secs(120);
 pub const WORKLOADS: &[&str] = &[
     "clone_files",
     "clone_fs",
+    "clone_share",
     "tty_job",
     "pty",
     "unix_xproc",
