@@ -132,7 +132,9 @@ impl SeizedTree {
                     return Err(DumpError::Unsupported {
                         pid,
                         what: format!(
-                            "it is waiting in vfork() for its child {kid}, which shares its memory; not supported yet"
+                            "it is waiting in vfork() for its child {kid}, which shares its memory: \
+                             the kernel lets it stop only once the child has exec'd or exited \
+                             (dump then, or dump the child alone)"
                         ),
                     });
                 }
