@@ -133,8 +133,7 @@ impl SeizedTree {
                         pid,
                         what: format!(
                             "it is waiting in vfork() for its child {kid}, which shares its memory: \
-                             the kernel lets it stop only once the child has exec'd or exited \
-                             (dump then, or dump the child alone)"
+                             the kernel lets it stop only once the child has exec'd or exited"
                         ),
                     });
                 }
