@@ -38,11 +38,23 @@ pub const NET_POINTS: &[&str] = &[
 #[error("injected fault at {0} (CRYO_FAULT)")]
 pub struct InjectedFault(pub &'static str);
 
-/// Fails when `CRYO_FAULT` names this point (debug builds only).
+/// Fails when `CRYO_FAULT` names this point (debug builds only). `CRYO_FAULT=point@N` fails
+/// only the N-th time the point is reached (counting from 1), e.g. at the fifth process of a
+/// tree.
 pub fn point(name: &'static str) -> Result<(), InjectedFault> {
     #[cfg(debug_assertions)]
-    if std::env::var("CRYO_FAULT").is_ok_and(|v| v == name) {
-        return Err(InjectedFault(name));
+    if let Ok(v) = std::env::var("CRYO_FAULT") {
+        let (point, nth) = match v.split_once('@') {
+            Some((p, n)) => (p, n.parse::<u64>().ok()),
+            None => (v.as_str(), None),
+        };
+        if point == name {
+            static HITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let hit = HITS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            if nth.is_none_or(|n| n == hit) {
+                return Err(InjectedFault(name));
+            }
+        }
     }
     let _ = name;
     Ok(())

@@ -8,6 +8,7 @@
 
 use crate::dump::DumpStats;
 use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -65,7 +66,9 @@ pub fn render_dump(s: &DumpStats) -> String {
          \x20 pages scanned          {:>10}\n\
          \x20 pages written          {:>10}\n\
          \x20 pages skipped as zero  {:>10}\n\
-         \x20 page bytes written     {:>10} ({mib:.1} MiB{rate})\n",
+         \x20 page bytes written     {:>10} ({mib:.1} MiB{rate})\n\
+         \x20 processes              {:>10}\n\
+         \x20 dumper threads         {:>10} (at most {} processes at once)\n",
         s.freeze_s,
         s.written_s,
         s.pages_s,
@@ -74,6 +77,9 @@ pub fn render_dump(s: &DumpStats) -> String {
         s.pages_stored,
         s.pages_zero,
         s.page_bytes,
+        s.processes,
+        s.workers,
+        s.most_at_once,
     )
 }
 
@@ -106,7 +112,9 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 /// most ten times a second, and is erased when dropped. Shareable between threads.
 pub struct Progress {
     label: &'static str,
-    total: u64,
+    total: AtomicU64,
+    /// Bytes done so far, for [`Progress::advance`].
+    done: AtomicU64,
     start: Instant,
     enabled: bool,
     /// When the line was last drawn, if it was.
@@ -118,11 +126,24 @@ impl Progress {
     pub fn new(label: &'static str, total: u64) -> Self {
         Self {
             label,
-            total,
+            total: AtomicU64::new(total),
+            done: AtomicU64::new(0),
             start: Instant::now(),
             enabled: std::io::stderr().is_terminal(),
             drawn: Mutex::new(None),
         }
+    }
+
+    /// Raises the total by `bytes`: for work shared by several threads whose size is learnt
+    /// as they go.
+    pub fn add_total(&self, bytes: u64) {
+        self.total.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Reports `bytes` more done (by any thread).
+    pub fn advance(&self, bytes: u64) {
+        let done = self.done.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.update(done);
     }
 
     /// Reports `done` bytes out of the total.
@@ -139,7 +160,8 @@ impl Progress {
             return;
         }
         *drawn = Some(now);
-        let line = progress_line(self.label, done, self.total, now.duration_since(self.start));
+        let total = self.total.load(Ordering::Relaxed);
+        let line = progress_line(self.label, done, total, now.duration_since(self.start));
         let mut err = std::io::stderr().lock();
         let _ = write!(err, "\r{line}\x1b[K");
         let _ = err.flush();
@@ -199,6 +221,9 @@ mod tests {
             pages_stored: 256,
             pages_zero: 44,
             page_bytes: 256 * 4096,
+            processes: 3,
+            workers: 2,
+            most_at_once: 2,
         };
         let text = render_dump(&s);
         for want in [
@@ -210,6 +235,8 @@ mod tests {
             "256",
             "44",
             "4 MiB/s",
+            "dumper threads",
+            "at most 2 processes at once",
         ] {
             assert!(text.contains(want), "{want} missing in\n{text}");
         }

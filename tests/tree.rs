@@ -329,3 +329,84 @@ fn failed_restore_of_sharing_processes_leaves_nothing_behind() {
     let result = restore_and_check(&w, images.path());
     assert_eq!(result, "PASS", "{}", w.logs());
 }
+
+/// The number after `label` in a `--print-stats` text.
+fn stat_figure(out: &std::process::Output, label: &str) -> u64 {
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.trim_start().strip_prefix(label))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no figure {label:?} in\n{}", show_output("cryo", out)))
+}
+
+/// A 10-process tree, each with 8 MiB of its own data and pages still mapped to the zero page,
+/// is dumped by several tracer threads at once. A failure in the fifth process's page dump
+/// (while others are being dumped) leaves the whole tree running, untraced, and passing its
+/// check; the good dump stores every page and restores, with every process checking its memory.
+#[test]
+fn tree_memory_dumped_in_parallel() {
+    let _serial = serial();
+    let test = "tree_memory_dumped_in_parallel";
+    let Some(bin) = prepare(test, "memtree") else {
+        return;
+    };
+    let mut w = Workload::start(&bin, &["3", "2", "8"]);
+    let tree = descendants(w.pid);
+    assert_eq!(tree.len(), 10, "the workload built {tree:?}");
+
+    let failed = images_dir();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cryo"))
+        .args(["dump", "-t", &w.pid.to_string(), "-D"])
+        .arg(failed.path())
+        .env("CRYO_FAULT", "dump:pages@5")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run cryo");
+    assert!(
+        !out.status.success(),
+        "{}",
+        show_output("faulty dump", &out)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("injected fault"), "{err}");
+    assert!(
+        !failed.path().join("inventory.img").exists(),
+        "a failed dump left a checkpoint"
+    );
+    for &p in &tree {
+        assert!(alive(p), "pid {p} died in the failed dump");
+        assert!(
+            wait_until(Duration::from_secs(10), || tracer_pid(p) == Some(0)
+                && proc_state(p) != Some('t')),
+            "pid {p} is still traced or stopped after the failed dump"
+        );
+    }
+
+    let images = images_dir();
+    let dump = dump_ok(&w, images.path(), &["--print-stats"]);
+    let stats = show_output("dump", &dump);
+    let written = stat_figure(&dump, "pages written");
+    assert!(written >= 10 * 8 * 256, "{stats}");
+    // 1 MiB per process read-faulted (the zero page); a quarter of it written since.
+    assert!(
+        stat_figure(&dump, "pages skipped as zero") >= 10 * 192,
+        "{stats}"
+    );
+    assert_eq!(stat_figure(&dump, "processes"), 10, "{stats}");
+    assert!(stat_figure(&dump, "dumper threads") >= 2, "{stats}");
+    let at_once = stats
+        .split("at most ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(
+        at_once >= 2,
+        "no two processes were dumped at once\n{stats}"
+    );
+    w.wait_killed_by_dump();
+    reap_tree(&tree);
+    let result = restore_and_check(&w, images.path());
+    assert_eq!(result, "PASS", "{}", w.logs());
+}

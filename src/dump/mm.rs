@@ -1,12 +1,19 @@
 //! Collecting the address space: VMAs from /proc/PID/maps with their kind, protections, map
 //! flags and file identity (through map_files), the mm fields, and which pages must be stored
-//! (from /proc/PID/pagemap: present or swapped pages that a file cannot give back).
+//! (present or swapped pages that a file cannot give back). Pages come from the PAGEMAP_SCAN
+//! ioctl where the kernel has it (a few regions per VMA instead of 8 bytes per page, and pages
+//! still mapped to the shared zero page are known without reading them); otherwise from
+//! reading /proc/PID/pagemap.
 
-use super::proc::{self, MapEntry};
+use super::proc::{self, MapEntry, ProcError};
 use super::DumpError;
 use crate::infect::PageRunReq;
 use crate::proto::{FileId, MmState, Vma, VmaKind};
+use crate::sys::pagemap::{self as scan, PageRegion};
 use crate::sys::PAGE_SIZE;
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
 
 const PM_PRESENT: u64 = 1 << 63;
 const PM_SWAP: u64 = 1 << 62;
@@ -59,10 +66,108 @@ fn stores_pages(kind: VmaKind) -> bool {
     )
 }
 
-/// The VMAs of `pid` and the page runs to store.
-pub fn collect_vmas(pid: i32, maps: &[MapEntry]) -> Result<(Vec<Vma>, Vec<PageRunReq>), DumpError> {
+/// Where the populated pages of a process are learnt from.
+struct Pagemap {
+    pid: i32,
+    path: PathBuf,
+    /// `/proc/PID/pagemap`, for PAGEMAP_SCAN; `None` once the kernel said it has no such ioctl.
+    file: Option<File>,
+}
+
+impl Pagemap {
+    fn open(pid: i32) -> Result<Self, DumpError> {
+        let path = PathBuf::from(format!("/proc/{pid}/pagemap"));
+        let file = File::open(&path).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                DumpError::Gone { pid }
+            } else {
+                DumpError::Proc(ProcError::Pagemap {
+                    path: path.clone(),
+                    addr: 0,
+                    source,
+                })
+            }
+        })?;
+        Ok(Self {
+            pid,
+            path,
+            file: Some(file),
+        })
+    }
+
+    /// The page ranges of `m` (a VMA of `kind`) to store, ascending, and how many of its
+    /// present pages are the shared zero page (not stored: they read as zero).
+    fn wanted(&mut self, m: &MapEntry, kind: VmaKind) -> Result<(Vec<(u64, u64)>, u64), DumpError> {
+        // A private file page that is present but still the file's own page comes back from
+        // the file; a copied-on-write one is anonymous (or swapped) and is stored.
+        let file_private = kind == VmaKind::VmaFilePrivate;
+        if let Some(f) = &self.file {
+            let mut regions: Vec<PageRegion> = Vec::new();
+            match scan::scan_populated(f.as_fd(), m.start, m.end, &mut regions) {
+                Ok(()) => {
+                    let mut ranges: Vec<(u64, u64)> = Vec::new();
+                    let mut zero = 0;
+                    for r in regions {
+                        let c = r.categories;
+                        let swapped = c & scan::PAGE_IS_SWAPPED != 0;
+                        if !swapped && c & scan::PAGE_IS_PFNZERO != 0 {
+                            zero += (r.end - r.start) / PAGE_SIZE;
+                            continue;
+                        }
+                        if file_private && !swapped && c & scan::PAGE_IS_FILE != 0 {
+                            continue;
+                        }
+                        match ranges.last_mut() {
+                            Some(last) if last.1 == r.start => last.1 = r.end,
+                            _ => ranges.push((r.start, r.end)),
+                        }
+                    }
+                    return Ok((ranges, zero));
+                }
+                Err(e) if scan::is_unsupported(&e) => {
+                    tracing::debug!(error = %e, "no PAGEMAP_SCAN; reading pagemap");
+                    self.file = None;
+                }
+                Err(e) => {
+                    return Err(DumpError::Proc(ProcError::Pagemap {
+                        path: self.path.clone(),
+                        addr: m.start,
+                        source: std::io::Error::from_raw_os_error(e.errno),
+                    }))
+                }
+            }
+        }
+        let entries = proc::read_pagemap(self.pid, m.start, m.end)?;
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        for (i, e) in entries.iter().enumerate() {
+            let wanted = if file_private {
+                (e & PM_PRESENT != 0 && e & PM_FILE == 0) || e & PM_SWAP != 0
+            } else {
+                e & (PM_PRESENT | PM_SWAP) != 0
+            };
+            if !wanted {
+                continue;
+            }
+            let addr = m.start + i as u64 * PAGE_SIZE;
+            match ranges.last_mut() {
+                Some(last) if last.1 == addr => last.1 += PAGE_SIZE,
+                _ => ranges.push((addr, addr + PAGE_SIZE)),
+            }
+        }
+        Ok((ranges, 0))
+    }
+}
+
+/// The VMAs of `pid`, the page runs to store (never crossing a VMA boundary), and how many
+/// present pages were left out because they are the shared zero page.
+pub fn collect_vmas(
+    pid: i32,
+    maps: &[MapEntry],
+) -> Result<(Vec<Vma>, Vec<PageRunReq>, u64), DumpError> {
     let mut vmas = Vec::with_capacity(maps.len());
     let mut runs: Vec<PageRunReq> = Vec::new();
+    let mut zero_mapped = 0;
+    let mut pagemap = Pagemap::open(pid)?;
     for m in maps {
         let kind = kind_of(pid, m)?;
         let mut flags = if m.shared {
@@ -91,34 +196,13 @@ pub fn collect_vmas(pid: i32, maps: &[MapEntry]) -> Result<(Vec<Vma>, Vec<PageRu
             None
         };
         if stores_pages(kind) {
-            let entries = proc::read_pagemap(pid, m.start, m.end)?;
-            // Runs never cross a VMA boundary.
-            let first_run = runs.len();
-            for (i, e) in entries.iter().enumerate() {
-                // A private file page that is present but still the file's own page comes back
-                // from the file; a copied-on-write one is anonymous (or swapped) and is stored.
-                let wanted = match kind {
-                    VmaKind::VmaFilePrivate => {
-                        (e & PM_PRESENT != 0 && e & PM_FILE == 0) || e & PM_SWAP != 0
-                    }
-                    _ => e & (PM_PRESENT | PM_SWAP) != 0,
-                };
-                if !wanted {
-                    continue;
-                }
-                let addr = m.start + i as u64 * PAGE_SIZE;
-                let in_this_vma = runs.len() > first_run;
-                match runs.last_mut() {
-                    Some(r) if in_this_vma && r.vaddr + r.nr_pages * PAGE_SIZE == addr => {
-                        r.nr_pages += 1
-                    }
-                    _ => runs.push(PageRunReq {
-                        vaddr: addr,
-                        nr_pages: 1,
-                        prot: m.prot,
-                    }),
-                }
-            }
+            let (ranges, zero) = pagemap.wanted(m, kind)?;
+            zero_mapped += zero;
+            runs.extend(ranges.into_iter().map(|(start, end)| PageRunReq {
+                vaddr: start,
+                nr_pages: (end - start) / PAGE_SIZE,
+                prot: m.prot,
+            }));
         }
         vmas.push(Vma {
             start: m.start,
@@ -132,7 +216,7 @@ pub fn collect_vmas(pid: i32, maps: &[MapEntry]) -> Result<(Vec<Vma>, Vec<PageRu
             name: m.path.clone(),
         });
     }
-    Ok((vmas, runs))
+    Ok((vmas, runs, zero_mapped))
 }
 
 /// The mm fields from /proc/PID/stat, auxv and exe; `brk` comes from the task itself.

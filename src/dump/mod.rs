@@ -28,11 +28,17 @@ use crate::proto::{
     Creds, Inventory, ItimerVal, PosixTimer, ProcessCore, PstreeEntry, Rlimit, RseqConfig, SigInfo,
     TaskCore, UserRegs,
 };
+use crate::stats::Progress;
 use crate::sys::{ptrace, SysError};
 use proc::ProcError;
-use seize::{SeizedProc, SeizedTree};
+use seize::{SeizedProc, SeizedTree, Tracers};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::Instant;
+
+/// The most tracer threads (processes dumped at once) a dump uses.
+const MAX_TRACERS: usize = 4;
 
 /// Errors of dump. Each names the pid and what was being done.
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +116,12 @@ pub enum DumpError {
         /// The PID.
         pid: i32,
     },
+    /// A tracer thread ended before its job did (it panicked).
+    #[error("a tracer thread of the dump ended unexpectedly")]
+    TracerGone,
+    /// The image writer was taken away (another process's dump failed first).
+    #[error("the checkpoint was abandoned after another failure")]
+    Abandoned,
 }
 
 /// What `cryo dump` was asked to do.
@@ -158,6 +170,37 @@ pub struct DumpStats {
     pub pages_zero: u64,
     /// Bytes of page data written.
     pub page_bytes: u64,
+    /// Processes in the tree (zombies included).
+    pub processes: usize,
+    /// Tracer threads the dump used.
+    pub workers: usize,
+    /// The most processes whose state was being collected at the same moment.
+    pub most_at_once: usize,
+}
+
+impl DumpStats {
+    /// Adds one process's page figures.
+    fn add_pages(&mut self, o: &DumpStats) {
+        self.pages_scanned += o.pages_scanned;
+        self.pages_stored += o.pages_stored;
+        self.pages_zero += o.pages_zero;
+        self.page_bytes += o.page_bytes;
+        self.pages_s += o.pages_s;
+    }
+}
+
+/// The checkpoint being written, shared by the tracer threads; `None` once it is committed or
+/// abandoned.
+type SharedWriter = Mutex<Option<ImageWriter>>;
+
+/// Runs `f` on the shared writer.
+fn with_writer<T>(
+    w: &SharedWriter,
+    f: impl FnOnce(&mut ImageWriter) -> Result<T, ImageError>,
+) -> Result<T, DumpError> {
+    let mut g = w.lock().unwrap_or_else(|p| p.into_inner());
+    let w = g.as_mut().ok_or(DumpError::Abandoned)?;
+    Ok(f(w)?)
 }
 
 /// Dumps the process `opts.pid` into `opts.dir`.
@@ -174,8 +217,29 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats, DumpError> {
     }
     let mut writer = ImageWriter::create(&opts.dir, opts.overwrite)?;
     writer.set_sign_key_file(opts.sign_key.as_deref())?;
+    let writer: SharedWriter = Mutex::new(Some(writer));
+    let progress = Progress::new("dumping pages", 0);
+    let workers = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(2, MAX_TRACERS);
+    // The tracer threads live in this scope; everything they hold is detached or dead (and the
+    // writer committed or abandoned) by the time it ends.
+    std::thread::scope(|s| {
+        let tracers = Tracers::start(s, workers);
+        dump_tree(opts, &tracers, &writer, &progress)
+    })
+}
+
+/// Dumps the tree of `opts.pid` with `tracers` into `writer`.
+fn dump_tree<'scope>(
+    opts: &DumpOpts,
+    tracers: &Tracers<'scope>,
+    writer: &'scope SharedWriter,
+    progress: &'scope Progress,
+) -> Result<DumpStats, DumpError> {
+    let pid = opts.pid;
     let t0 = Instant::now();
-    let tree = SeizedTree::seize(pid)?;
+    let tree = SeizedTree::seize(pid, tracers)?;
     let frozen_at = Instant::now();
     crate::fault::point("dump:seized")?;
     let procs = tree.procs();
@@ -187,6 +251,8 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats, DumpError> {
     };
     let mut stats = DumpStats {
         freeze_s: (frozen_at - t0).as_secs_f64(),
+        processes: procs.len(),
+        workers: tracers.len(),
         ..DumpStats::default()
     };
     // Every fd of every process first: refusals come before anything is injected, and
@@ -215,6 +281,7 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats, DumpError> {
     // Established connections: packets held off first, then the sockets go into repair mode
     // and are read. On failure the guard takes them out of repair mode, then unlocks.
     let net = lock_and_repair(opts, &procs, &mut all_fds)?;
+    let mut collected = collect_all(tracers, &procs, &all_fds, writer, progress, &mut stats)?;
     let mut entries = Vec::with_capacity(procs.len());
     for p in &procs {
         entries.push(match p.zombie {
@@ -230,12 +297,10 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats, DumpError> {
                 ..PstreeEntry::default()
             },
             None => {
-                let fds = all_fds
-                    .iter()
-                    .find(|(pid, _)| *pid == p.pid)
-                    .map(|(_, f)| f.as_slice())
-                    .unwrap_or_default();
-                let mut entry = collect(p, fds, &mut writer, &mut stats)?;
+                let fds = fds_of(&all_fds, p.pid);
+                let mut entry = collected
+                    .remove(&p.pid)
+                    .ok_or(DumpError::Gone { pid: p.pid })?;
                 // A sharer's parent is in its group (share.rs): it shares its parent's.
                 entry.fs_shared = shares(p.pid, false);
                 entry.files_shared = shares(p.pid, true);
@@ -248,8 +313,13 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats, DumpError> {
             }
         });
     }
-    writer.write(ImageType::Pstree, None, &entries)?;
+    with_writer(writer, |w| w.write(ImageType::Pstree, None, &entries))?;
     crate::fault::point("dump:images")?;
+    let writer = writer
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .ok_or(DumpError::Abandoned)?;
     writer.commit(Inventory {
         format_major: crate::image::FORMAT_MAJOR,
         format_minor: crate::image::FORMAT_MINOR,
@@ -293,6 +363,69 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats, DumpError> {
         "dumped"
     );
     Ok(stats)
+}
+
+/// The fds collected for `pid`.
+fn fds_of(all: &[(i32, Vec<crate::proto::FdEntry>)], pid: i32) -> &[crate::proto::FdEntry] {
+    all.iter()
+        .find(|(p, _)| *p == pid)
+        .map(|(_, f)| f.as_slice())
+        .unwrap_or_default()
+}
+
+/// Collects every live process of the tree, each on the tracer thread that holds it, so
+/// processes held by different tracers are collected (and their pages streamed) at the same
+/// time. The first failure makes the jobs not yet started give up; it is the error returned.
+fn collect_all<'scope>(
+    tracers: &Tracers<'scope>,
+    procs: &[SeizedProc],
+    all_fds: &[(i32, Vec<crate::proto::FdEntry>)],
+    writer: &'scope SharedWriter,
+    progress: &'scope Progress,
+    stats: &mut DumpStats,
+) -> Result<std::collections::BTreeMap<i32, PstreeEntry>, DumpError> {
+    let failed = std::sync::Arc::new(AtomicBool::new(false));
+    let running = std::sync::Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
+    let pending: Vec<_> = procs
+        .iter()
+        .filter(|p| p.zombie.is_none())
+        .map(|p| {
+            let (p, fds) = (p.clone(), fds_of(all_fds, p.pid).to_vec());
+            let (failed, running) = (failed.clone(), running.clone());
+            tracers.run(p.tracer, move || {
+                if failed.load(Ordering::SeqCst) {
+                    return None;
+                }
+                let now = running.0.fetch_add(1, Ordering::SeqCst) + 1;
+                running.1.fetch_max(now, Ordering::SeqCst);
+                let r = collect(&p, &fds, writer, progress);
+                running.0.fetch_sub(1, Ordering::SeqCst);
+                if r.is_err() {
+                    failed.store(true, Ordering::SeqCst);
+                }
+                Some(r)
+            })
+        })
+        .collect();
+    let mut out = std::collections::BTreeMap::new();
+    let mut first_err = None;
+    for job in pending {
+        match job.wait() {
+            Ok(Some(Ok((entry, s)))) => {
+                stats.add_pages(&s);
+                out.insert(entry.pid, entry);
+            }
+            Ok(Some(Err(e))) | Err(e) => {
+                first_err.get_or_insert(e);
+            }
+            Ok(None) => {}
+        }
+    }
+    stats.most_at_once = running.1.load(Ordering::SeqCst);
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
 }
 
 /// Takes the network lock for the established TCP connections among `all` (in the network
@@ -371,16 +504,17 @@ fn ptrace_err(pid: i32, what: &'static str) -> impl FnOnce(SysError) -> DumpErro
 fn collect(
     p: &SeizedProc,
     fds: &[crate::proto::FdEntry],
-    writer: &mut ImageWriter,
-    stats: &mut DumpStats,
-) -> Result<PstreeEntry, DumpError> {
+    writer: &SharedWriter,
+    progress: &Progress,
+) -> Result<(PstreeEntry, DumpStats), DumpError> {
+    let mut stats = DumpStats::default();
     let pid = p.pid;
     let stat = proc::read_stat(pid)?;
     let status = proc::read_status(pid)?;
     let maps_text = std::fs::read_to_string(format!("/proc/{pid}/maps"))
         .map_err(|_| DumpError::Gone { pid })?;
     let maps = proc::parse_maps(&maps_text)?;
-    let (vmas, runs) = mm::collect_vmas(pid, &maps)?;
+    let (vmas, runs, zero_mapped) = mm::collect_vmas(pid, &maps)?;
     stats.pages_scanned += runs.iter().map(|r| r.nr_pages).sum::<u64>();
 
     // Per-thread state readable through ptrace, before anything in the task changes.
@@ -416,14 +550,17 @@ fn collect(
     let (ss_sp, ss_size, ss_flags) = parasite.sigaltstack()?;
     let umask = parasite.umask()?;
     let tid_addr = parasite.tid_address()?;
-    let mut pages = writer.create_pages(pid)?;
+    let mut pages = with_writer(writer, |w| w.create_pages(pid))?;
     let pages_at = Instant::now();
-    let stored = parasite.dump_pages(&runs, &mut pages.file)?;
+    progress.add_total(stats.pages_scanned * crate::sys::PAGE_SIZE);
+    // Pages still mapped to the zero page were scanned too, and skipped as zero unread.
+    stats.pages_scanned += zero_mapped;
+    let stored = parasite.dump_pages_with_progress(&runs, &mut pages.file, progress)?;
     crate::fault::point("dump:pages")?;
     stats.pages_s += pages_at.elapsed().as_secs_f64();
     parasite.cure()?;
     crate::fault::point("dump:cured")?;
-    writer.finish_pages(pages)?;
+    with_writer(writer, |w| w.finish_pages(pages))?;
     stats.pages_stored += stored.iter().map(|r| r.nr_pages).sum::<u64>();
     stats.pages_zero = stats.pages_scanned.saturating_sub(stats.pages_stored);
     stats.page_bytes = stats.pages_stored * crate::sys::PAGE_SIZE;
@@ -482,12 +619,14 @@ fn collect(
         exit_signal: stat.exit_signal,
     };
     let mm = mm::collect_mm(pid, vmas, brk)?;
-    writer.write(ImageType::Core, Some(pid), &[core])?;
-    writer.write(ImageType::Tasks, Some(pid), &tasks)?;
-    writer.write(ImageType::Mm, Some(pid), &[mm])?;
-    writer.write(ImageType::Pagemap, Some(pid), &stored)?;
-    writer.write(ImageType::Fds, Some(pid), fds)?;
-    Ok(PstreeEntry {
+    with_writer(writer, |w| {
+        w.write(ImageType::Core, Some(pid), &[core])?;
+        w.write(ImageType::Tasks, Some(pid), &tasks)?;
+        w.write(ImageType::Mm, Some(pid), &[mm])?;
+        w.write(ImageType::Pagemap, Some(pid), &stored)?;
+        w.write(ImageType::Fds, Some(pid), fds)
+    })?;
+    let entry = PstreeEntry {
         pid,
         ppid: p.ppid,
         pgid: p.pgid,
@@ -497,7 +636,8 @@ fn collect(
         exit_status: 0,
         stopped: p.stopped,
         ..PstreeEntry::default()
-    })
+    };
+    Ok((entry, stats))
 }
 
 /// Registers, xsave, signal mask, private pending signals, rseq, robust list and name of one

@@ -1107,6 +1107,15 @@ pub fn read_timers(pid: i32) -> Result<Vec<ProcTimer>, ProcError> {
 // threads, children, links, comm
 // ---------------------------------------------------------------------------------------------
 
+/// Resident memory of a process in bytes (`/proc/PID/statm`), 0 if unreadable: only a hint
+/// for spreading processes over tracer threads.
+pub fn resident_bytes(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/statm"))
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * crate::sys::PAGE_SIZE)
+}
+
 /// The thread ids of a process from `/proc/PID/task`: the leader first (if it is still listed),
 /// then the others in ascending order.
 pub fn list_threads(pid: i32) -> Result<Vec<i32>, ProcError> {

@@ -4,11 +4,108 @@
 //! new shows up; a task that exits meanwhile is dropped, not fatal. Zombies are recorded, not
 //! seized. [`SeizedTree`] is a guard: dropping it detaches every thread it holds, so any early
 //! return leaves the tree running as before.
+//!
+//! ptrace requests on a tracee are accepted only from the thread that attached it, so the
+//! work is spread over a small pool of tracer threads ([`Tracers`]): each process is seized
+//! by one of them (the least loaded, by resident memory) and every later ptrace step for it
+//! (collecting, the parasite, detaching, reaping) runs as a job on that same thread. That is
+//! what lets several processes be dumped at once.
 
 use super::proc;
 use super::DumpError;
 use crate::sys::ptrace::{self, WaitStatus, PTRACE_EVENT_STOP};
 use std::collections::BTreeMap;
+use std::sync::{mpsc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A job for a tracer thread.
+type Job<'scope> = Box<dyn FnOnce() + Send + 'scope>;
+
+/// A fixed pool of tracer threads, each with its own job queue. The threads live in a
+/// `std::thread::scope` and end when the pool is dropped.
+pub struct Tracers<'scope> {
+    queues: Vec<mpsc::Sender<Job<'scope>>>,
+    /// Resident bytes of the processes given to each tracer so far.
+    load: Mutex<Vec<u64>>,
+}
+
+/// The answer of a job queued with [`Tracers::run`].
+#[must_use = "a job's result must be waited for"]
+pub struct Pending<T>(mpsc::Receiver<T>);
+
+impl<T> Pending<T> {
+    /// Waits for the job. Fails only if its tracer thread is gone (it panicked).
+    pub fn wait(self) -> Result<T, DumpError> {
+        self.0.recv().map_err(|_| DumpError::TracerGone)
+    }
+}
+
+impl<'scope> Tracers<'scope> {
+    /// Starts `n` (at least one) tracer threads in `scope`.
+    pub fn start<'env>(scope: &'scope std::thread::Scope<'scope, 'env>, n: usize) -> Self {
+        let n = n.max(1);
+        let mut queues = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (tx, rx) = mpsc::channel::<Job<'scope>>();
+            scope.spawn(move || {
+                for job in rx {
+                    job();
+                }
+            });
+            queues.push(tx);
+        }
+        Self {
+            queues,
+            load: Mutex::new(vec![0; n]),
+        }
+    }
+
+    /// How many tracer threads there are.
+    pub fn len(&self) -> usize {
+        self.queues.len()
+    }
+
+    /// Always false: a pool has at least one thread.
+    pub fn is_empty(&self) -> bool {
+        self.queues.is_empty()
+    }
+
+    /// Queues `f` on tracer `idx`; its result comes back through the returned [`Pending`].
+    pub fn run<T, F>(&self, idx: usize, f: F) -> Pending<T>
+    where
+        T: Send + 'scope,
+        F: FnOnce() -> T + Send + 'scope,
+    {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let job: Job<'scope> = Box::new(move || {
+            let _ = tx.send(f());
+        });
+        if let Some(q) = self.queues.get(idx) {
+            // A send fails only if the thread is gone; then the Pending reports it.
+            let _ = q.send(job);
+        }
+        Pending(rx)
+    }
+
+    /// Runs `f` on tracer `idx` and waits for it.
+    pub fn call<T, F>(&self, idx: usize, f: F) -> Result<T, DumpError>
+    where
+        T: Send + 'scope,
+        F: FnOnce() -> T + Send + 'scope,
+    {
+        self.run(idx, f).wait()
+    }
+
+    /// The least loaded tracer, charged with `bytes` more.
+    fn pick(&self, bytes: u64) -> usize {
+        let mut load = self.load.lock().unwrap_or_else(|p| p.into_inner());
+        let idx = (0..load.len()).min_by_key(|&i| load[i]).unwrap_or(0);
+        if let Some(l) = load.get_mut(idx) {
+            *l += bytes.max(1);
+        }
+        idx
+    }
+}
 
 /// One process of the frozen tree.
 #[derive(Debug, Clone)]
@@ -27,22 +124,26 @@ pub struct SeizedProc {
     pub zombie: Option<i32>,
     /// It was stopped (group-stop) when seized.
     pub stopped: bool,
+    /// The tracer thread ([`Tracers`]) that holds its threads.
+    pub tracer: usize,
 }
 
 /// Every thread of a process tree, held in ptrace-stop.
-pub struct SeizedTree {
+pub struct SeizedTree<'t, 'scope> {
     procs: BTreeMap<i32, SeizedProc>,
     root: i32,
     done: bool,
+    tracers: &'t Tracers<'scope>,
 }
 
-impl SeizedTree {
-    /// Seizes the tree rooted at `root`.
-    pub fn seize(root: i32) -> Result<Self, DumpError> {
+impl<'t, 'scope> SeizedTree<'t, 'scope> {
+    /// Seizes the tree rooted at `root`, each process by one of `tracers`.
+    pub fn seize(root: i32, tracers: &'t Tracers<'scope>) -> Result<Self, DumpError> {
         let mut t = SeizedTree {
             procs: BTreeMap::new(),
             root,
             done: false,
+            tracers,
         };
         let mut todo = vec![root];
         loop {
@@ -73,8 +174,11 @@ impl SeizedTree {
                     Err(e) if e.is_gone() => continue,
                     Err(e) => return Err(e.into()),
                 };
+                let tracer = t.procs[&pid].tracer;
                 for tid in threads {
-                    if !t.procs[&pid].tids.contains(&tid) && seize_one(tid)? {
+                    if !t.procs[&pid].tids.contains(&tid)
+                        && t.tracers.call(tracer, move || seize_one(tid))??
+                    {
                         if let Some(p) = t.procs.get_mut(&pid) {
                             p.tids.push(tid);
                         }
@@ -109,6 +213,7 @@ impl SeizedTree {
             tids: Vec::new(),
             zombie: None,
             stopped: st.state == 'T',
+            tracer: 0,
         };
         if st.state == 'Z' || st.state == 'X' {
             if is_root {
@@ -139,15 +244,25 @@ impl SeizedTree {
                 }
             }
         }
+        p.tracer = self.tracers.pick(proc::resident_bytes(pid));
+        let tracer = p.tracer;
         // Insert first so that a failure half-way still detaches what was seized.
         self.procs.insert(pid, p);
-        for tid in threads {
-            if seize_one(tid)? {
-                if let Some(p) = self.procs.get_mut(&pid) {
-                    p.tids.push(tid);
+        let seized = self.tracers.call(tracer, move || {
+            let mut seized = Vec::with_capacity(threads.len());
+            for tid in threads {
+                match seize_one(tid) {
+                    Ok(true) => seized.push(tid),
+                    Ok(false) => {}
+                    Err(e) => return (seized, Err(e)),
                 }
             }
+            (seized, Ok(()))
+        })?;
+        if let Some(p) = self.procs.get_mut(&pid) {
+            p.tids.extend_from_slice(&seized.0);
         }
+        seized.1?;
         if self.procs[&pid].tids.first() != Some(&pid) {
             return Err(DumpError::Unsupported {
                 pid,
@@ -160,6 +275,11 @@ impl SeizedTree {
     /// The root PID.
     pub fn root(&self) -> i32 {
         self.root
+    }
+
+    /// The tracer threads holding the tree.
+    pub fn tracers(&self) -> &'t Tracers<'scope> {
+        self.tracers
     }
 
     /// The processes, root first, then by PID.
@@ -183,17 +303,39 @@ impl SeizedTree {
             crate::sys::proc_ctl::kill(pid, libc::SIGKILL)
                 .map_err(|source| DumpError::Seize { pid, source })?;
         }
-        for p in self.procs.values().filter(|p| p.zombie.is_none()) {
-            // The leader's exit is reported only after every other thread's: leader last.
-            for &tid in p.tids.iter().rev() {
-                while let Ok(Some((_, st))) = ptrace::wait(tid, 0) {
-                    if matches!(st, WaitStatus::Exited(_) | WaitStatus::Signaled(_)) {
-                        break;
+        // Each tracer collects the exits of the threads it holds.
+        let pending: Vec<_> = self
+            .by_tracer()
+            .into_iter()
+            .map(|(tracer, procs)| {
+                self.tracers.run(tracer, move || {
+                    for tids in procs {
+                        // The leader's exit is reported only after every other thread's: leader
+                        // last.
+                        for &tid in tids.iter().rev() {
+                            while let Ok(Some((_, st))) = ptrace::wait(tid, 0) {
+                                if matches!(st, WaitStatus::Exited(_) | WaitStatus::Signaled(_)) {
+                                    break;
+                                }
+                            }
+                        }
                     }
-                }
-            }
+                })
+            })
+            .collect();
+        for p in pending {
+            p.wait()?;
         }
         Ok(())
+    }
+
+    /// The threads of the live processes, grouped by the tracer that holds them.
+    fn by_tracer(&self) -> BTreeMap<usize, Vec<Vec<i32>>> {
+        let mut m: BTreeMap<usize, Vec<Vec<i32>>> = BTreeMap::new();
+        for p in self.procs.values().filter(|p| p.zombie.is_none()) {
+            m.entry(p.tracer).or_default().push(p.tids.clone());
+        }
+        m
     }
 
     /// Lets the tree run on (stopped processes stopped again).
@@ -203,27 +345,43 @@ impl SeizedTree {
     }
 
     fn detach_all(&self) -> Result<(), DumpError> {
-        let mut first = Ok(());
         for p in self.procs.values() {
             // Running code in a stopped task ends its group stop: queue a SIGSTOP while it is
             // still held, so it stops again before running any code of its own.
             if p.stopped && p.zombie.is_none() {
                 let _ = crate::sys::proc_ctl::kill(p.pid, libc::SIGSTOP);
             }
-            for &tid in &p.tids {
-                if let Err(source) = ptrace::detach(tid, 0) {
-                    tracing::error!(pid = tid, error = %source, "could not detach");
-                    if first.is_ok() {
-                        first = Err(DumpError::Seize { pid: tid, source });
+        }
+        let pending: Vec<_> = self
+            .by_tracer()
+            .into_iter()
+            .map(|(tracer, procs)| {
+                self.tracers.run(tracer, move || {
+                    let mut first = Ok(());
+                    for &tid in procs.iter().flatten() {
+                        if let Err(source) = ptrace::detach(tid, 0) {
+                            tracing::error!(pid = tid, error = %source, "could not detach");
+                            if first.is_ok() {
+                                first = Err(DumpError::Seize { pid: tid, source });
+                            }
+                        }
                     }
-                }
+                    first
+                })
+            })
+            .collect();
+        let mut first = Ok(());
+        for p in pending {
+            let r = p.wait().and_then(|r| r);
+            if first.is_ok() {
+                first = r;
             }
         }
         first
     }
 }
 
-impl Drop for SeizedTree {
+impl Drop for SeizedTree<'_, '_> {
     fn drop(&mut self) {
         if !self.done {
             let _ = self.detach_all();
@@ -249,13 +407,16 @@ fn seize_one(tid: i32) -> Result<bool, DumpError> {
 /// Waits for the PTRACE_EVENT_STOP that follows PTRACE_INTERRUPT. A signal that arrives first
 /// is delivered on (it would have been delivered anyway) and we keep waiting for the stop.
 fn wait_interrupted(tid: i32) -> Result<(), DumpError> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // A running task stops within microseconds; one asleep in the kernel may take longer.
+    let mut nap = Duration::from_micros(10);
     loop {
         let st = ptrace::wait(tid, libc::WNOHANG)
             .map_err(|source| DumpError::Seize { pid: tid, source })?;
         match st {
-            None if std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_micros(200));
+            None if Instant::now() < deadline => {
+                std::thread::sleep(nap);
+                nap = (nap * 2).min(Duration::from_millis(1));
             }
             None => {
                 return Err(DumpError::Unsupported {

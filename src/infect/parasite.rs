@@ -618,6 +618,19 @@ impl Parasite {
         runs: &[PageRunReq],
         pages: &mut File,
     ) -> Result<Vec<crate::proto::PageRun>, InfectError> {
+        let scanned: u64 = runs.iter().map(|r| r.nr_pages * PAGE_SIZE).sum();
+        let progress = Progress::new("dumping pages", scanned);
+        self.dump_pages_with_progress(runs, pages, &progress)
+    }
+
+    /// [`Parasite::dump_pages`], advancing a progress line that may be shared with other
+    /// processes' dumps (whose total the caller keeps).
+    pub fn dump_pages_with_progress(
+        &mut self,
+        runs: &[PageRunReq],
+        pages: &mut File,
+        progress: &Progress,
+    ) -> Result<Vec<crate::proto::PageRun>, InfectError> {
         let pid = self.pid;
         self.check_usable()?;
         let mut prev_end = 0u64;
@@ -655,9 +668,8 @@ impl Parasite {
         let mut out = Vec::new();
         let runs: Vec<PageRunReq> = runs.iter().copied().filter(|r| r.nr_pages > 0).collect();
         // Stored bytes against the bytes scanned (zero pages make the bar end short of full).
-        let scanned: u64 = runs.iter().map(|r| r.nr_pages * PAGE_SIZE).sum();
-        let progress = Progress::new("dumping pages", scanned);
         let first = off;
+        let reported = std::sync::atomic::AtomicU64::new(0);
         let mut i = 0;
         while i < runs.len() {
             if runs[i].prot & libc::PROT_READ as u32 == 0 {
@@ -680,7 +692,9 @@ impl Parasite {
                 })
                 .collect();
             self.dump_readable(reqs, pages, &mut off, &mut out, &|at| {
-                progress.update(at - first)
+                let done = at - first;
+                let before = reported.swap(done, std::sync::atomic::Ordering::Relaxed);
+                progress.advance(done.saturating_sub(before));
             })?;
             i = j;
         }

@@ -51,6 +51,7 @@ pub const WORKLOADS: &[&str] = &[
     "itimer_pending",
     "threads",
     "tree",
+    "memtree",
     "shm",
     "stopped",
     "vfork",
