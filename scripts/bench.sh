@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Benchmark: dump time, restore time (restore -d: until the process runs), image size and peak
-# RSS of the tool, for two workloads:
+# RSS of the tool, for these workloads:
 #
 #   tiny   the counter (a few hundred KiB of memory)
 #   1GiB   1 GiB of incompressible anonymous memory plus 256 MiB of touched-but-zero memory
 #          (present pages holding zeros)
 #   tree   tests/workloads/tree: 13 live processes over 4 levels and a zombie, in their own
 #          session with two process groups (a few hundred KiB each)
+#   tree320 tests/workloads/memtree 3 2 32: 10 processes over 3 levels, each with 32 MiB of
+#          its own incompressible data and 1 MiB read through (the zero page), a quarter of it
+#          written since (several processes' memory dumped and restored at once)
 #   tcp    a server on loopback (tests/workloads/net_tcp_server) with an established
 #          connection to a client outside the dumped tree and one to its own child, both
 #          streaming and with both queues full at dump; dumped and restored with
@@ -74,7 +77,7 @@ CRYO=$ROOT/target/release/cryo
 
 WORK=$(mktemp -d "${BENCH_DIR:-/tmp}/cryo-bench.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
-for w in counter bigmem tree net_tcp_server net_tcp_client; do
+for w in counter bigmem tree memtree net_tcp_server net_tcp_client; do
 	cc -O1 -o "$WORK/$w" "$ROOT/tests/workloads/$w.c" -lrt
 done
 
@@ -284,7 +287,7 @@ median() { sort -g | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)
 TOOLS=(floor cryo)
 [ -n "$CRIU" ] && TOOLS+=(criu)
 # name:floor_bytes:command (floor_bytes 0: no floor for this workload)
-WORKLOADS=("tiny:0:$WORK/counter" "1GiB:$((1 << 30)):$WORK/bigmem 1024 256" "tree:0:$WORK/tree" "tcp:0:$WORK/net_tcp_server")
+WORKLOADS=("tiny:0:$WORK/counter" "1GiB:$((1 << 30)):$WORK/bigmem 1024 256" "tree:0:$WORK/tree" "tree320:$((320 << 20)):$WORK/memtree 3 2 32" "tcp:0:$WORK/net_tcp_server")
 # BENCH_ONLY="tiny tcp" runs only those workloads.
 if [ -n "${BENCH_ONLY:-}" ]; then
 	keep=()

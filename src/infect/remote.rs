@@ -10,6 +10,13 @@
 //! memory is changed. All signals are blocked (PTRACE_SETSIGMASK) while we drive the task,
 //! so a pending signal cannot be delivered in the middle; the original mask comes back in
 //! [`RemoteTask::restore`].
+//!
+//! Each ptrace stop costs two context switches, so the restorer, which owns a trampoline page
+//! in the task, installs [`Stubs`] there: a syscall followed by `tgkill(self, SIGSTOP)` (one
+//! stop per call instead of two), and a loop that runs a whole table of syscalls before that
+//! stop. SIGSTOP cannot be blocked, caught or ignored, so raising it changes no signal action
+//! or mask; the tracer sees its signal-delivery stop and discards it. (Raising a stop signal
+//! does drop a pending SIGCONT, so the stubs are put away before saved signals are queued.)
 
 use crate::sys::ptrace::{self, WaitStatus};
 use crate::sys::SysError;
@@ -54,12 +61,29 @@ pub enum RemoteError {
     },
 }
 
+/// Addresses of the restore trampoline's stubs in the task (see the module doc).
+#[derive(Debug, Clone, Copy)]
+pub struct Stubs {
+    /// `syscall; mov r12, rax; <stop>`: one call, its result left in r12.
+    pub one: u64,
+    /// The batch loop over a table of [`BATCH_ENTRY`]-byte entries at r12.
+    pub batch: u64,
+    /// The thread group of the task (the first tgkill argument).
+    pub tgid: i32,
+}
+
+/// Bytes per batch table entry: nr, six arguments, the result (u64 each).
+pub const BATCH_ENTRY: u64 = 64;
+/// The `nr` that ends a batch table.
+pub const BATCH_END: u64 = u64::MAX;
+
 /// A task stopped under ptrace, borrowed to run syscalls.
 pub struct RemoteTask {
     pid: i32,
     saved: libc::user_regs_struct,
     saved_mask: u64,
     syscall_ip: u64,
+    stubs: Option<Stubs>,
     restored: bool,
 }
 
@@ -83,6 +107,7 @@ impl RemoteTask {
             saved,
             saved_mask,
             syscall_ip,
+            stubs: None,
             restored: false,
         })
     }
@@ -107,8 +132,105 @@ impl RemoteTask {
         self.syscall_ip = ip;
     }
 
-    /// Runs syscall `nr` with `args` and returns the raw result (negative errno on failure).
+    /// Uses the stubs for later calls (`Some`), or goes back to two stops per call (`None`).
+    pub fn set_stubs(&mut self, stubs: Option<Stubs>) {
+        self.stubs = stubs;
+    }
+
+    /// The stubs in use, if any.
+    pub fn stubs(&self) -> Option<Stubs> {
+        self.stubs
+    }
+
+    /// Runs syscall `nr` with `args` and returns the raw result (negative errno on failure):
+    /// through the one-call stub when there is one, else with two syscall stops.
     pub fn syscall_raw(&mut self, nr: libc::c_long, args: [u64; 6]) -> Result<i64, RemoteError> {
+        if let Some(stubs) = self.stubs {
+            let mut regs = self.saved;
+            regs.rip = stubs.one;
+            regs.rax = nr as u64;
+            regs.orig_rax = u64::MAX;
+            regs.rdi = args[0];
+            regs.rsi = args[1];
+            regs.rdx = args[2];
+            regs.r10 = args[3];
+            regs.r8 = args[4];
+            regs.r9 = args[5];
+            let out = self.run_to_stop(regs, stubs, || format!("syscall {nr}"))?;
+            return Ok(out.r12 as i64);
+        }
+        self.syscall_two_stops(nr, args)
+    }
+
+    /// Runs the batch table at `table` in the task (entries written by the caller, ended by
+    /// [`BATCH_END`]): each entry's result is stored in it; the loop stops after the first
+    /// call that fails. Needs the stubs.
+    pub fn run_batch(&mut self, table: u64) -> Result<(), RemoteError> {
+        let stubs = self
+            .stubs
+            .ok_or(RemoteError::NoSyscallInsn { pid: self.pid })?;
+        let mut regs = self.saved;
+        regs.rip = stubs.batch;
+        regs.orig_rax = u64::MAX;
+        regs.r12 = table;
+        self.run_to_stop(regs, stubs, || "a batch of syscalls".into())?;
+        Ok(())
+    }
+
+    /// Resumes the task at `regs` (r13/r14 set for the stop) until it stops itself with
+    /// SIGSTOP; discards that signal and returns the registers then.
+    fn run_to_stop(
+        &mut self,
+        mut regs: libc::user_regs_struct,
+        stubs: Stubs,
+        what: impl Fn() -> String,
+    ) -> Result<libc::user_regs_struct, RemoteError> {
+        let pid = self.pid;
+        let err = |source| RemoteError::Ptrace { pid, source };
+        regs.r13 = stubs.tgid as u64;
+        regs.r14 = pid as u64;
+        ptrace::set_regs(pid, &regs).map_err(err)?;
+        ptrace::cont(pid, 0).map_err(err)?;
+        loop {
+            let (_, status) = ptrace::wait(pid, 0)
+                .map_err(err)?
+                .ok_or_else(|| err(ptrace::unexpected("waitpid")))?;
+            match status {
+                // Our own SIGSTOP: not passed on (the next resume gives signal 0).
+                WaitStatus::Stopped { sig, event: 0 } if sig == libc::SIGSTOP => break,
+                // See wait_syscall_stop: a stopped process's task re-reports its group stop.
+                WaitStatus::Stopped { sig, event }
+                    if event == ptrace::PTRACE_EVENT_STOP
+                        && matches!(
+                            sig,
+                            libc::SIGSTOP
+                                | libc::SIGTSTP
+                                | libc::SIGTTIN
+                                | libc::SIGTTOU
+                                | libc::SIGTRAP
+                        ) =>
+                {
+                    ptrace::cont(pid, 0).map_err(err)?;
+                }
+                other => {
+                    return Err(RemoteError::UnexpectedStop {
+                        pid,
+                        what: what(),
+                        status: other,
+                    })
+                }
+            }
+        }
+        ptrace::get_regs(pid).map_err(err)
+    }
+
+    /// Runs syscall `nr` with two syscall stops (entry and exit), whatever the stubs: for a
+    /// call whose new task must not run the stub's stop (clone3 of a thread).
+    pub fn syscall_two_stops(
+        &mut self,
+        nr: libc::c_long,
+        args: [u64; 6],
+    ) -> Result<i64, RemoteError> {
         let pid = self.pid;
         let err = |source| RemoteError::Ptrace { pid, source };
         let mut regs = self.saved;
@@ -164,12 +286,18 @@ impl RemoteTask {
                 }
                 // A task of a stopped (group-stop) process reports the group stop again when
                 // first resumed; resume it once more to reach the syscall stop. (The dumper
-                // stops it again when it lets it go.)
+                // stops it again when it lets it go.) A seized task also reports SIGCONT sent
+                // to its process (the restorer queues a pending one) as an event stop with
+                // SIGTRAP: resume it the same way.
                 WaitStatus::Stopped { sig, event }
                     if event == ptrace::PTRACE_EVENT_STOP
                         && matches!(
                             sig,
-                            libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
+                            libc::SIGSTOP
+                                | libc::SIGTSTP
+                                | libc::SIGTTIN
+                                | libc::SIGTTOU
+                                | libc::SIGTRAP
                         ) =>
                 {
                     ptrace::syscall(pid, 0)

@@ -4,7 +4,7 @@
 //! and set the mm fields with PR_SET_MM_MAP.
 
 use super::layout::{find_hole, overlaps};
-use super::remote_ctx::{Ctx, Le, TRAMPOLINE_LEN};
+use super::remote_ctx::{Call, Ctx, Le, TRAMPOLINE_LEN};
 use super::{ProcessImage, RestoreError};
 use crate::proto::{Vma, VmaKind};
 use std::collections::HashMap;
@@ -108,6 +108,7 @@ pub fn clear_and_move_specials(ctx: &mut Ctx, img: &ProcessImage) -> Result<(), 
     let pid = ctx.pid();
     let tramp = (ctx.tramp, ctx.tramp + TRAMPOLINE_LEN);
     let cur = current_maps(pid)?;
+    let mut unmaps = Vec::new();
     for m in &cur {
         if m.start >= 0xffff_ffff_ff60_0000 || special_kind(&m.name).is_some() {
             continue;
@@ -116,12 +117,13 @@ pub fn clear_and_move_specials(ctx: &mut Ctx, img: &ProcessImage) -> Result<(), 
             continue;
         }
         let (s, e) = (m.start, m.end);
-        ctx.sys(
-            || format!("munmap({s:#x}-{e:#x}) of an inherited mapping"),
+        unmaps.push(Call::new(
+            format!("munmap({s:#x}-{e:#x}) of an inherited mapping"),
             libc::SYS_munmap,
             [s, e - s, 0, 0, 0, 0],
-        )?;
+        ));
     }
+    ctx.sys_batch(unmaps)?;
 
     // Pair the child's specials with the target's by kind.
     let mut moves: Vec<(u64, u64, u64)> = Vec::new(); // (cur_start, len, dst)
@@ -148,13 +150,18 @@ pub fn clear_and_move_specials(ctx: &mut Ctx, img: &ProcessImage) -> Result<(), 
             None => unmap.push((m.start, m.end)),
         }
     }
-    for (s, e) in unmap {
-        ctx.sys(
-            || format!("munmap({s:#x}-{e:#x}) of a special mapping the target lacked"),
-            libc::SYS_munmap,
-            [s, e - s, 0, 0, 0, 0],
-        )?;
-    }
+    // Unmaps and moves in one batch, in order.
+    let mut calls: Vec<Call> = unmap
+        .into_iter()
+        .map(|(s, e)| {
+            Call::new(
+                format!("munmap({s:#x}-{e:#x}) of a special mapping the target lacked"),
+                libc::SYS_munmap,
+                [s, e - s, 0, 0, 0, 0],
+            )
+        })
+        .collect();
+    let mut expect: Vec<Option<u64>> = vec![None; calls.len()];
     // Two phases, so that no move lands on a special that has not moved yet.
     let mut busy: Vec<(u64, u64)> = img.mm.vmas.iter().map(|v| (v.start, v.end)).collect();
     busy.push(tramp);
@@ -169,29 +176,32 @@ pub fn clear_and_move_specials(ctx: &mut Ctx, img: &ProcessImage) -> Result<(), 
             what: "no free range to stage the vdso move".into(),
         })?;
         busy.push((tmp, tmp + len));
-        mremap(ctx, s, len, tmp)?;
+        calls.push(mremap(s, len, tmp));
+        expect.push(Some(tmp));
         staged.push((tmp, len, dst));
     }
     for (tmp, len, dst) in staged {
-        mremap(ctx, tmp, len, dst)?;
+        calls.push(mremap(tmp, len, dst));
+        expect.push(Some(dst));
+    }
+    for (want, got) in expect.into_iter().zip(ctx.sys_batch(calls)?) {
+        if let Some(to) = want.filter(|&to| to != got) {
+            return Err(RestoreError::Invalid {
+                pid,
+                what: format!("mremap to {to:#x} landed at {got:#x}"),
+            });
+        }
     }
     Ok(())
 }
 
-fn mremap(ctx: &mut Ctx, from: u64, len: u64, to: u64) -> Result<(), RestoreError> {
+fn mremap(from: u64, len: u64, to: u64) -> Call {
     let flags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
-    let got = ctx.sys(
-        || format!("mremap({from:#x}, {len:#x}) to {to:#x}"),
+    Call::new(
+        format!("mremap({from:#x}, {len:#x}) to {to:#x}"),
         libc::SYS_mremap,
         [from, len, len, flags, to, 0],
-    )?;
-    if got != to {
-        return Err(RestoreError::Invalid {
-            pid: ctx.pid(),
-            what: format!("mremap to {to:#x} landed at {got:#x}"),
-        });
-    }
-    Ok(())
+    )
 }
 
 /// Whether restore writes page contents into this VMA (shared memory gets its contents
@@ -207,20 +217,62 @@ pub fn map_vmas(
     img: &ProcessImage,
     shared: &super::shmem::SharedMem,
 ) -> Result<(), RestoreError> {
-    let mut file_fds: HashMap<(String, bool), u64> = HashMap::new();
-    let result = map_vmas_inner(ctx, img, shared, &mut file_fds);
-    for (_, fd) in file_fds {
-        let _ = ctx.sys(|| "close".into(), libc::SYS_close, [fd, 0, 0, 0, 0, 0]);
+    // Every mapped file opened once (read-write for writable shared mappings), all in one
+    // batch; then every mapping in one batch; then the files closed.
+    let mut wanted: Vec<(String, bool)> = Vec::new();
+    for v in img.mm.vmas.iter().filter(|v| !is_special(v)) {
+        if let Some(key) = file_key(v) {
+            if !wanted.contains(&key) {
+                wanted.push(key);
+            }
+        }
     }
+    let opens: Vec<Call> = wanted
+        .iter()
+        .map(|(path, rw)| {
+            let oflags = if *rw { libc::O_RDWR } else { libc::O_RDONLY } | libc::O_CLOEXEC;
+            let mut p = path.as_bytes().to_vec();
+            p.push(0);
+            Call::with_data(
+                format!("open({path}) for a mapping"),
+                libc::SYS_openat,
+                [libc::AT_FDCWD as u64, 0, oflags as u64, 0, 0, 0],
+                1,
+                p,
+            )
+        })
+        .collect();
+    // (If an open fails, the restore fails and the process goes, with any fd opened before.)
+    let fds = ctx.sys_batch(opens)?;
+    let file_fds: HashMap<(String, bool), u64> = wanted.into_iter().zip(fds).collect();
+    let result = map_vmas_inner(ctx, img, shared, &file_fds);
+    let closes = file_fds
+        .values()
+        .map(|&fd| Call::new("close".into(), libc::SYS_close, [fd, 0, 0, 0, 0, 0]))
+        .collect();
+    let _ = ctx.sys_batch(closes);
     result
+}
+
+/// The file a file mapping is made from, and whether it is opened read-write.
+fn file_key(v: &Vma) -> Option<(String, bool)> {
+    match v.kind() {
+        VmaKind::VmaFilePrivate | VmaKind::VmaFileShared => {
+            let path = v.file.as_ref().map(|f| f.path.clone()).unwrap_or_default();
+            let rw = v.kind() == VmaKind::VmaFileShared && v.prot & libc::PROT_WRITE as u32 != 0;
+            Some((path, rw))
+        }
+        _ => None,
+    }
 }
 
 fn map_vmas_inner(
     ctx: &mut Ctx,
     img: &ProcessImage,
     shared: &super::shmem::SharedMem,
-    file_fds: &mut HashMap<(String, bool), u64>,
+    file_fds: &HashMap<(String, bool), u64>,
 ) -> Result<(), RestoreError> {
+    let mut maps = Vec::new();
     for v in img.mm.vmas.iter().filter(|v| !is_special(v)) {
         let len = v.end - v.start;
         let mut prot = v.prot as u64;
@@ -230,25 +282,12 @@ fn map_vmas_inner(
         let mut flags = v.flags as u64 | libc::MAP_FIXED as u64;
         let (fd, off) = match v.kind() {
             VmaKind::VmaFilePrivate | VmaKind::VmaFileShared => {
-                let path = v.file.as_ref().map(|f| f.path.clone()).unwrap_or_default();
-                let rw =
-                    v.kind() == VmaKind::VmaFileShared && v.prot & libc::PROT_WRITE as u32 != 0;
-                let key = (path.clone(), rw);
-                let fd = match file_fds.get(&key) {
-                    Some(fd) => *fd,
-                    None => {
-                        let p = ctx.put_path(0, &path)?;
-                        let oflags =
-                            if rw { libc::O_RDWR } else { libc::O_RDONLY } | libc::O_CLOEXEC;
-                        let fd = ctx.sys(
-                            || format!("open({path}) for a mapping at {:#x}", v.start),
-                            libc::SYS_openat,
-                            [libc::AT_FDCWD as u64, p, oflags as u64, 0, 0, 0],
-                        )?;
-                        file_fds.insert(key, fd);
-                        fd
-                    }
-                };
+                let fd = file_key(v)
+                    .and_then(|k| file_fds.get(&k).copied())
+                    .ok_or_else(|| RestoreError::Invalid {
+                        pid: ctx.pid(),
+                        what: format!("no file opened for the mapping at {:#x}", v.start),
+                    })?;
                 (fd, v.pgoff)
             }
             VmaKind::VmaAnonShared => {
@@ -265,15 +304,18 @@ fn map_vmas_inner(
             }
         };
         let (start, end) = (v.start, v.end);
-        let got = ctx.sys(
-            || format!("mmap({start:#x}-{end:#x}) {}", v.name),
+        maps.push(Call::new(
+            format!("mmap({start:#x}-{end:#x}) {}", v.name),
             libc::SYS_mmap,
             [start, len, prot, flags, fd, off],
-        )?;
-        if got != v.start {
+        ));
+    }
+    let starts: Vec<u64> = maps.iter().map(|c| c.args[0]).collect();
+    for (want, got) in starts.into_iter().zip(ctx.sys_batch(maps)?) {
+        if got != want {
             return Err(RestoreError::Invalid {
                 pid: ctx.pid(),
-                what: format!("mmap at {start:#x} landed at {got:#x}"),
+                what: format!("mmap at {want:#x} landed at {got:#x}"),
             });
         }
     }
@@ -290,17 +332,21 @@ pub fn fill_pages(ctx: &mut Ctx, img: &ProcessImage, pages_path: &str) -> Result
 /// Puts back the saved protections of VMAs that were mapped writable for filling.
 pub fn fix_protections(ctx: &mut Ctx, img: &ProcessImage) -> Result<(), RestoreError> {
     let rw = (libc::PROT_READ | libc::PROT_WRITE) as u32;
-    for v in img.mm.vmas.iter().filter(|v| takes_pages(v)) {
-        if v.prot & rw == rw {
-            continue;
-        }
-        let (s, e, prot) = (v.start, v.end, v.prot);
-        ctx.sys(
-            || format!("mprotect({s:#x}-{e:#x}, {prot:#x})"),
-            libc::SYS_mprotect,
-            [s, e - s, prot as u64, 0, 0, 0],
-        )?;
-    }
+    let calls = img
+        .mm
+        .vmas
+        .iter()
+        .filter(|v| takes_pages(v) && v.prot & rw != rw)
+        .map(|v| {
+            let (s, e, prot) = (v.start, v.end, v.prot);
+            Call::new(
+                format!("mprotect({s:#x}-{e:#x}, {prot:#x})"),
+                libc::SYS_mprotect,
+                [s, e - s, prot as u64, 0, 0, 0],
+            )
+        })
+        .collect();
+    ctx.sys_batch(calls)?;
     Ok(())
 }
 

@@ -880,6 +880,8 @@ fn build(
         source,
     })?;
     ctx.rt.set_syscall_ip(tramp);
+    // One stop per remote syscall, one per batch, until signals are queued (see below).
+    ctx.rt.set_stubs(Some(ctx.stubs(pid)));
 
     memory::drop_inherited_rseq(&mut ctx)?;
     memory::clear_and_move_specials(&mut ctx, img)?;
@@ -902,6 +904,11 @@ fn build(
     task_state::restore_posix_timers(&mut ctx, img)?;
     let leader = &img.tasks[0];
     task_state::restore_thread_bits(&mut ctx, leader)?;
+    // The stubs stop a task by raising SIGSTOP, which drops a pending SIGCONT: with one to
+    // queue, two syscall stops per call from here on.
+    if task_state::queues_sigcont(img) {
+        ctx.rt.set_stubs(None);
+    }
     task_state::restore_pending(&mut ctx, img, leader)?;
     ctx.sys(
         || "prctl(PR_SET_PDEATHSIG, 0)".into(),
@@ -926,6 +933,8 @@ fn build(
     })?;
     let own = find_syscall_insn_outside(pid, &maps, (tramp, tramp + TRAMPOLINE_LEN))?;
     ctx.rt.set_syscall_ip(own);
+    // The trampoline goes, stubs and all: this call cannot return into it.
+    ctx.rt.set_stubs(None);
     ctx.sys(
         || format!("munmap of the trampoline at {tramp:#x}"),
         libc::SYS_munmap,
@@ -983,12 +992,20 @@ fn create_thread(ctx: &mut Ctx, img: &ProcessImage, t: &TaskCore) -> Result<Ctx,
         .u64(0); // cgroup
     let args_len = args.0.len() as u64;
     let a = ctx.put(0, &args.0)?;
-    let got = ctx.sys(
-        || format!("clone3(thread {tid})"),
-        libc::SYS_clone3,
-        [a, args_len, 0, 0, 0, 0],
-    )?;
-    if got != tid as u64 {
+    // Two syscall stops, never the stub: the new thread returns where the call was made and
+    // must land on the trampoline's `jmp .`, not on the stub's stop.
+    let got = ctx
+        .rt
+        .syscall_two_stops(libc::SYS_clone3, [a, args_len, 0, 0, 0, 0])?;
+    if (-4095..0).contains(&got) {
+        return Err(crate::infect::remote::RemoteError::Syscall {
+            pid,
+            name: format!("clone3(thread {tid})"),
+            errno: (-got) as i32,
+        }
+        .into());
+    }
+    if got != tid as i64 {
         return Err(RestoreError::Invalid {
             pid,
             what: format!("thread {tid} was created as {got}"),
@@ -999,6 +1016,9 @@ fn create_thread(ctx: &mut Ctx, img: &ProcessImage, t: &TaskCore) -> Result<Ctx,
         rt: RemoteTask::new(tid, ctx.tramp)?,
         tramp: ctx.tramp,
     };
+    if ctx.rt.stubs().is_some() {
+        th.rt.set_stubs(Some(th.stubs(pid)));
+    }
     task_state::restore_thread_bits(&mut th, t)?;
     task_state::restore_pending_private(&mut th, img, t)?;
     Ok(th)

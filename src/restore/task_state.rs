@@ -3,7 +3,7 @@
 //! robust list, rseq, pending signals, credentials; and the final registers with the syscall
 //! restart rewound the way the kernel would have done it.
 
-use super::remote_ctx::{Ctx, Le};
+use super::remote_ctx::{Call, Ctx, Le};
 use super::{ProcessImage, RestoreError};
 use crate::proto::{TaskCore, UserRegs};
 
@@ -20,28 +20,33 @@ const ERESTART_RESTARTBLOCK: i64 = -516;
 
 /// Signal actions, for every signal the dump recorded.
 pub fn restore_sigactions(ctx: &mut Ctx, img: &ProcessImage) -> Result<(), RestoreError> {
-    for a in &img.core.sigactions {
-        if a.signo as i32 == libc::SIGKILL || a.signo as i32 == libc::SIGSTOP {
-            continue;
-        }
-        let act = Le::default()
-            .u64(a.handler)
-            .u64(a.flags)
-            .u64(a.restorer)
-            .u64(a.mask);
-        let p = ctx.put(0, &act.0)?;
-        let signo = a.signo;
-        ctx.sys(
-            || format!("rt_sigaction({signo})"),
-            libc::SYS_rt_sigaction,
-            [signo as u64, p, 0, 8, 0, 0],
-        )?;
-    }
+    let calls = img
+        .core
+        .sigactions
+        .iter()
+        .filter(|a| a.signo as i32 != libc::SIGKILL && a.signo as i32 != libc::SIGSTOP)
+        .map(|a| {
+            let act = Le::default()
+                .u64(a.handler)
+                .u64(a.flags)
+                .u64(a.restorer)
+                .u64(a.mask);
+            Call::with_data(
+                format!("rt_sigaction({})", a.signo),
+                libc::SYS_rt_sigaction,
+                [a.signo as u64, 0, 0, 8, 0, 0],
+                1,
+                act.0,
+            )
+        })
+        .collect();
+    ctx.sys_batch(calls)?;
     Ok(())
 }
 
 /// The three itimers.
 pub fn restore_itimers(ctx: &mut Ctx, img: &ProcessImage) -> Result<(), RestoreError> {
+    let mut calls = Vec::new();
     for t in &img.core.itimers {
         if t.value_us == 0 && t.interval_us == 0 {
             continue;
@@ -60,14 +65,15 @@ pub fn restore_itimers(ctx: &mut Ctx, img: &ProcessImage) -> Result<(), RestoreE
             .u64(t.interval_us % 1_000_000)
             .u64(value_us / 1_000_000)
             .u64(value_us % 1_000_000);
-        let p = ctx.put(0, &v.0)?;
-        let which = t.which;
-        ctx.sys(
-            || format!("setitimer({which})"),
+        calls.push(Call::with_data(
+            format!("setitimer({})", t.which),
             libc::SYS_setitimer,
-            [which as u64, p, 0, 0, 0, 0],
-        )?;
+            [t.which as u64, 0, 0, 0, 0, 0],
+            1,
+            v.0,
+        ));
     }
+    ctx.sys_batch(calls)?;
     Ok(())
 }
 
@@ -157,39 +163,55 @@ pub fn restore_posix_timers(ctx: &mut Ctx, img: &ProcessImage) -> Result<(), Res
 
 /// sigaltstack, clear_child_tid, robust list and rseq of one task (run in that task).
 pub fn restore_thread_bits(ctx: &mut Ctx, t: &TaskCore) -> Result<(), RestoreError> {
+    let mut calls = Vec::new();
     if t.altstack_flags & libc::SS_DISABLE == 0 && t.altstack_size != 0 {
         let ss = Le::default()
             .u64(t.altstack_sp)
             .u32(0)
             .u32(0)
             .u64(t.altstack_size);
-        let p = ctx.put(0, &ss.0)?;
-        ctx.sys(
-            || format!("sigaltstack({:#x}, {})", t.altstack_sp, t.altstack_size),
+        calls.push(Call::with_data(
+            format!("sigaltstack({:#x}, {})", t.altstack_sp, t.altstack_size),
             libc::SYS_sigaltstack,
-            [p, 0, 0, 0, 0, 0],
-        )?;
+            [0; 6],
+            0,
+            ss.0,
+        ));
     }
-    ctx.sys(
-        || format!("set_tid_address({:#x})", t.clear_tid_addr),
+    calls.push(Call::new(
+        format!("set_tid_address({:#x})", t.clear_tid_addr),
         libc::SYS_set_tid_address,
         [t.clear_tid_addr, 0, 0, 0, 0, 0],
-    )?;
+    ));
     if t.robust_list != 0 {
-        ctx.sys(
-            || format!("set_robust_list({:#x})", t.robust_list),
+        calls.push(Call::new(
+            format!("set_robust_list({:#x})", t.robust_list),
             libc::SYS_set_robust_list,
             [t.robust_list, t.robust_list_len, 0, 0, 0, 0],
-        )?;
+        ));
     }
     if let Some(r) = t.rseq.as_ref().filter(|r| r.ptr != 0) {
-        ctx.sys(
-            || format!("rseq({:#x})", r.ptr),
+        calls.push(Call::new(
+            format!("rseq({:#x})", r.ptr),
             libc::SYS_rseq,
             [r.ptr, r.len as u64, 0, r.sig as u64, 0, 0],
-        )?;
+        ));
     }
+    ctx.sys_batch(calls)?;
     Ok(())
+}
+
+/// Whether any pending signal to queue, process-wide or of a thread, is SIGCONT.
+pub fn queues_sigcont(img: &ProcessImage) -> bool {
+    let is_cont = |s: &crate::proto::SigInfo| {
+        s.raw
+            .get(..4)
+            .and_then(|b| b.try_into().ok())
+            .map(i32::from_le_bytes)
+            == Some(libc::SIGCONT)
+    };
+    img.core.shared_pending.iter().any(is_cont)
+        || img.tasks.iter().any(|t| t.pending.iter().any(is_cont))
 }
 
 /// Re-queues one created thread's private pending signals.
@@ -261,14 +283,16 @@ pub fn restore_creds(ctx: &mut Ctx, img: &ProcessImage) -> Result<(), RestoreErr
     for g in &c.groups {
         groups = groups.u32(*g);
     }
-    let p = ctx.put(0, &groups.0)?;
-    ctx.sys(
-        || "setgroups".into(),
+    // In this order (the uids last, while the task may still change its gids), as one batch.
+    let mut calls = vec![Call::with_data(
+        "setgroups".into(),
         libc::SYS_setgroups,
-        [c.groups.len() as u64, p, 0, 0, 0, 0],
-    )?;
-    ctx.sys(
-        || format!("setresgid({:?})", &c.gids[..3]),
+        [c.groups.len() as u64, 0, 0, 0, 0, 0],
+        1,
+        groups.0,
+    )];
+    calls.push(Call::new(
+        format!("setresgid({:?})", &c.gids[..3]),
         libc::SYS_setresgid,
         [
             c.gids[0] as u64,
@@ -278,15 +302,15 @@ pub fn restore_creds(ctx: &mut Ctx, img: &ProcessImage) -> Result<(), RestoreErr
             0,
             0,
         ],
-    )?;
-    ctx.sys(
-        || format!("setfsgid({})", c.gids[3]),
+    ));
+    calls.push(Call::new(
+        format!("setfsgid({})", c.gids[3]),
         libc::SYS_setfsgid,
         [c.gids[3] as u64, 0, 0, 0, 0, 0],
-    )?;
+    ));
     if c.uids.iter().any(|&u| u != 0) {
-        ctx.sys(
-            || format!("setresuid({:?})", &c.uids[..3]),
+        calls.push(Call::new(
+            format!("setresuid({:?})", &c.uids[..3]),
             libc::SYS_setresuid,
             [
                 c.uids[0] as u64,
@@ -296,13 +320,14 @@ pub fn restore_creds(ctx: &mut Ctx, img: &ProcessImage) -> Result<(), RestoreErr
                 0,
                 0,
             ],
-        )?;
-        ctx.sys(
-            || format!("setfsuid({})", c.uids[3]),
+        ));
+        calls.push(Call::new(
+            format!("setfsuid({})", c.uids[3]),
             libc::SYS_setfsuid,
             [c.uids[3] as u64, 0, 0, 0, 0, 0],
-        )?;
+        ));
     }
+    ctx.sys_batch(calls)?;
     Ok(())
 }
 

@@ -6,7 +6,8 @@
  * back to zero; a small brk-heap block; a stack buffer; a PROT_NONE and a PROT_READ region
  * holding data; a MAP_PRIVATE file mapping with one page modified.
  * Files: a read-only fd at offset 100 moved to fd >= 42 with FD_CLOEXEC; an O_APPEND fd.
- * Signals: SIGUSR1 and SIGUSR2 blocked, one SIGUSR2 queued with a value (pending); a SIGALRM
+ * Signals: SIGUSR1 and SIGUSR2 blocked, one SIGUSR2 queued with a value (pending); SIGCONT
+ * blocked and pending (a stop signal raised by the restorer would drop it); a SIGALRM
  * handler with a 50 ms ITIMER_REAL; a 20 ms POSIX timer (created after a deleted one, so its
  * id is not the first); a sigaltstack used by the SIGWINCH handler.
  * Process: pid, umask 027, cwd in a subdirectory, RLIMIT_NOFILE lowered.
@@ -249,8 +250,11 @@ static void setup_signals(void)
 	sigemptyset(&block);
 	sigaddset(&block, SIGUSR1);
 	sigaddset(&block, SIGUSR2);
+	sigaddset(&block, SIGCONT);
 	if (sigprocmask(SIG_BLOCK, &block, NULL))
 		wl_die("sigprocmask");
+	if (raise(SIGCONT))
+		wl_die("raise(SIGCONT)");
 	set_handler(SIGUSR2, NULL, on_usr2, SA_RESTART);
 	union sigval v = { .sival_int = 4242 };
 	if (sigqueue(getpid(), SIGUSR2, v))
@@ -405,6 +409,8 @@ static void check_signals(void)
 		wl_fail("queued SIGUSR2 is no longer pending");
 	if (sigismember(&pending, SIGUSR1))
 		wl_fail("SIGUSR1 is pending but was never sent");
+	if (!sigismember(&cur, SIGCONT) || !sigismember(&pending, SIGCONT))
+		wl_fail("blocked SIGCONT is no longer pending");
 	if (usr2_count)
 		wl_fail("SIGUSR2 delivered while blocked");
 	sigset_t usr2;
