@@ -503,6 +503,26 @@ fn infect_query_dump_cure() {
     );
     assert_eq!(p.umask().expect("umask"), 0o027);
     assert_eq!(p.tid_address().expect("tid address"), w.get("tidaddr"));
+    // All of it, and the program break, in one run.
+    let st = p.task_state().expect("task state");
+    assert_eq!(st.umask, 0o027);
+    assert_eq!(st.tid_address, w.get("tidaddr"));
+    assert_eq!(st.altstack, (w.get("alt"), w.get("altsize"), 0));
+    assert_eq!(st.sigactions, p.sigactions().expect("sigactions"));
+    assert_eq!(st.itimers.len(), 3);
+    let heap = before
+        .maps
+        .lines()
+        .find(|l| l.ends_with("[heap]"))
+        .and_then(|l| l.split(['-', ' ']).nth(1))
+        .and_then(|e| u64::from_str_radix(e, 16).ok());
+    if let Some(end) = heap {
+        assert!(
+            st.brk <= end && st.brk + 4096 > end - 4096,
+            "brk {:#x}, heap end {end:#x}",
+            st.brk
+        );
+    }
 
     // Pages: the big region, the PROT_NONE one and the write-only one.
     let (ms, me, mperm) = vma_of(&before.maps, w.get("mem"));
@@ -538,6 +558,8 @@ fn infect_query_dump_cure() {
         .open(&store_path)
         .expect("page store");
     std::io::Write::write_all(&mut store, &[0xee; 100]).expect("header");
+    // Streamed by the blob through pipes, whatever the size.
+    p.set_direct_read_max(0);
     let runs = p.dump_pages(&reqs, &mut store).expect("dump_pages");
     assert!(runs.len() > 100);
     verify_dump(pid, &reqs, &runs, &store_path, 4096);
@@ -567,6 +589,16 @@ fn infect_query_dump_cure() {
             .collect::<Vec<_>>()
     );
     verify_dump(pid, &reqs, &batched, &dir.path().join("small.img"), 0);
+    // Read by the dumper itself (as for small processes): the same runs.
+    p.set_direct_read_max(u64::MAX);
+    let mut direct = fresh("direct.img");
+    let read = p.dump_pages(&reqs, &mut direct).expect("direct dump");
+    assert_eq!(
+        read.iter().map(key).collect::<Vec<_>>(),
+        batched.iter().map(key).collect::<Vec<_>>()
+    );
+    verify_dump(pid, &reqs, &read, &dir.path().join("direct.img"), 0);
+    p.set_direct_read_max(0);
     // Many small requests (3 pages each), 100 per command.
     p.set_batch_limits(100, 7);
     let split: Vec<PageRunReq> = reqs
@@ -614,6 +646,7 @@ fn blob_crash_is_cured_and_not_delivered() {
     let before = snapshot(pid);
     let mut p = Parasite::infect(pid, &before.maps).expect("infect");
     assert_eq!(p.umask().expect("umask"), 0o027);
+    p.set_direct_read_max(0);
     // A "readable" run in the hole: the blob faults on it.
     let hole = w.get("hole");
     let reqs = [PageRunReq {

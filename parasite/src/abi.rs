@@ -17,7 +17,7 @@
 //! area, then stops on `int3`.
 
 /// Bumped on every incompatible change of this file.
-pub const ABI_VERSION: u64 = 2;
+pub const ABI_VERSION: u64 = 3;
 
 /// Written into `Ctl::status` by the dumper before a run; a blob that returns leaves another
 /// value, so a run that never reached the blob's epilogue is detected.
@@ -45,6 +45,12 @@ pub const CMD_MISC: u64 = 4;
 /// and `out[3]` where to resume (request index, page within it) when the output array filled
 /// up, `out[4]` 1 when every request was handled.
 pub const CMD_DUMP_PAGES: u64 = 5;
+/// Everything the dumper asks of a process but its pages and POSIX timers, in one run:
+/// `CMD_SIGACTIONS` at the start of the data area, `CMD_ITIMERS` at [`STATE_ITIMERS_OFF`],
+/// `CMD_MISC` into `out[0..5]`, and the program break (`brk(0)`) in `out[5]`.
+pub const CMD_STATE: u64 = 6;
+/// Where `CMD_STATE` puts the itimers in the data area: after the 64 signal actions.
+pub const STATE_ITIMERS_OFF: u64 = 64 * 32;
 /// "No fd" in an fd argument.
 pub const NO_FD: u64 = u64::MAX;
 
@@ -142,3 +148,5 @@ pub struct PageOut {
 
 /// Page size.
 pub const PAGE: u64 = 4096;
+
+const _: () = assert!(STATE_ITIMERS_OFF == 64 * core::mem::size_of::<KSigaction>() as u64);

@@ -63,6 +63,7 @@ unsafe extern "C" fn parasite_main(ctl: *mut Ctl) {
             CMD_POSIX_TIMERS => cmd_posix_timers(ctl),
             CMD_MISC => cmd_misc(ctl),
             CMD_DUMP_PAGES => cmd_dump_pages(ctl),
+            CMD_STATE => cmd_state(ctl),
             _ => Err(Fail {
                 errno: sys::EINVAL,
                 nr: 0,
@@ -202,6 +203,33 @@ unsafe fn cmd_misc(ctl: &mut Ctl) -> Result<(), Fail> {
     ctl.out[2] = ss.ss_size;
     ctl.out[3] = old;
     ctl.out[4] = tid_addr;
+    Ok(())
+}
+
+/// # Safety
+/// The data area is mapped read-write.
+unsafe fn cmd_state(ctl: &mut Ctl) -> Result<(), Fail> {
+    // SAFETY: the data area is mapped read-write (our contract).
+    unsafe { cmd_sigactions(ctl)? };
+    let (data, len) = (ctl.data, ctl.data_len);
+    if len < STATE_ITIMERS_OFF {
+        return Err(Fail {
+            errno: sys::EINVAL,
+            nr: 0,
+            addr: data,
+        });
+    }
+    ctl.data = data + STATE_ITIMERS_OFF;
+    ctl.data_len = len - STATE_ITIMERS_OFF;
+    // SAFETY: the narrowed area is inside the mapped one.
+    let r = unsafe { cmd_itimers(ctl) };
+    ctl.data = data;
+    ctl.data_len = len;
+    r?;
+    // SAFETY: touches only the control block.
+    unsafe { cmd_misc(ctl)? };
+    // SAFETY: brk(0) only reports the current break.
+    ctl.out[5] = unsafe { sys::syscall1(sys::NR_BRK, 0) } as u64;
     Ok(())
 }
 

@@ -4,6 +4,8 @@
 pub const NR_RT_SIGACTION: u64 = 13;
 /// `close`.
 pub const NR_CLOSE: u64 = 3;
+/// `brk`.
+pub const NR_BRK: u64 = 12;
 /// `getitimer`.
 pub const NR_GETITIMER: u64 = 36;
 /// `umask`.

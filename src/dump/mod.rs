@@ -25,8 +25,8 @@ use crate::image::{ImageError, ImageType, ImageWriter};
 use crate::infect::remote::{find_syscall_insn, RemoteError, RemoteTask};
 use crate::infect::{InfectError, Parasite};
 use crate::proto::{
-    Creds, Inventory, ItimerVal, PosixTimer, ProcessCore, PstreeEntry, Rlimit, RseqConfig, SigInfo,
-    TaskCore, UserRegs,
+    Creds, Inventory, PosixTimer, ProcessCore, PstreeEntry, Rlimit, RseqConfig, SigInfo, TaskCore,
+    UserRegs,
 };
 use crate::stats::Progress;
 use crate::sys::{ptrace, SysError};
@@ -529,27 +529,21 @@ fn collect(
 
     // brk, and the sigaltstack and clear-tid address of threads other than the leader, are
     // not in /proc: ask the tasks.
-    let insn = find_syscall_insn(pid, &maps_text)?;
-    for t in tasks.iter_mut().skip(1) {
-        thread_extras(insn, t)?;
+    if tasks.len() > 1 {
+        let insn = find_syscall_insn(pid, &maps_text)?;
+        for t in tasks.iter_mut().skip(1) {
+            thread_extras(insn, t)?;
+        }
     }
-    let brk = {
-        let mut rt = RemoteTask::new(pid, insn)?;
-        let brk = rt.syscall(|| "brk(0)".into(), libc::SYS_brk, [0; 6]);
-        rt.restore()?;
-        brk?
-    };
-
     crate::fault::point("dump:collected")?;
     let mut parasite = Parasite::infect(pid, &maps_text)?;
     crate::fault::point("dump:infected")?;
-    let sigactions = parasite.sigactions()?;
-    let itimers: Vec<ItimerVal> = parasite.itimers()?;
+    let state = parasite.task_state()?;
+    let (sigactions, itimers, brk) = (state.sigactions, state.itimers, state.brk);
     let ids: Vec<i32> = timers.iter().map(|t| t.id).collect();
     let values = parasite.posix_timers(&ids)?;
-    let (ss_sp, ss_size, ss_flags) = parasite.sigaltstack()?;
-    let umask = parasite.umask()?;
-    let tid_addr = parasite.tid_address()?;
+    let (ss_sp, ss_size, ss_flags) = state.altstack;
+    let (umask, tid_addr) = (state.umask, state.tid_address);
     let mut pages = with_writer(writer, |w| w.create_pages(pid))?;
     let pages_at = Instant::now();
     progress.add_total(stats.pages_scanned * crate::sys::PAGE_SIZE);

@@ -20,6 +20,8 @@ use super::{ImageError, ImageType, FORMAT_MAJOR, FORMAT_MINOR, INVENTORY_FILE};
 pub(crate) const INVENTORY_TMP: &str = "inventory.img.tmp";
 /// fsyncs in flight at once in [`ImageWriter::commit`].
 const SYNC_THREADS: usize = 16;
+/// From this many files on, [`ImageWriter::commit`] uses one syncfs instead of fsyncs.
+const SYNCFS_FROM: usize = 8;
 /// Chunk size for reading page data back.
 const READ_CHUNK: usize = 1 << 20;
 
@@ -367,8 +369,6 @@ impl ImageWriter {
                 reason: "page store created but not finished before commit",
             });
         }
-        sync_files(&self.created)?;
-
         let mut manifest = std::mem::take(&mut self.manifest);
         manifest.sort_by(|a, b| a.name.cmp(&b.name));
         inventory.format_major = FORMAT_MAJOR;
@@ -384,9 +384,10 @@ impl ImageWriter {
         self.created.push(tmp.clone());
         file.write_all(&bytes)
             .map_err(|e| ImageError::io(&tmp, "write", e))?;
-        file.sync_all()
-            .map_err(|e| ImageError::io(&tmp, "fsync", e))?;
         drop(file);
+        // Every file, the inventory's temporary name included, is durable before the rename
+        // makes the checkpoint visible.
+        self.sync_created()?;
         let final_path = self.dir.join(INVENTORY_FILE);
         fs::rename(&tmp, &final_path)
             .map_err(|e| ImageError::io(&final_path, "rename into place", e))?;
@@ -406,6 +407,18 @@ impl ImageWriter {
 }
 
 impl ImageWriter {
+    /// Makes every file this writer created durable. A few files are fsynced one by one;
+    /// more are written back with one syncfs of their filesystem, which waits for one journal
+    /// commit instead of one per file (a 14-process tree writes 80 files).
+    fn sync_created(&self) -> Result<(), ImageError> {
+        if self.created.len() <= SYNCFS_FROM {
+            return sync_files(&self.created);
+        }
+        let dir = File::open(&self.dir).map_err(|e| ImageError::io(&self.dir, "open", e))?;
+        crate::sys::files_ffi::syncfs(std::os::fd::AsFd::as_fd(&dir))
+            .map_err(|e| ImageError::io(&self.dir, "syncfs", io::Error::from_raw_os_error(e.errno)))
+    }
+
     /// Hashes the inventory (`inv_bytes`, about to be written) and every file of `manifest` as
     /// it is on disk, signs the digests with `key` and writes `signature.img` durably.
     fn write_signature(

@@ -74,6 +74,38 @@ const STRIPE: u64 = PIPE_SIZE as u64;
 const WRITEBACK_BYTES: u64 = 32 << 20;
 /// Pages read per /proc/PID/mem access for unreadable VMAs.
 const MEM_CHUNK_PAGES: u64 = 256;
+/// What [`Parasite::task_state`] collects.
+#[derive(Debug, Clone)]
+pub struct TaskState {
+    /// Signal actions (as [`Parasite::sigactions`]).
+    pub sigactions: Vec<crate::proto::SigAction>,
+    /// The three itimers.
+    pub itimers: Vec<crate::proto::ItimerVal>,
+    /// The alternate signal stack: (ss_sp, ss_size, ss_flags).
+    pub altstack: (u64, u64, i32),
+    /// The umask.
+    pub umask: u32,
+    /// The clear-child-tid address.
+    pub tid_address: u64,
+    /// The program break.
+    pub brk: u64,
+}
+
+/// ITIMER_REAL, ITIMER_VIRTUAL and ITIMER_PROF as saved.
+fn decode_itimers(all: &[abi::Itimerval; 3]) -> Vec<crate::proto::ItimerVal> {
+    all.iter()
+        .enumerate()
+        .map(|(which, t)| crate::proto::ItimerVal {
+            which: which as u32,
+            interval_us: (t.interval_sec as u64) * 1_000_000 + t.interval_usec as u64,
+            value_us: (t.value_sec as u64) * 1_000_000 + t.value_usec as u64,
+        })
+        .collect()
+}
+
+/// Up to this many bytes of pages, the dumper reads the memory itself (/proc/PID/mem) instead
+/// of having the parasite stream it through pipes.
+const DIRECT_READ_MAX: u64 = 2 << 20;
 /// Signals left unblocked while the blob runs, so that its end (`int3`) and its crashes stop
 /// it. A forced signal that is blocked or ignored would have its disposition reset to default
 /// by the kernel, so these are unblocked and their ignored dispositions swapped out.
@@ -308,6 +340,8 @@ pub struct Parasite {
     max_reqs: usize,
     /// Result slots per CMD_DUMP_PAGES.
     max_outs: u64,
+    /// Up to this many bytes of pages, read them directly (see [`DIRECT_READ_MAX`]).
+    direct_max: u64,
     /// The task is gone: nothing remote can be done any more.
     gone: bool,
     cured: bool,
@@ -357,6 +391,7 @@ impl Parasite {
             run_mask,
             mem: None,
             max_reqs: MAX_REQS,
+            direct_max: DIRECT_READ_MAX,
             max_outs: (DATA_LEN - (MAX_REQS * std::mem::size_of::<abi::PageReq>()) as u64)
                 / std::mem::size_of::<abi::PageOut>() as u64,
             gone: false,
@@ -514,10 +549,39 @@ impl Parasite {
         self.max_outs = max_outs.max(1).min(self.max_outs);
     }
 
+    /// Reads up to `bytes` of pages directly instead of streaming them (default
+    /// [`DIRECT_READ_MAX`]; 0 always streams). Only useful to test both paths; the output does
+    /// not change.
+    pub fn set_direct_read_max(&mut self, bytes: u64) {
+        self.direct_max = bytes;
+    }
+
+    /// Signal actions, itimers, sigaltstack, umask, clear-tid address and program break, with
+    /// one run of the blob (what [`Parasite::sigactions`], [`Parasite::itimers`] and
+    /// [`Parasite::sigaltstack`] and the others each ask separately).
+    pub fn task_state(&mut self) -> Result<TaskState, InfectError> {
+        let o = self.run(abi::CMD_STATE, "state", [0; 8])?;
+        let all: [abi::KSigaction; 64] = self.region_read(0, false)?;
+        let timers: [abi::Itimerval; 3] = self.region_read(abi::STATE_ITIMERS_OFF, false)?;
+        Ok(TaskState {
+            sigactions: self.decode_sigactions(&all),
+            itimers: decode_itimers(&timers),
+            altstack: (o[0], o[2], o[1] as u32 as i32),
+            umask: o[3] as u32,
+            tid_address: o[4],
+            brk: o[5],
+        })
+    }
+
     /// Signal actions of signals 1..=64 except SIGKILL and SIGSTOP, default ones included.
     pub fn sigactions(&mut self) -> Result<Vec<crate::proto::SigAction>, InfectError> {
         self.run(abi::CMD_SIGACTIONS, "sigactions", [0; 8])?;
         let all: [abi::KSigaction; 64] = self.region_read(0, false)?;
+        Ok(self.decode_sigactions(&all))
+    }
+
+    /// The saved actions (the ones swapped for our trap handling put back).
+    fn decode_sigactions(&self, all: &[abi::KSigaction; 64]) -> Vec<crate::proto::SigAction> {
         let mut out = Vec::with_capacity(62);
         for (i, a) in all.iter().enumerate() {
             let signo = i as i32 + 1;
@@ -537,22 +601,14 @@ impl Parasite {
                 mask: a.mask,
             });
         }
-        Ok(out)
+        out
     }
 
     /// ITIMER_REAL, ITIMER_VIRTUAL and ITIMER_PROF, in that order.
     pub fn itimers(&mut self) -> Result<Vec<crate::proto::ItimerVal>, InfectError> {
         self.run(abi::CMD_ITIMERS, "itimers", [0; 8])?;
         let all: [abi::Itimerval; 3] = self.region_read(0, false)?;
-        Ok(all
-            .iter()
-            .enumerate()
-            .map(|(which, t)| crate::proto::ItimerVal {
-                which: which as u32,
-                interval_us: (t.interval_sec as u64) * 1_000_000 + t.interval_usec as u64,
-                value_us: (t.value_sec as u64) * 1_000_000 + t.value_usec as u64,
-            })
-            .collect())
+        Ok(decode_itimers(&all))
     }
 
     /// For each POSIX timer id (from /proc/PID/timers): (id, interval_ns, value_ns, overrun).
@@ -667,6 +723,17 @@ impl Parasite {
         }
         let mut out = Vec::new();
         let runs: Vec<PageRunReq> = runs.iter().copied().filter(|r| r.nr_pages > 0).collect();
+        // A little memory is read by the dumper directly: setting up the pipes and the page
+        // stream would cost more than copying it.
+        let scanned: u64 = runs.iter().map(|r| r.nr_pages * PAGE_SIZE).sum();
+        if scanned <= self.direct_max {
+            for r in &runs {
+                self.dump_unreadable(r, pages, &mut off, &mut out)?;
+            }
+            progress.advance(scanned);
+            pages.seek(SeekFrom::Start(off)).map_err(store_err(off))?;
+            return Ok(out);
+        }
         // Stored bytes against the bytes scanned (zero pages make the bar end short of full).
         let first = off;
         let reported = std::sync::atomic::AtomicU64::new(0);
@@ -866,7 +933,10 @@ impl Parasite {
             self.mem = Some(f);
         }
         let mem = self.mem.as_ref().ok_or(InfectError::Cured { pid })?;
-        let mut buf = vec![0u8; (MEM_CHUNK_PAGES * PAGE_SIZE) as usize];
+        let chunk_len = (run.nr_pages.min(MEM_CHUNK_PAGES) * PAGE_SIZE) as usize;
+        let mut buf = vec![0u8; chunk_len];
+        // The chunk's non-zero pages, written with one call per chunk.
+        let mut keep: Vec<u8> = Vec::with_capacity(chunk_len);
         let mut cur: Option<crate::proto::PageRun> = None;
         let mut p = 0;
         while p < run.nr_pages {
@@ -880,19 +950,15 @@ impl Parasite {
                     addr,
                     source,
                 })?;
+            keep.clear();
+            let chunk_off = *off;
             for (k, page) in chunk.chunks_exact(PAGE_SIZE as usize).enumerate() {
                 let vaddr = addr + k as u64 * PAGE_SIZE;
                 if page.iter().all(|&b| b == 0) {
                     out.extend(cur.take());
                     continue;
                 }
-                pages
-                    .write_all_at(page, *off)
-                    .map_err(|source| InfectError::PageStore {
-                        pid,
-                        offset: *off,
-                        source,
-                    })?;
+                keep.extend_from_slice(page);
                 let r = cur.get_or_insert(crate::proto::PageRun {
                     vaddr,
                     nr_pages: 0,
@@ -902,6 +968,15 @@ impl Parasite {
                 r.nr_pages += 1;
                 r.crc32c = crc32c::crc32c_append(r.crc32c, page);
                 *off += PAGE_SIZE;
+            }
+            if !keep.is_empty() {
+                pages
+                    .write_all_at(&keep, chunk_off)
+                    .map_err(|source| InfectError::PageStore {
+                        pid,
+                        offset: chunk_off,
+                        source,
+                    })?;
             }
             p += n;
         }
