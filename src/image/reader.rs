@@ -22,6 +22,12 @@ use super::{ImageError, ImageType, FORMAT_MAJOR, FORMAT_MINOR, INVENTORY_FILE};
 
 /// Chunk size for reading page stores in `verify_pages`.
 const VERIFY_CHUNK: usize = 1 << 20;
+/// Page stores with at least this many bytes of runs are verified by several threads.
+pub(crate) const PARALLEL_VERIFY_FROM: u64 = 64 << 20;
+/// The most threads verifying one page store.
+const MAX_VERIFY_THREADS: usize = 4;
+/// Runs are verified in pieces of at most this many bytes when several threads share the work.
+pub(crate) const PIECE: u64 = 16 << 20;
 /// Buffer size for reading metadata files.
 const META_BUF: usize = 64 << 10;
 
@@ -614,10 +620,88 @@ fn verify_runs(
     chunk: usize,
 ) -> Result<u64, ImageError> {
     let order = check_run_shapes(path, len, runs)?;
+    let total: u64 = order.iter().map(|r| r.nr_pages * PAGE_SIZE).sum();
+    let threads = if total >= PARALLEL_VERIFY_FROM {
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_VERIFY_THREADS))
+    } else {
+        1
+    };
+    // Runs cut into pieces (in file order), so that one big run is shared by the threads too;
+    // each thread takes a contiguous share of the pieces, and the pieces' checksums are
+    // combined per run.
+    let piece_max = if threads < 2 { u64::MAX } else { PIECE };
+    let mut pieces: Vec<(usize, u64, u64)> = Vec::new(); // (run in `order`, offset, length)
+    for (i, r) in order.iter().enumerate() {
+        let (mut off, end) = (r.offset, r.offset + r.nr_pages * PAGE_SIZE);
+        while off < end {
+            let l = (end - off).min(piece_max);
+            pieces.push((i, off, l));
+            off += l;
+        }
+    }
+    let mut parts: Vec<&[(usize, u64, u64)]> = Vec::with_capacity(threads);
+    let (mut from, mut acc) = (0usize, 0u64);
+    for (i, p) in pieces.iter().enumerate() {
+        acc += p.2;
+        if parts.len() + 1 < threads && acc * threads as u64 >= total * (parts.len() as u64 + 1) {
+            parts.push(&pieces[from..=i]);
+            from = i + 1;
+        }
+    }
+    parts.push(&pieces[from..]);
+    let crcs: Vec<u32> = if parts.len() < 2 {
+        piece_crcs(file, path, len, &pieces, chunk)?
+    } else {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = parts
+                .iter()
+                .map(|part| s.spawn(move || piece_crcs(file, path, len, part, chunk)))
+                .collect();
+            let mut all = Vec::with_capacity(pieces.len());
+            let mut first_err = None;
+            for h in handles {
+                match h.join() {
+                    Ok(Ok(c)) => all.extend(c),
+                    Ok(Err(e)) => {
+                        first_err.get_or_insert(e);
+                    }
+                    Err(_) => {
+                        first_err.get_or_insert(ImageError::io(
+                            path,
+                            "verify pages",
+                            io::Error::other("a verifying thread panicked"),
+                        ));
+                    }
+                }
+            }
+            first_err.map_or(Ok(all), Err)
+        })?
+    };
+    // Fold the pieces of each run together, and check the runs in file order.
+    let mut run_crc: Vec<Option<u32>> = vec![None; order.len()];
+    for (&(i, _, l), &c) in pieces.iter().zip(&crcs) {
+        run_crc[i] = Some(match run_crc[i] {
+            None => c,
+            Some(prev) => crc32c::crc32c_combine(prev, c, l as usize),
+        });
+    }
+    for (run, crc) in order.iter().zip(run_crc) {
+        check_run_crc(path, run, crc.unwrap_or(0))?;
+    }
+    Ok(total)
+}
 
-    // Checksums: one sequential pass. The window [win_start, win_start + win_len) of the file
-    // is held in `buf`; it is refilled, as far as the buffer or the file allows, only when a
-    // run needs bytes outside it, so runs packed together cost one read per chunk.
+/// The crc32c of each piece `(_, offset, length)` of `pieces` (sorted by offset), with one
+/// sequential pass. The window [win_start, win_start + win_len) of the file is held in a
+/// buffer, refilled as far as the buffer or the file allows only when a piece needs bytes
+/// outside it, so pieces packed together cost one read per chunk.
+fn piece_crcs(
+    file: &File,
+    path: &Path,
+    len: u64,
+    pieces: &[(usize, u64, u64)],
+    chunk: usize,
+) -> Result<Vec<u32>, ImageError> {
     let mut buf = vec![
         0u8;
         chunk
@@ -625,10 +709,10 @@ fn verify_runs(
             .min((len - PAGE_SIZE) as usize)
     ];
     let (mut win_start, mut win_len) = (0u64, 0usize);
-    let mut total = 0u64;
-    for run in order {
-        let end = run.offset + run.nr_pages * PAGE_SIZE;
-        let mut pos = run.offset;
+    let mut out = Vec::with_capacity(pieces.len());
+    for &(_, offset, plen) in pieces {
+        let end = offset + plen;
+        let mut pos = offset;
         let mut crc = 0u32;
         while pos < end {
             if pos < win_start || pos >= win_start + win_len as u64 {
@@ -642,10 +726,9 @@ fn verify_runs(
             crc = crc32c::crc32c_append(crc, &buf[from..to]);
             pos = win_start + to as u64;
         }
-        check_run_crc(path, run, crc)?;
-        total += run.nr_pages * PAGE_SIZE;
+        out.push(crc);
     }
-    Ok(total)
+    Ok(out)
 }
 
 /// The error for a failed read of page data at `pos`.
