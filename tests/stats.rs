@@ -6,17 +6,6 @@
 mod common;
 
 use common::*;
-use std::process::Output;
-
-/// The number after `label` in the `--print-stats` text.
-fn figure(out: &Output, label: &str) -> u64 {
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .find_map(|l| l.trim_start().strip_prefix(label))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no figure {label:?} in\n{}", show_output("cryo", out)))
-}
 
 #[test]
 fn print_stats_figures_add_up() {
@@ -33,14 +22,14 @@ fn print_stats_figures_add_up() {
     let images = images_dir();
     let dump = dump_ok(&w, images.path(), &["--print-stats"]);
     w.wait_killed_by_dump();
-    let scanned = figure(&dump, "pages scanned");
-    let written = figure(&dump, "pages written");
-    let zero = figure(&dump, "pages skipped as zero");
+    let scanned = stat_figure(&dump, "pages scanned");
+    let written = stat_figure(&dump, "pages written");
+    let zero = stat_figure(&dump, "pages skipped as zero");
     assert!(written >= 8 * 256, "{}", show_output("dump", &dump));
     assert!(zero >= 2 * 256, "{}", show_output("dump", &dump));
     assert_eq!(scanned, written + zero, "{}", show_output("dump", &dump));
     assert_eq!(
-        figure(&dump, "page bytes written"),
+        stat_figure(&dump, "page bytes written"),
         written * 4096,
         "{}",
         show_output("dump", &dump)
@@ -62,13 +51,13 @@ fn print_stats_figures_add_up() {
     );
     assert!(out.status.success(), "{}", show_output("restore", &out));
     assert_eq!(
-        figure(&out, "pages read"),
+        stat_figure(&out, "pages read"),
         written,
         "{}",
         show_output("restore", &out)
     );
     assert!(
-        figure(&out, "with userfaultfd") >= 8 * 256,
+        stat_figure(&out, "with userfaultfd") >= 8 * 256,
         "{}",
         show_output("restore", &out)
     );

@@ -330,16 +330,6 @@ fn failed_restore_of_sharing_processes_leaves_nothing_behind() {
     assert_eq!(result, "PASS", "{}", w.logs());
 }
 
-/// The number after `label` in a `--print-stats` text.
-fn stat_figure(out: &std::process::Output, label: &str) -> u64 {
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .find_map(|l| l.trim_start().strip_prefix(label))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no figure {label:?} in\n{}", show_output("cryo", out)))
-}
-
 /// A 10-process tree, each with 8 MiB of its own data and pages still mapped to the zero page,
 /// is dumped by several tracer threads at once. A failure in the fifth process's page dump
 /// (while others are being dumped) leaves the whole tree running, untraced, and passing its

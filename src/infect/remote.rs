@@ -145,21 +145,14 @@ impl RemoteTask {
     /// Runs syscall `nr` with `args` and returns the raw result (negative errno on failure):
     /// through the one-call stub when there is one, else with two syscall stops.
     pub fn syscall_raw(&mut self, nr: libc::c_long, args: [u64; 6]) -> Result<i64, RemoteError> {
-        if let Some(stubs) = self.stubs {
-            let mut regs = self.saved;
-            regs.rip = stubs.one;
-            regs.rax = nr as u64;
-            regs.orig_rax = u64::MAX;
-            regs.rdi = args[0];
-            regs.rsi = args[1];
-            regs.rdx = args[2];
-            regs.r10 = args[3];
-            regs.r8 = args[4];
-            regs.r9 = args[5];
-            let out = self.run_to_stop(regs, stubs, || format!("syscall {nr}"))?;
-            return Ok(out.r12 as i64);
+        match self.stubs {
+            Some(stubs) => {
+                let regs = self.call_regs(stubs.one, nr, args);
+                let out = self.run_to_stop(regs, stubs, || format!("syscall {nr}"))?;
+                Ok(out.r12 as i64)
+            }
+            None => self.two_stops_raw(nr, args),
         }
-        self.syscall_two_stops(nr, args)
     }
 
     /// Runs the batch table at `table` in the task (entries written by the caller, ended by
@@ -177,6 +170,22 @@ impl RemoteTask {
         Ok(())
     }
 
+    /// The saved registers set up to run syscall `nr` with `args` at `rip`, with
+    /// `orig_rax = -1` (no syscall-restart logic on our borrowed frame).
+    fn call_regs(&self, rip: u64, nr: libc::c_long, args: [u64; 6]) -> libc::user_regs_struct {
+        let mut regs = self.saved;
+        regs.rip = rip;
+        regs.rax = nr as u64;
+        regs.orig_rax = u64::MAX;
+        regs.rdi = args[0];
+        regs.rsi = args[1];
+        regs.rdx = args[2];
+        regs.r10 = args[3];
+        regs.r8 = args[4];
+        regs.r9 = args[5];
+        regs
+    }
+
     /// Resumes the task at `regs` (r13/r14 set for the stop) until it stops itself with
     /// SIGSTOP; discards that signal and returns the registers then.
     fn run_to_stop(
@@ -191,62 +200,43 @@ impl RemoteTask {
         regs.r14 = pid as u64;
         ptrace::set_regs(pid, &regs).map_err(err)?;
         ptrace::cont(pid, 0).map_err(err)?;
-        loop {
-            let (_, status) = ptrace::wait(pid, 0)
-                .map_err(err)?
-                .ok_or_else(|| err(ptrace::unexpected("waitpid")))?;
-            match status {
-                // Our own SIGSTOP: not passed on (the next resume gives signal 0).
-                WaitStatus::Stopped { sig, event: 0 } if sig == libc::SIGSTOP => break,
-                // See wait_syscall_stop: a stopped process's task re-reports its group stop.
-                WaitStatus::Stopped { sig, event }
-                    if event == ptrace::PTRACE_EVENT_STOP
-                        && matches!(
-                            sig,
-                            libc::SIGSTOP
-                                | libc::SIGTSTP
-                                | libc::SIGTTIN
-                                | libc::SIGTTOU
-                                | libc::SIGTRAP
-                        ) =>
-                {
-                    ptrace::cont(pid, 0).map_err(err)?;
-                }
-                other => {
-                    return Err(RemoteError::UnexpectedStop {
-                        pid,
-                        what: what(),
-                        status: other,
-                    })
-                }
-            }
-        }
+        // Our own SIGSTOP: not passed on (the next resume gives signal 0).
+        self.wait_for(
+            |st| matches!(st, WaitStatus::Stopped { sig, event: 0 } if *sig == libc::SIGSTOP),
+            ptrace::cont,
+            what,
+        )?;
         ptrace::get_regs(pid).map_err(err)
     }
 
-    /// Runs syscall `nr` with two syscall stops (entry and exit), whatever the stubs: for a
-    /// call whose new task must not run the stub's stop (clone3 of a thread).
+    /// Runs syscall `nr` with two syscall stops (entry and exit), whatever the stubs, and
+    /// turns a negative result into [`RemoteError::Syscall`] named by `name`: for a call whose
+    /// new task must not run the stub's stop (clone3 of a thread).
     pub fn syscall_two_stops(
         &mut self,
+        name: impl FnOnce() -> String,
         nr: libc::c_long,
         args: [u64; 6],
-    ) -> Result<i64, RemoteError> {
+    ) -> Result<u64, RemoteError> {
+        let ret = self.two_stops_raw(nr, args)?;
+        syscall_result(self.pid, ret, name)
+    }
+
+    fn two_stops_raw(&mut self, nr: libc::c_long, args: [u64; 6]) -> Result<i64, RemoteError> {
         let pid = self.pid;
         let err = |source| RemoteError::Ptrace { pid, source };
-        let mut regs = self.saved;
-        regs.rip = self.syscall_ip;
-        regs.rax = nr as u64;
-        regs.orig_rax = u64::MAX;
-        regs.rdi = args[0];
-        regs.rsi = args[1];
-        regs.rdx = args[2];
-        regs.r10 = args[3];
-        regs.r8 = args[4];
-        regs.r9 = args[5];
+        let regs = self.call_regs(self.syscall_ip, nr, args);
         ptrace::set_regs(pid, &regs).map_err(err)?;
         for _stage in 0..2 {
             ptrace::syscall(pid, 0).map_err(err)?;
-            self.wait_syscall_stop(nr)?;
+            self.wait_for(
+                |st| {
+                    matches!(st, WaitStatus::Stopped { sig, event: 0 }
+                        if *sig == (libc::SIGTRAP | 0x80))
+                },
+                ptrace::syscall,
+                || format!("syscall {nr}"),
+            )?;
         }
         let out = ptrace::get_regs(pid).map_err(err)?;
         Ok(out.rax as i64)
@@ -261,34 +251,30 @@ impl RemoteTask {
         args: [u64; 6],
     ) -> Result<u64, RemoteError> {
         let ret = self.syscall_raw(nr, args)?;
-        if (-4095..0).contains(&ret) {
-            return Err(RemoteError::Syscall {
-                pid: self.pid,
-                name: name(),
-                errno: (-ret) as i32,
-            });
-        }
-        Ok(ret as u64)
+        syscall_result(self.pid, ret, name)
     }
 
-    fn wait_syscall_stop(&self, nr: libc::c_long) -> Result<(), RemoteError> {
+    /// Waits until the task reports the stop `done` accepts. A task of a stopped (group-stop)
+    /// process reports the group stop again when first resumed, and a seized task reports
+    /// SIGCONT sent to its process (the restorer queues a pending one) as an event stop with
+    /// SIGTRAP: those are resumed with `resume` (signal 0) and waited past. (The dumper stops a
+    /// stopped task again when it lets it go.) Any other stop is an error naming `what`.
+    fn wait_for(
+        &self,
+        done: impl Fn(&WaitStatus) -> bool,
+        resume: fn(i32, i32) -> crate::sys::SysResult<()>,
+        what: impl Fn() -> String,
+    ) -> Result<(), RemoteError> {
         let pid = self.pid;
+        let err = |source| RemoteError::Ptrace { pid, source };
         loop {
             let (_, status) = ptrace::wait(pid, 0)
-                .map_err(|source| RemoteError::Ptrace { pid, source })?
-                .ok_or_else(|| RemoteError::Ptrace {
-                    pid,
-                    source: ptrace::unexpected("waitpid"),
-                })?;
+                .map_err(err)?
+                .ok_or_else(|| err(ptrace::unexpected("waitpid")))?;
+            if done(&status) {
+                return Ok(());
+            }
             match status {
-                WaitStatus::Stopped { sig, event: 0 } if sig == (libc::SIGTRAP | 0x80) => {
-                    return Ok(())
-                }
-                // A task of a stopped (group-stop) process reports the group stop again when
-                // first resumed; resume it once more to reach the syscall stop. (The dumper
-                // stops it again when it lets it go.) A seized task also reports SIGCONT sent
-                // to its process (the restorer queues a pending one) as an event stop with
-                // SIGTRAP: resume it the same way.
                 WaitStatus::Stopped { sig, event }
                     if event == ptrace::PTRACE_EVENT_STOP
                         && matches!(
@@ -300,13 +286,12 @@ impl RemoteTask {
                                 | libc::SIGTRAP
                         ) =>
                 {
-                    ptrace::syscall(pid, 0)
-                        .map_err(|source| RemoteError::Ptrace { pid, source })?;
+                    resume(pid, 0).map_err(err)?;
                 }
                 other => {
                     return Err(RemoteError::UnexpectedStop {
                         pid,
-                        what: format!("syscall {nr}"),
+                        what: what(),
                         status: other,
                     })
                 }
@@ -377,4 +362,21 @@ pub fn find_syscall_insn(pid: i32, maps: &str) -> Result<u64, RemoteError> {
         }
     }
     Err(RemoteError::NoSyscallInsn { pid })
+}
+
+/// A raw result of a syscall run in task `pid`, or [`RemoteError::Syscall`] named by `name`
+/// for a negative errno.
+pub fn syscall_result(
+    pid: i32,
+    ret: i64,
+    name: impl FnOnce() -> String,
+) -> Result<u64, RemoteError> {
+    if (-4095..0).contains(&ret) {
+        return Err(RemoteError::Syscall {
+            pid,
+            name: name(),
+            errno: (-ret) as i32,
+        });
+    }
+    Ok(ret as u64)
 }

@@ -994,18 +994,12 @@ fn create_thread(ctx: &mut Ctx, img: &ProcessImage, t: &TaskCore) -> Result<Ctx,
     let a = ctx.put(0, &args.0)?;
     // Two syscall stops, never the stub: the new thread returns where the call was made and
     // must land on the trampoline's `jmp .`, not on the stub's stop.
-    let got = ctx
-        .rt
-        .syscall_two_stops(libc::SYS_clone3, [a, args_len, 0, 0, 0, 0])?;
-    if (-4095..0).contains(&got) {
-        return Err(crate::infect::remote::RemoteError::Syscall {
-            pid,
-            name: format!("clone3(thread {tid})"),
-            errno: (-got) as i32,
-        }
-        .into());
-    }
-    if got != tid as i64 {
+    let got = ctx.rt.syscall_two_stops(
+        || format!("clone3(thread {tid})"),
+        libc::SYS_clone3,
+        [a, args_len, 0, 0, 0, 0],
+    )?;
+    if got != tid as u64 {
         return Err(RestoreError::Invalid {
             pid,
             what: format!("thread {tid} was created as {got}"),

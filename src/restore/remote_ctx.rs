@@ -3,7 +3,7 @@
 //! each call. Every failure is turned into a [`RestoreError`] that says what was being done.
 
 use super::RestoreError;
-use crate::infect::remote::{RemoteTask, Stubs, BATCH_END, BATCH_ENTRY};
+use crate::infect::remote::{syscall_result, RemoteTask, Stubs, BATCH_END, BATCH_ENTRY};
 use crate::sys::mem;
 
 /// The trampoline region: one code page followed by scratch pages.
@@ -254,22 +254,13 @@ impl Ctx {
             for (k, c) in chunk.iter().enumerate() {
                 let at = k * BATCH_ENTRY as usize + 56;
                 let r = u64::from_le_bytes(back[at..at + 8].try_into().unwrap_or([0; 8]));
-                let ret = r as i64;
                 if r == NOT_RUN {
                     return Err(RestoreError::Invalid {
                         pid,
                         what: format!("{}: the syscall batch stopped before it", c.what),
                     });
                 }
-                if (-4095..0).contains(&ret) {
-                    return Err(crate::infect::remote::RemoteError::Syscall {
-                        pid,
-                        name: c.what.clone(),
-                        errno: (-ret) as i32,
-                    }
-                    .into());
-                }
-                out.push(r);
+                out.push(syscall_result(pid, r as i64, || c.what.clone())?);
             }
             rest = next;
         }

@@ -63,6 +63,36 @@ pub fn scan_populated(
     end: u64,
     out: &mut Vec<PageRegion>,
 ) -> SysResult<()> {
+    let masks = Masks {
+        anyof: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+        report: PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_FILE | PAGE_IS_PFNZERO,
+        ..Masks::default()
+    };
+    scan(pagemap, start, end, masks, out)
+}
+
+/// Which pages a scan reports (the `pm_scan_arg` category masks), and which categories it
+/// reports them with.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Masks {
+    /// Pages must have every one of these categories.
+    pub all: u64,
+    /// Pages must have at least one of these (0: no condition).
+    pub anyof: u64,
+    /// The categories reported in each region.
+    pub report: u64,
+}
+
+/// Appends to `out` the regions of `start..end` of the mm behind `pagemap` (an open
+/// `/proc/PID/pagemap`) whose pages match `masks`, asking again until the whole range is
+/// walked.
+pub fn scan(
+    pagemap: BorrowedFd<'_>,
+    start: u64,
+    end: u64,
+    masks: Masks,
+    out: &mut Vec<PageRegion>,
+) -> SysResult<()> {
     let mut buf = vec![PageRegion::default(); REGIONS_PER_CALL];
     let mut at = start;
     while at < end {
@@ -72,8 +102,9 @@ pub fn scan_populated(
             end,
             vec: buf.as_mut_ptr() as u64,
             vec_len: buf.len() as u64,
-            category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
-            return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_FILE | PAGE_IS_PFNZERO,
+            category_mask: masks.all,
+            category_anyof_mask: masks.anyof,
+            return_mask: masks.report,
             ..PmScanArg::default()
         };
         // SAFETY: arg is a valid pm_scan_arg whose vec points to buf, which has room for
@@ -95,4 +126,17 @@ pub fn scan_populated(
         at = arg.walk_end;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn struct_sizes_match_the_kernel_abi() {
+        assert_eq!(std::mem::size_of::<PmScanArg>(), 96);
+        assert_eq!(std::mem::size_of::<PageRegion>(), 24);
+        // The ioctl number encodes the argument's size in bits 16..30.
+        assert_eq!((PAGEMAP_SCAN >> 16) & 0x3fff, 96);
+    }
 }

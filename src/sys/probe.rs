@@ -7,10 +7,10 @@
 //! Children are forked from a possibly multi-threaded process, so between fork and `_exit`
 //! they only make raw system calls (async-signal-safe).
 
-use super::{check, proc_ctl, ptrace, SysError};
+use super::{check, pagemap, proc_ctl, ptrace, SysError};
 use std::fs;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
 /// `UFFD_API`.
 const UFFD_API: u64 = 0xaa;
@@ -21,11 +21,6 @@ pub const UFFD_FEATURE_PAGEFAULT_FLAG_WP: u64 = 1 << 0;
 /// `UFFD_FEATURE_WP_ASYNC` (Linux 6.7): write-protect faults resolved by the kernel, dirty
 /// state read back with PAGEMAP_SCAN.
 pub const UFFD_FEATURE_WP_ASYNC: u64 = 1 << 15;
-
-/// `PAGEMAP_SCAN` = `_IOWR('f', 16, struct pm_scan_arg)` (Linux 6.7).
-const PAGEMAP_SCAN: libc::c_ulong = 0xc060_6610;
-/// `PAGE_IS_PRESENT` category of PAGEMAP_SCAN.
-const PAGE_IS_PRESENT: u64 = 1 << 3;
 
 /// `KCMP_FILE`.
 const KCMP_FILE: libc::c_int = 0;
@@ -385,33 +380,6 @@ impl Drop for Mapping {
     }
 }
 
-/// `struct pm_scan_arg`.
-#[repr(C)]
-#[derive(Debug, Default)]
-struct PmScanArg {
-    size: u64,
-    flags: u64,
-    start: u64,
-    end: u64,
-    walk_end: u64,
-    vec: u64,
-    vec_len: u64,
-    max_pages: u64,
-    category_inverted: u64,
-    category_mask: u64,
-    category_anyof_mask: u64,
-    return_mask: u64,
-}
-
-/// `struct page_region`.
-#[repr(C)]
-#[derive(Debug, Default, Clone, Copy)]
-struct PageRegion {
-    start: u64,
-    end: u64,
-    categories: u64,
-}
-
 /// Maps 4 pages, touches pages 0 and 2, and runs PAGEMAP_SCAN on /proc/self/pagemap for
 /// present pages. Returns the regions found as page-index ranges relative to the mapping
 /// (the kernel is right when this is `[(0, 1), (2, 3)]`).
@@ -421,29 +389,21 @@ pub fn probe_pagemap_scan() -> ProbeResult<Vec<(u64, u64)>> {
     map.touch(0);
     map.touch(2);
     let pagemap = fs::File::open(PATH).map_err(io_err(PATH))?;
-    let mut regions = [PageRegion::default(); 4];
+    let mut regions = Vec::new();
     let base = map.addr as u64;
-    let mut arg = PmScanArg {
-        size: std::mem::size_of::<PmScanArg>() as u64,
-        start: base,
-        end: base + map.len as u64,
-        vec: regions.as_mut_ptr() as u64,
-        vec_len: regions.len() as u64,
-        category_mask: PAGE_IS_PRESENT,
-        return_mask: PAGE_IS_PRESENT,
-        ..Default::default()
+    let present = pagemap::Masks {
+        all: pagemap::PAGE_IS_PRESENT,
+        report: pagemap::PAGE_IS_PRESENT,
+        ..pagemap::Masks::default()
     };
-    // SAFETY: PAGEMAP_SCAN reads `arg` and writes at most vec_len page_region entries into
-    // `regions`, which outlives the call.
-    let ret = unsafe {
-        libc::ioctl(
-            pagemap.as_raw_fd(),
-            PAGEMAP_SCAN,
-            &mut arg as *mut PmScanArg,
-        )
-    };
-    let n = check("ioctl(PAGEMAP_SCAN)", ret as libc::c_long)? as usize;
-    Ok(regions[..n.min(regions.len())]
+    pagemap::scan(
+        pagemap.as_fd(),
+        base,
+        base + map.len as u64,
+        present,
+        &mut regions,
+    )?;
+    Ok(regions
         .iter()
         .map(|r| {
             (
@@ -555,11 +515,8 @@ mod tests {
     fn struct_sizes_match_the_kernel_abi() {
         assert_eq!(std::mem::size_of::<PrctlMmMap>(), 104);
         assert_eq!(std::mem::size_of::<UffdioApi>(), 24);
-        assert_eq!(std::mem::size_of::<PmScanArg>(), 96);
-        assert_eq!(std::mem::size_of::<PageRegion>(), 24);
         // The ioctl numbers encode those sizes in bits 16..30.
         assert_eq!((UFFDIO_API >> 16) & 0x3fff, 24);
-        assert_eq!((PAGEMAP_SCAN >> 16) & 0x3fff, 96);
     }
 
     #[test]

@@ -602,6 +602,16 @@ pub fn dump(w: &Workload, dir: &Path, extra: &[&str]) -> Output {
     cryo_output(&args, TIMEOUT)
 }
 
+/// The number after `label` in the `--print-stats` text of `out`.
+pub fn stat_figure(out: &Output, label: &str) -> u64 {
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.trim_start().strip_prefix(label))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no figure {label:?} in\n{}", show_output("cryo", out)))
+}
+
 /// Dumps and asserts success.
 pub fn dump_ok(w: &Workload, dir: &Path, extra: &[&str]) -> Output {
     let out = dump(w, dir, extra);

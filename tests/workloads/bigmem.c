@@ -9,15 +9,6 @@
 #include <stdint.h>
 #include <sys/mman.h>
 
-static uint64_t xorshift64(uint64_t *state)
-{
-	uint64_t x = *state;
-	x ^= x << 13;
-	x ^= x >> 7;
-	x ^= x << 17;
-	return *state = x;
-}
-
 int main(int argc, char **argv)
 {
 	size_t mib = argc > 1 ? strtoul(argv[1], NULL, 10) : 1024;
@@ -32,7 +23,7 @@ int main(int argc, char **argv)
 		wl_die("mmap");
 	uint64_t state = seed;
 	for (size_t i = 0; i < words; i++)
-		mem[i] = xorshift64(&state);
+		mem[i] = wl_xorshift64(&state);
 	volatile uint64_t *zero = NULL;
 	size_t zero_words = (zero_mib << 20) / 8;
 	if (zero_mib) {
@@ -48,7 +39,7 @@ int main(int argc, char **argv)
 
 	state = seed;
 	for (size_t i = 0; i < words; i++)
-		if (mem[i] != xorshift64(&state)) {
+		if (mem[i] != wl_xorshift64(&state)) {
 			wl_fail("word %zu (%p) differs", i, (void *)&mem[i]);
 			break;
 		}

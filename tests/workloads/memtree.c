@@ -9,7 +9,6 @@
  * still read zero) and writes res.<pid>; the root collects all of them.
  */
 #include "protocol.c"
-#include <dirent.h>
 #include <stdint.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
@@ -20,15 +19,6 @@
 static size_t mib = 8;
 static pid_t kids[MAX_KIDS];
 static int nkids;
-
-static uint64_t xorshift64(uint64_t *state)
-{
-	uint64_t x = *state;
-	x ^= x << 13;
-	x ^= x >> 7;
-	x ^= x << 17;
-	return *state = x;
-}
 
 static uint64_t *mem;
 static volatile uint64_t *zero;
@@ -43,7 +33,7 @@ static void fill(void)
 		wl_die("mmap");
 	uint64_t state = seed;
 	for (size_t i = 0; i < (mib << 20) / 8; i++)
-		mem[i] = xorshift64(&state);
+		mem[i] = wl_xorshift64(&state);
 	/* Read faults map the zero page; then every fourth page gets a frame of its own. */
 	uint64_t sum = 0;
 	for (size_t i = 0; i < (ZERO_MIB << 20) / 8; i += 512)
@@ -59,7 +49,7 @@ static void verify(char *out, size_t len)
 	uint64_t state = seed;
 	snprintf(out, len, "PASS");
 	for (size_t i = 0; i < (mib << 20) / 8; i++)
-		if (mem[i] != xorshift64(&state)) {
+		if (mem[i] != wl_xorshift64(&state)) {
 			snprintf(out, len, "pid %d: word %zu differs", (int)getpid(), i);
 			return;
 		}
@@ -113,25 +103,6 @@ static void member(int grandkids)
 	exit(0);
 }
 
-/* Files in the base directory whose name starts with `prefix` (not the .tmp ones). */
-static int count_files(const char *prefix)
-{
-	DIR *dir = opendir(".");
-	int n = 0;
-	struct dirent *e;
-	while (dir && (e = readdir(dir)))
-		if (!strncmp(e->d_name, prefix, strlen(prefix)) && !strstr(e->d_name, ".tmp"))
-			n++;
-	if (dir)
-		closedir(dir);
-	return n;
-}
-
-static int count_results(void)
-{
-	return count_files("res.");
-}
-
 int main(int argc, char **argv)
 {
 	int children = argc > 1 ? atoi(argv[1]) : 3;
@@ -152,9 +123,9 @@ int main(int argc, char **argv)
 	int others = children * (1 + grandkids);
 	/* Up when every process has filled its memory. */
 	double up_by = wl_now(CLOCK_MONOTONIC) + 60;
-	while (count_files("up.") < others && wl_now(CLOCK_MONOTONIC) < up_by)
+	while (wl_count_files("up.") < others && wl_now(CLOCK_MONOTONIC) < up_by)
 		usleep(1000);
-	if (count_files("up.") < others)
+	if (wl_count_files("up.") < others)
 		wl_die("the tree did not come up");
 	wl_ready();
 	wl_wait_check(NULL);
@@ -162,29 +133,7 @@ int main(int argc, char **argv)
 	verify(verdict, sizeof(verdict));
 	if (strcmp(verdict, "PASS"))
 		wl_fail("%s", verdict);
-	double end = wl_now(CLOCK_MONOTONIC) + 60;
-	while (count_results() < others && wl_now(CLOCK_MONOTONIC) < end)
-		usleep(10000);
-	if (count_results() != others)
-		wl_fail("%d of %d processes reported", count_results(), others);
-	DIR *dir = opendir(".");
-	struct dirent *e;
-	while (dir && (e = readdir(dir))) {
-		if (strncmp(e->d_name, "res.", 4) || strstr(e->d_name, ".tmp"))
-			continue;
-		char buf[300] = "";
-		FILE *f = fopen(e->d_name, "r");
-		if (f) {
-			if (!fgets(buf, sizeof(buf), f))
-				buf[0] = 0;
-			fclose(f);
-		}
-		buf[strcspn(buf, "\n")] = 0;
-		if (strcmp(buf, "PASS"))
-			wl_fail("%s", buf);
-	}
-	if (dir)
-		closedir(dir);
+	wl_collect_results(others, 60);
 	reap_kids();
 	return wl_finish();
 }

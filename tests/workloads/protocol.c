@@ -12,7 +12,9 @@
  * absolute so a workload may chdir elsewhere.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
+#include <stdint.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <stdarg.h>
@@ -116,4 +118,61 @@ static __attribute__((unused)) double wl_now(clockid_t clock)
 	struct timespec ts;
 	clock_gettime(clock, &ts);
 	return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* Files in the base directory whose name starts with `prefix` (not the .tmp ones). */
+static __attribute__((unused)) int wl_count_files(const char *prefix)
+{
+	DIR *dir = opendir(wl_base);
+	int n = 0;
+	struct dirent *e;
+	while (dir && (e = readdir(dir)))
+		if (!strncmp(e->d_name, prefix, strlen(prefix)) && !strstr(e->d_name, ".tmp"))
+			n++;
+	if (dir)
+		closedir(dir);
+	return n;
+}
+
+/*
+ * For trees whose processes each write their verdict to res.<pid>: waits up to `seconds` for
+ * `expected` of them, then wl_fail()s with every verdict that is not PASS (and if some are
+ * missing).
+ */
+static __attribute__((unused)) void wl_collect_results(int expected, double seconds)
+{
+	double end = wl_now(CLOCK_MONOTONIC) + seconds;
+	while (wl_count_files("res.") < expected && wl_now(CLOCK_MONOTONIC) < end)
+		usleep(10000);
+	if (wl_count_files("res.") != expected)
+		wl_fail("%d of %d processes reported", wl_count_files("res."), expected);
+	DIR *dir = opendir(wl_base);
+	struct dirent *e;
+	while (dir && (e = readdir(dir))) {
+		if (strncmp(e->d_name, "res.", 4) || strstr(e->d_name, ".tmp"))
+			continue;
+		char path[PATH_MAX + 300], buf[300] = "";
+		snprintf(path, sizeof(path), "%s/%s", wl_base, e->d_name);
+		FILE *f = fopen(path, "r");
+		if (f) {
+			if (!fgets(buf, sizeof(buf), f))
+				buf[0] = 0;
+			fclose(f);
+		}
+		buf[strcspn(buf, "\n")] = 0;
+		if (strcmp(buf, "PASS"))
+			wl_fail("%s", buf);
+	}
+	if (dir)
+		closedir(dir);
+}
+
+/* One step of xorshift64: a fast, incompressible pattern for memory contents. */
+static __attribute__((unused)) uint64_t wl_xorshift64(uint64_t *state)
+{
+	uint64_t x = *state;
+	x ^= x << 13;
+	x ^= x >> 7;
+	x ^= x << 17;
+	return *state = x;
 }

@@ -136,19 +136,6 @@ static int session_size(pid_t sid)
 	return n;
 }
 
-static int count_results(void)
-{
-	DIR *dir = opendir(".");
-	int n = 0;
-	struct dirent *e;
-	while (dir && (e = readdir(dir)))
-		if (!strncmp(e->d_name, "res.", 4) && !strstr(e->d_name, ".tmp"))
-			n++;
-	if (dir)
-		closedir(dir);
-	return n;
-}
-
 int main(void)
 {
 	wl_init();
@@ -171,29 +158,7 @@ int main(void)
 	check_ids(pid, getppid(), pid, pid, verdict, sizeof(verdict));
 	if (strcmp(verdict, "PASS"))
 		wl_fail("%s", verdict);
-	double end = wl_now(CLOCK_MONOTONIC) + 30;
-	while (count_results() < 12 && wl_now(CLOCK_MONOTONIC) < end)
-		usleep(10000);
-	if (count_results() != 12)
-		wl_fail("%d of 12 processes reported", count_results());
-	DIR *dir = opendir(".");
-	struct dirent *e;
-	while (dir && (e = readdir(dir))) {
-		if (strncmp(e->d_name, "res.", 4) || strstr(e->d_name, ".tmp"))
-			continue;
-		char buf[300] = "";
-		FILE *f = fopen(e->d_name, "r");
-		if (f) {
-			if (!fgets(buf, sizeof(buf), f))
-				buf[0] = 0;
-			fclose(f);
-		}
-		buf[strcspn(buf, "\n")] = 0;
-		if (strcmp(buf, "PASS"))
-			wl_fail("%s", buf);
-	}
-	if (dir)
-		closedir(dir);
+	wl_collect_results(12, 30);
 	reap_kids();
 	return wl_finish();
 }
