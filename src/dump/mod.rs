@@ -544,6 +544,16 @@ fn collect(
     let values = parasite.posix_timers(&ids)?;
     let (ss_sp, ss_size, ss_flags) = state.altstack;
     let (umask, tid_addr) = (state.umask, state.tid_address);
+    // The kernel writes each thread's rseq area whenever the thread returns to user space,
+    // which the blob's does: those pages are copied, not spliced (see set_copied_ranges).
+    parasite.set_copied_ranges(
+        tasks
+            .iter()
+            .filter_map(|t| t.rseq.as_ref())
+            .filter(|r| r.ptr != 0)
+            .map(|r| (r.ptr, r.ptr + r.len.max(32) as u64))
+            .collect(),
+    );
     let mut pages = with_writer(writer, |w| w.create_pages(pid))?;
     let pages_at = Instant::now();
     progress.add_total(stats.pages_scanned * crate::sys::PAGE_SIZE);

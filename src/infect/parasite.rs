@@ -74,6 +74,44 @@ const STRIPE: u64 = PIPE_SIZE as u64;
 const WRITEBACK_BYTES: u64 = 32 << 20;
 /// Pages read per /proc/PID/mem access for unreadable VMAs.
 const MEM_CHUNK_PAGES: u64 = 256;
+/// `runs` cut where they meet the pages of `copied` (sorted byte ranges): each piece with
+/// whether it lies in those pages.
+fn split_copied(runs: &[PageRunReq], copied: &[(u64, u64)]) -> Vec<(PageRunReq, bool)> {
+    let mut out = Vec::with_capacity(runs.len());
+    for r in runs {
+        let end = r.vaddr + r.nr_pages * PAGE_SIZE;
+        let piece = |from: u64, to: u64, c: bool| {
+            (
+                PageRunReq {
+                    vaddr: from,
+                    nr_pages: (to - from) / PAGE_SIZE,
+                    prot: r.prot,
+                },
+                c,
+            )
+        };
+        let mut at = r.vaddr;
+        for &(s, e) in copied {
+            let (s, e) = (
+                (s / PAGE_SIZE * PAGE_SIZE).max(at),
+                e.next_multiple_of(PAGE_SIZE).min(end),
+            );
+            if s >= e {
+                continue;
+            }
+            if s > at {
+                out.push(piece(at, s, false));
+            }
+            out.push(piece(s, e, true));
+            at = e;
+        }
+        if at < end {
+            out.push(piece(at, end, false));
+        }
+    }
+    out
+}
+
 /// What [`Parasite::task_state`] collects.
 #[derive(Debug, Clone)]
 pub struct TaskState {
@@ -342,6 +380,8 @@ pub struct Parasite {
     max_outs: u64,
     /// Up to this many bytes of pages, read them directly (see [`DIRECT_READ_MAX`]).
     direct_max: u64,
+    /// Byte ranges whose pages are copied, never spliced ([`Parasite::set_copied_ranges`]).
+    copied: Vec<(u64, u64)>,
     /// The task is gone: nothing remote can be done any more.
     gone: bool,
     cured: bool,
@@ -392,6 +432,7 @@ impl Parasite {
             mem: None,
             max_reqs: MAX_REQS,
             direct_max: DIRECT_READ_MAX,
+            copied: Vec::new(),
             max_outs: (DATA_LEN - (MAX_REQS * std::mem::size_of::<abi::PageReq>()) as u64)
                 / std::mem::size_of::<abi::PageOut>() as u64,
             gone: false,
@@ -554,6 +595,18 @@ impl Parasite {
     /// not change.
     pub fn set_direct_read_max(&mut self, bytes: u64) {
         self.direct_max = bytes;
+    }
+
+    /// Byte ranges `(start, end)` of the task that the kernel may rewrite while the blob runs:
+    /// each thread's rseq area, whose cpu_id and mm_cid the kernel updates whenever the task
+    /// returns to user space. A spliced page is only referenced until the dumper drains it, so
+    /// such a write in between would store bytes other than the ones the blob checksummed; the
+    /// pages holding these ranges are copied by the dumper instead (/proc/PID/mem), and
+    /// checksummed as copied.
+    pub fn set_copied_ranges(&mut self, mut ranges: Vec<(u64, u64)>) {
+        ranges.retain(|r| r.0 < r.1);
+        ranges.sort_unstable();
+        self.copied = ranges;
     }
 
     /// Signal actions, itimers, sigaltstack, umask, clear-tid address and program break, with
@@ -737,23 +790,23 @@ impl Parasite {
         // Stored bytes against the bytes scanned (zero pages make the bar end short of full).
         let first = off;
         let reported = std::sync::atomic::AtomicU64::new(0);
+        // Runs without PROT_READ, and the pages the kernel may rewrite meanwhile, are copied.
+        let runs = split_copied(&runs, &self.copied);
+        let copied = |(r, c): &(PageRunReq, bool)| *c || r.prot & libc::PROT_READ as u32 == 0;
         let mut i = 0;
         while i < runs.len() {
-            if runs[i].prot & libc::PROT_READ as u32 == 0 {
-                self.dump_unreadable(&runs[i], pages, &mut off, &mut out)?;
+            if copied(&runs[i]) {
+                self.dump_unreadable(&runs[i].0, pages, &mut off, &mut out)?;
                 i += 1;
                 continue;
             }
             let mut j = i;
-            while j < runs.len()
-                && runs[j].prot & libc::PROT_READ as u32 != 0
-                && j - i < self.max_reqs
-            {
+            while j < runs.len() && !copied(&runs[j]) && j - i < self.max_reqs {
                 j += 1;
             }
             let reqs: Vec<abi::PageReq> = runs[i..j]
                 .iter()
-                .map(|r| abi::PageReq {
+                .map(|(r, _)| abi::PageReq {
                     vaddr: r.vaddr,
                     nr_pages: r.nr_pages,
                 })
@@ -1521,7 +1574,7 @@ mod blob_crc;
 
 #[cfg(test)]
 mod tests {
-    use super::{blob_crc, drain, STRIPE};
+    use super::{blob_crc, drain, split_copied, PageRunReq, PAGE_SIZE, STRIPE};
     use std::io::Write;
     use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 
@@ -1552,6 +1605,43 @@ mod tests {
         (0..len)
             .map(|i| (i % 251) as u8 ^ (i >> 20) as u8)
             .collect()
+    }
+
+    #[test]
+    fn runs_are_cut_at_the_copied_pages() {
+        let run = |vaddr: u64, nr_pages: u64| PageRunReq {
+            vaddr,
+            nr_pages,
+            prot: 3,
+        };
+        let p = PAGE_SIZE;
+        let got = split_copied(
+            &[run(0x10000, 8), run(0x40000, 2)],
+            // Inside page 2 and straddling pages 4-5; overlapping the page of the first;
+            // past every run.
+            &[
+                (0x10000 + 2 * p + 100, 0x10000 + 2 * p + 132),
+                (0x10000 + 2 * p + 200, 0x10000 + 2 * p + 300),
+                (0x10000 + 5 * p - 8, 0x10000 + 5 * p + 24),
+                (0x90000, 0x90020),
+            ],
+        );
+        let want = vec![
+            (run(0x10000, 2), false),
+            (run(0x10000 + 2 * p, 1), true),
+            (run(0x10000 + 3 * p, 1), false),
+            (run(0x10000 + 4 * p, 2), true),
+            (run(0x10000 + 6 * p, 2), false),
+            (run(0x40000, 2), false),
+        ];
+        let key = |v: &[(PageRunReq, bool)]| -> Vec<(u64, u64, bool)> {
+            v.iter().map(|(r, c)| (r.vaddr, r.nr_pages, *c)).collect()
+        };
+        assert_eq!(key(&got), key(&want));
+        assert_eq!(
+            key(&split_copied(&[run(0x10000, 8)], &[])),
+            key(&[(run(0x10000, 8), false)])
+        );
     }
 
     #[test]
