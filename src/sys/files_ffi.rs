@@ -8,7 +8,7 @@
 
 use super::{check, SysError, SysResult};
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
 fn cstr(call: &'static str, s: &str) -> SysResult<CString> {
     CString::new(s).map_err(|_| SysError::from_errno(call, libc::EINVAL))
@@ -759,14 +759,6 @@ pub fn record_lock(fd: RawFd, ofd: bool, write: bool, start: u64, len: u64) -> S
     // SAFETY: l is a valid struct flock the kernel reads.
     let r = unsafe { libc::fcntl(fd, cmd, &l as *const libc::flock) };
     check(call, r as libc::c_long).map(drop)
-}
-
-/// syncfs(2): writes back every dirty page and inode of the filesystem holding `fd` and
-/// waits for it (one journal commit, where per-file fsyncs would each wait for theirs).
-pub fn syncfs(fd: BorrowedFd<'_>) -> SysResult<()> {
-    // SAFETY: syncfs takes an fd and no pointer; the fd is valid for the borrow.
-    let ret = unsafe { libc::syncfs(fd.as_raw_fd()) };
-    check("syncfs", ret as libc::c_long).map(|_| ())
 }
 
 #[cfg(test)]
