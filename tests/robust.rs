@@ -241,15 +241,16 @@ fn image_files_are_private_and_symlinks_are_not_followed() {
     }
     drop(w2);
 
-    // Restore refuses a symlinked image file.
-    let core = dir.join(format!("core-{pid}.img"));
-    let moved = victims.path().join("core-moved");
-    fs::rename(&core, &moved).expect("move core");
-    symlink(&moved, &core).expect("symlink core");
-    let stderr = restore_refused(&w, &dir, &[], "symlinked core image");
-    assert!(stderr.contains(&format!("core-{pid}.img")), "{stderr}");
-    fs::remove_file(&core).expect("remove link");
-    fs::rename(&moved, &core).expect("move core back");
+    // Restore refuses a symlinked image file (the pack, holding every image of this small
+    // process).
+    let pack = dir.join("pack.img");
+    let moved = victims.path().join("pack-moved");
+    fs::rename(&pack, &moved).expect("move pack");
+    symlink(&moved, &pack).expect("symlink pack");
+    let stderr = restore_refused(&w, &dir, &[], "symlinked pack");
+    assert!(stderr.contains("pack.img"), "{stderr}");
+    fs::remove_file(&pack).expect("remove link");
+    fs::rename(&moved, &pack).expect("move pack back");
     let result = restore_and_check(&w, &dir);
     assert_eq!(result, "PASS", "{}", w.logs());
 }

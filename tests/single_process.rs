@@ -244,20 +244,6 @@ fn dump_into_full_filesystem_fails_and_target_carries_on() {
     assert!(status.success(), "exited with {status}");
 }
 
-/// Flips one byte in the middle of `path`.
-fn flip_byte(path: &Path) {
-    let mut data = fs::read(path).expect("read image");
-    assert!(
-        data.len() > 4096,
-        "{} is only {} bytes",
-        path.display(),
-        data.len()
-    );
-    let mid = data.len() / 2;
-    data[mid] ^= 0x40;
-    fs::write(path, data).expect("write image");
-}
-
 /// Cuts `path` to `len` bytes.
 fn truncate(path: &Path, len: u64) {
     fs::OpenOptions::new()
@@ -281,31 +267,60 @@ fn corrupted_and_truncated_images_are_refused() {
     dump_ok(&w, images.path(), &[]);
     w.wait_killed_by_dump();
 
-    let pages = format!("pages-{}.img", w.pid);
-    let core = format!("core-{}.img", w.pid);
-    for f in [&pages, &core] {
-        assert!(
-            images.path().join(f).is_file(),
-            "no {f} in the checkpoint: {:?}",
-            fs::read_dir(images.path())
-                .map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
-        );
-    }
-    type Damage = dyn Fn(&Path);
-    let cases: [(&str, &str, &Damage); 3] = [
-        ("flipped page byte", &pages, &flip_byte),
-        ("truncated page store", &pages, &|p: &Path| {
-            let len = fs::metadata(p).expect("stat").len();
-            truncate(p, len / 2)
-        }),
-        ("core image one byte short", &core, &|p: &Path| {
-            let len = fs::metadata(p).expect("stat").len();
-            truncate(p, len - 1)
-        }),
+    // The counter is small: its images and its pages are in the pack.
+    let pack = "pack.img";
+    assert!(
+        images.path().join(pack).is_file(),
+        "no {pack} in the checkpoint: {:?}",
+        fs::read_dir(images.path()).map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+    );
+    let reader = cryo::image::ImageReader::open(images.path()).expect("open the checkpoint");
+    let core_name = format!("core-{}.img", w.pid);
+    let core = reader
+        .inventory()
+        .manifest
+        .iter()
+        .find(|e| e.name == core_name)
+        .expect("core image in the manifest")
+        .clone();
+    assert!(core.packed, "{core:?}");
+    let store = reader
+        .pages_loc(w.pid)
+        .expect("page store")
+        .expect("page store in the manifest");
+    assert!(store
+        .name
+        .ends_with(format!("pack.img:pages-{}.img", w.pid)));
+    let page_byte = (store.base + 4096 + (store.len - 4096) / 2) as usize;
+    let core_byte = (core.offset + core.size / 2) as usize;
+    drop(reader);
+    type Damage = Box<dyn Fn(&Path)>;
+    let flip_at = |pos: usize| -> Damage {
+        Box::new(move |p: &Path| {
+            let mut data = fs::read(p).expect("read pack");
+            data[pos] ^= 0x5a;
+            fs::write(p, &data).expect("write pack");
+        })
+    };
+    let cases: [(&str, &str, Damage); 3] = [
+        ("flipped page byte", "pages-", flip_at(page_byte)),
+        (
+            "flipped byte in the core image",
+            "core-",
+            flip_at(core_byte),
+        ),
+        (
+            "truncated pack",
+            pack,
+            Box::new(|p: &Path| {
+                let len = fs::metadata(p).expect("stat").len();
+                truncate(p, len / 2)
+            }),
+        ),
     ];
     for (what, file, damage) in cases {
         let copy = copy_images(images.path());
-        damage(&copy.path().join(file));
+        damage(&copy.path().join(pack));
         let out = restore_spawn(copy.path(), &[]).finish(TIMEOUT);
         assert!(
             !out.status.success(),

@@ -25,13 +25,11 @@ fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-/// The files of a checkpoint of `pid`, sorted.
+/// The files of a checkpoint of the small process `pid`, sorted: its images and pages are
+/// all in the pack.
 fn checkpoint_files(pid: i32, signed: bool) -> Vec<String> {
-    let mut v: Vec<String> = ["core", "fds", "mm", "pagemap", "pages", "tasks"]
-        .iter()
-        .map(|s| format!("{s}-{pid}.img"))
-        .chain(["inventory.img".to_string(), "pstree.img".to_string()])
-        .collect();
+    let _ = pid;
+    let mut v: Vec<String> = vec!["inventory.img".into(), "pack.img".into()];
     if signed {
         v.push("signature.img".into());
     }

@@ -116,7 +116,7 @@ where
 }
 
 /// Target `image_file`. Input: `[type selector][flags][file bytes...]`; the selector picks
-/// `ImageType::ALL[selector % 9]` (so code - 1 for the types numbered 1..=9), the flags may
+/// `ImageType::ALL[selector % 10]` (so code - 1 for the types numbered 1..=10), the flags may
 /// ask for [`FIX_RECORD_CRCS`].
 pub fn image_file(data: &[u8]) {
     let [sel, flags, file @ ..] = data else {
@@ -138,6 +138,9 @@ pub fn image_file(data: &[u8]) {
         ImageType::Pagemap => decode_round_trip::<PageRun>(path, ty, &bytes),
         ImageType::Fds => decode_round_trip::<FdEntry>(path, ty, &bytes),
         ImageType::Signature => decode_round_trip::<Signature>(path, ty, &bytes),
+        // pack.img has no format of its own to check alone: its layout comes from the manifest
+        // (the checkpoint_dir target reaches it).
+        ImageType::Pack => {}
         ImageType::Pages => {
             if let Err(e) = check_page_store(path, &bytes) {
                 assert!(
@@ -184,7 +187,8 @@ fn safe_name(name: &str) -> bool {
 }
 
 /// Rewrites the inventory's manifest entries to the sizes (and, for metadata files, the
-/// crc32c) of the files given, so that the reader looks past the manifest.
+/// crc32c) of the files given, and its pack size to pack.img's; a packed entry's crc32c is
+/// that of its part of pack.img. So the reader looks past the manifest.
 fn fix_manifest(files: &mut [(String, Vec<u8>)]) {
     let Some(inv_idx) = files.iter().position(|(n, _)| n == INVENTORY_FILE) else {
         return;
@@ -194,8 +198,25 @@ fn fix_manifest(files: &mut [(String, Vec<u8>)]) {
     else {
         return;
     };
+    let pack = files
+        .iter()
+        .find(|(n, _)| n == "pack.img")
+        .map(|(_, b)| b.clone());
     for inv in &mut invs {
+        if let Some(p) = &pack {
+            inv.pack_size = p.len() as u64;
+        }
         for entry in &mut inv.manifest {
+            if entry.packed {
+                let part = pack.as_ref().and_then(|p| {
+                    let end = entry.offset.checked_add(entry.size)?;
+                    p.get(usize::try_from(entry.offset).ok()?..usize::try_from(end).ok()?)
+                });
+                if let (Some(part), false) = (part, entry.pages) {
+                    entry.crc32c = crc32c::crc32c(part);
+                }
+                continue;
+            }
             if let Some((_, bytes)) = files.iter().find(|(n, _)| *n == entry.name) {
                 entry.size = bytes.len() as u64;
                 entry.crc32c = if entry.pages {
@@ -231,7 +252,9 @@ fn read_all(r: &ImageReader) {
             ImageType::Mm => r.read_one::<MmState>(ty, pid).map(drop),
             ImageType::Pagemap => r.read::<PageRun>(ty, pid).map(drop),
             ImageType::Fds => r.read::<FdEntry>(ty, pid).map(drop),
-            ImageType::Inventory | ImageType::Pages | ImageType::Signature => Ok(()),
+            ImageType::Inventory | ImageType::Pages | ImageType::Signature | ImageType::Pack => {
+                Ok(())
+            }
         };
     }
     let _ = r.verify_all_pages();
@@ -417,6 +440,7 @@ pub fn verify_pages(data: &[u8]) {
             size: store.len() as u64,
             crc32c: 0,
             pages: true,
+            ..Default::default()
         }],
         ..Default::default()
     };

@@ -334,6 +334,7 @@ fn dump_tree<'scope>(
         shell_job: opts.shell_job,
         tcp_established: !net.repaired.is_empty(),
         net_lock: net.lock.as_ref().map(|l| l.id()).unwrap_or_default(),
+        pack_size: 0, // set by commit
     })?;
     stats.frozen_s = t0.elapsed().as_secs_f64();
     stats.written_s = frozen_at.elapsed().as_secs_f64();
@@ -554,7 +555,8 @@ fn collect(
             .map(|r| (r.ptr, r.ptr + r.len.max(32) as u64))
             .collect(),
     );
-    let mut pages = with_writer(writer, |w| w.create_pages(pid))?;
+    let page_bytes = stats.pages_scanned * crate::sys::PAGE_SIZE;
+    let mut pages = with_writer(writer, |w| w.create_pages_for(pid, page_bytes))?;
     let pages_at = Instant::now();
     progress.add_total(stats.pages_scanned * crate::sys::PAGE_SIZE);
     // Pages still mapped to the zero page were scanned too, and skipped as zero unread.

@@ -33,6 +33,14 @@ pub(crate) fn encode_header(ty: ImageType) -> [u8; HEADER_LEN] {
 
 /// Checks a file header (`bytes` holds the first up to 16 bytes of the file) against the
 /// expected image type.
+/// The (major, minor) version of a header that passed [`check_header`].
+pub(crate) fn header_version(bytes: &[u8]) -> (u16, u16) {
+    (
+        u16::from_le_bytes([bytes[8], bytes[9]]),
+        u16::from_le_bytes([bytes[10], bytes[11]]),
+    )
+}
+
 pub(crate) fn check_header(
     path: &Path,
     bytes: &[u8],
@@ -332,7 +340,10 @@ mod tests {
         let h = encode_header(ImageType::Mm);
         assert_eq!(&h[0..4], b"CRYO");
         assert_eq!(u32::from_le_bytes(h[4..8].try_into().unwrap()), 5);
-        assert_eq!(u16::from_le_bytes(h[8..10].try_into().unwrap()), 1);
+        assert_eq!(
+            u32::from(u16::from_le_bytes(h[8..10].try_into().unwrap())),
+            FORMAT_MAJOR
+        );
         assert_eq!(u16::from_le_bytes(h[10..12].try_into().unwrap()), 0);
         assert_eq!(&h[12..16], &[0; 4]);
     }
@@ -448,20 +459,20 @@ mod tests {
     fn versions_and_types() {
         let good = small_file();
         let mut newer_major = good.clone();
-        newer_major[8] = 2;
+        newer_major[8] = 3;
         let err = decode_records::<FdEntry>(&path(), ImageType::Fds, &newer_major).unwrap_err();
         assert!(
             matches!(
                 err,
                 ImageError::UnsupportedVersion {
-                    major: 2,
+                    major: 3,
                     minor: 0,
                     ..
                 }
             ),
             "{err}"
         );
-        assert!(err.to_string().contains("2.0"), "{err}");
+        assert!(err.to_string().contains("3.0"), "{err}");
 
         let mut older_major = good.clone();
         older_major[8] = 0;

@@ -7,6 +7,8 @@
 //!
 //! # Directory layout
 //!
+//! The checkpoint is made of these (logical) files:
+//!
 //! ```text
 //! DIR/                       0700
 //!   inventory.img            one Inventory record; written LAST (temp name, fsync, rename, fsync DIR)
@@ -21,7 +23,16 @@
 //!                            manifest; written before the inventory
 //! ```
 //!
-//! Every file is created 0600 with `O_EXCL | O_NOFOLLOW`. Files not named like this are
+//! The writer packs every metadata file, and every page store of at most
+//! [`PACK_PAGES_MAX`] bytes (up to [`PACK_PAGES_BUDGET`] of them in all), into
+//! one real file, `pack.img`, so a tree of small processes is two files on disk (inventory and
+//! pack) instead of six per process: creating and fsyncing dozens of small files was most of
+//! the time of dumping such a tree (see "Packed files" below). Bigger page stores stay files of
+//! their own, written by several dumper threads at once. The names above stay the files' names
+//! in the manifest, in signatures and in messages (`DIR/pack.img:core-PID.img` for a packed
+//! one).
+//!
+//! Every real file is created 0600 with `O_EXCL | O_NOFOLLOW`. Files not named like this are
 //! ignored by the reader (and never touched by the writer).
 //!
 //! # File header (every file, 16 bytes)
@@ -35,7 +46,7 @@
 //! ```
 //!
 //! Image types: inventory 1, pstree 2, core 3, tasks 4, mm 5, pagemap 6, pages 7, fds 8,
-//! signature 9.
+//! signature 9, pack 10.
 //! The format is [`FORMAT_MAJOR`].[`FORMAT_MINOR`]. A reader refuses a wrong magic ("not a cryo
 //! image"), a type other than the one it expects, and any other major version. A newer minor
 //! (additions an older reader may ignore) is accepted with a warning; the reserved field must
@@ -74,6 +85,27 @@
 //! lies and carries the crc32c of its `nr_pages * 4096` bytes. [`ImageReader::verify_pages`]
 //! checks runs against the store in large sequential reads.
 //!
+//! # Packed files (`pack.img`)
+//!
+//! ```text
+//!  0                  4096                                 next 4 KiB boundary
+//!  +------------------+--------+--------+---+------+-------+-------------+---------------+--
+//!  | header (type 10) | meta   | meta   |...| meta | zeros | page store  | page store    |
+//!  | + zeros          | file   | file   |   | file |       | (whole,     | (4 KiB        |
+//!  |                  |        |        |   |      |       | header blk) | multiple)     |
+//!  +------------------+--------+--------+---+------+-------+-------------+---------------+--
+//! ```
+//!
+//! Each packed file's bytes are exactly those it would have as a file of its own (header
+//! included); its manifest entry says `packed`, and its `offset` in `pack.img`. The inventory
+//! gives the pack's exact size (`pack_size`). The reader requires the layout above and nothing
+//! else: metadata files back to back from offset 4096, then page stores each from the next
+//! 4 KiB boundary (the bytes skipped are zero), the last ending at the end of the file, and
+//! the pack's header giving the inventory's version. So every byte of the pack is fixed or
+//! inside a file the manifest checks (and a signature covers). Page stores keep their page
+//! alignment, so restore maps them from the pack like from their own file. A page store's
+//! header (no checksum covers it) must give the inventory's format minor.
+//!
 //! # Manifest and checksums
 //!
 //! All checksums are crc32c. `Inventory.manifest` lists every other file of the checkpoint
@@ -89,7 +121,8 @@
 //!
 //! With a key ([`ImageWriter::set_sign_key`], `cryo dump --sign-key FILE`), the commit hashes
 //! every file back from disk (SHA-256 of the whole file, page stores included), signs the
-//! digests with HMAC-SHA256 and writes `signature.img` before the inventory, so a checkpoint
+//! digests with HMAC-SHA256 (a packed file's digest is that of its bytes in the pack) and
+//! writes `signature.img` before the inventory, so a checkpoint
 //! with an inventory always has its signature. [`ImageReader::open_signed`] hashes every file
 //! as it checks it and refuses the checkpoint unless the HMAC verifies over those digests;
 //! the digests in the record must equal them and the record must be in canonical form, so no
@@ -102,8 +135,9 @@
 //! [`ImageWriter::create`] refuses a directory holding any cryo image file (a checkpoint, or
 //! the leftovers of an interrupted dump) unless asked to overwrite; then it removes those
 //! files, the inventory first. Files are written with [`ImageWriter::write`] and
-//! [`ImageWriter::create_pages`] / [`ImageWriter::finish_pages`]; [`ImageWriter::commit`]
-//! fsyncs them all and then writes the inventory atomically. A writer dropped before its
+//! [`ImageWriter::create_pages`] (or [`ImageWriter::create_pages_for`], which packs small
+//! ones) / [`ImageWriter::finish_pages`]; [`ImageWriter::commit`] writes `pack.img`, fsyncs
+//! every file and then writes the inventory atomically. A writer dropped before its
 //! commit succeeded removes exactly the files (and empty directories) it created.
 
 mod format;
@@ -119,12 +153,12 @@ use std::io;
 use std::path::PathBuf;
 
 pub use format::{decode_records, encode_records, HEADER_LEN, MAGIC, MAX_RECORD_LEN, PAGE_SIZE};
-pub use reader::{check_page_store, ImageReader, PageStore};
+pub use reader::{check_page_store, ImageReader, PageStore, PagesLoc};
 pub use sign::{is_signed, SignKey, MAX_KEY_LEN, MIN_KEY_LEN, SIGNATURE_ALGORITHM, SIGNATURE_FILE};
-pub use writer::{ImageWriter, PagesFile};
+pub use writer::{ImageWriter, PagesFile, PACK_PAGES_BUDGET, PACK_PAGES_MAX};
 
 /// Major version of the image format written by this cryo; the only one it reads.
-pub const FORMAT_MAJOR: u32 = 1;
+pub const FORMAT_MAJOR: u32 = 2;
 /// Minor version of the image format written by this cryo.
 pub const FORMAT_MINOR: u32 = 0;
 
@@ -152,11 +186,14 @@ pub enum ImageType {
     Fds,
     /// `signature.img`: one `Signature` (only in a signed checkpoint; not in the manifest).
     Signature,
+    /// `pack.img`: metadata files and small page stores stored back to back (not in the
+    /// manifest itself; its entries are, with their offsets).
+    Pack,
 }
 
 impl ImageType {
     /// Every image type, in header-number order.
-    pub const ALL: [ImageType; 9] = [
+    pub const ALL: [ImageType; 10] = [
         ImageType::Inventory,
         ImageType::Pstree,
         ImageType::Core,
@@ -166,6 +203,7 @@ impl ImageType {
         ImageType::Pages,
         ImageType::Fds,
         ImageType::Signature,
+        ImageType::Pack,
     ];
 
     /// The number stored in the file header.
@@ -180,6 +218,7 @@ impl ImageType {
             ImageType::Pages => 7,
             ImageType::Fds => 8,
             ImageType::Signature => 9,
+            ImageType::Pack => 10,
         }
     }
 
@@ -201,6 +240,7 @@ impl ImageType {
             ImageType::Pages => "pages",
             ImageType::Fds => "fds",
             ImageType::Signature => "signature",
+            ImageType::Pack => "pack",
         }
     }
 
@@ -208,13 +248,13 @@ impl ImageType {
     pub fn per_process(self) -> bool {
         !matches!(
             self,
-            ImageType::Inventory | ImageType::Pstree | ImageType::Signature
+            ImageType::Inventory | ImageType::Pstree | ImageType::Signature | ImageType::Pack
         )
     }
 
     /// Whether the file holds length-prefixed records (everything but the page store).
     pub fn has_records(self) -> bool {
-        self != ImageType::Pages
+        !matches!(self, ImageType::Pages | ImageType::Pack)
     }
 
     /// The file name inside the checkpoint directory, e.g. `mm-123.img`, `pstree.img`.
@@ -486,6 +526,27 @@ pub enum ImageError {
         /// The entry's name.
         name: String,
         /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A page store's header gives another format minor than the inventory (all files of a
+    /// checkpoint are written by one cryo).
+    #[error("{}: format minor {found} differs from the inventory's ({expected})", path.display())]
+    MinorMismatch {
+        /// The page store.
+        path: PathBuf,
+        /// The minor in its header.
+        found: u32,
+        /// The inventory's.
+        expected: u32,
+    },
+    /// `pack.img` does not have the layout its manifest entries give it.
+    #[error("{}: at offset {offset}: {reason}", path.display())]
+    BadPack {
+        /// The pack.
+        path: PathBuf,
+        /// Where it goes wrong.
+        offset: u64,
+        /// What is wrong.
         reason: &'static str,
     },
     /// A file is not listed in the manifest.

@@ -1,7 +1,7 @@
-//! Reading and validating a checkpoint directory: the inventory and its manifest, metadata
-//! files, page runs against page stores, and (when given a key) the signature. Never writes,
-//! and never reads page data except in [`ImageReader::verify_pages`] and, for a signed open,
-//! to hash it.
+//! Reading and validating a checkpoint directory: the inventory and its manifest, the layout
+//! of `pack.img`, metadata files, page runs against page stores, and (when given a key) the
+//! signature. Never writes, and never reads page data except in [`ImageReader::verify_pages`]
+//! and, for a signed open, to hash it.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -39,9 +39,52 @@ pub struct ImageReader {
     dir: PathBuf,
     inventory: Inventory,
     manifest: BTreeMap<String, ManifestEntry>,
+    /// `pack.img`, when some manifest entries are packed.
+    pack: Option<Pack>,
     /// For a checkpoint opened with a key: the verified SHA-256 of every manifest file, which
     /// [`ImageReader::read`] checks the bytes it decodes against again.
     signed: Option<BTreeMap<String, [u8; 32]>>,
+}
+
+/// `pack.img`, open, with its packed metadata files read into memory (they come first, from
+/// the end of the header block on; see [`open_pack`]).
+#[derive(Debug)]
+struct Pack {
+    file: File,
+    path: PathBuf,
+    /// The bytes from [`PAGE_SIZE`] to the end of the last packed metadata file.
+    meta: Vec<u8>,
+}
+
+impl Pack {
+    /// The bytes of a packed metadata file (its layout was checked by `open_pack`).
+    fn meta_bytes(&self, entry: &ManifestEntry) -> &[u8] {
+        let from = (entry.offset - PAGE_SIZE) as usize;
+        &self.meta[from..from + entry.size as usize]
+    }
+}
+
+/// Where a page store's bytes are: a file of its own (`base` 0) or a part of `pack.img`.
+/// Cheap to clone and to send to the threads that read the pages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PagesLoc {
+    /// The file holding the store.
+    pub file: PathBuf,
+    /// Where the store starts in it.
+    pub base: u64,
+    /// The store's size (header block included).
+    pub len: u64,
+    /// What errors call it: the file, or `DIR/pack.img:pages-PID.img`.
+    pub name: PathBuf,
+}
+
+/// How errors name a file of the checkpoint: its path, or for a packed one
+/// `DIR/pack.img:NAME`.
+fn entry_path(dir: &Path, name: &str, entry: Option<&ManifestEntry>) -> PathBuf {
+    match entry {
+        Some(e) if e.packed => dir.join(format!("{}:{name}", ImageType::Pack.file_name(None))),
+        _ => dir.join(name),
+    }
 }
 
 /// Opens an image file for reading without following symlinks (or blocking on a FIFO), and
@@ -96,13 +139,28 @@ fn check_pages_size(path: &Path, len: u64) -> Result<(), ImageError> {
     Ok(())
 }
 
-/// Checks the header block of an open page store of `len` bytes.
-fn check_pages_header(file: &File, path: &Path, len: u64) -> Result<(), ImageError> {
+/// Checks the header block of a page store of `len` bytes at `base` of an open file; returns
+/// the format minor its header gives.
+fn check_pages_header(file: &File, path: &Path, base: u64, len: u64) -> Result<u16, ImageError> {
     check_pages_size(path, len)?;
     let mut block = vec![0u8; PAGE_SIZE as usize];
-    file.read_exact_at(&mut block, 0)
+    file.read_exact_at(&mut block, base)
         .map_err(|e| ImageError::io(path, "read header", e))?;
-    check_pages_block(path, &block)
+    check_block(path, &block, ImageType::Pages)?;
+    Ok(super::format::header_version(&block[..HEADER_LEN]).1)
+}
+
+/// A page store's header (which no checksum covers) must give the inventory's format minor:
+/// every file of a checkpoint is written by one cryo.
+fn check_pages_minor(path: &Path, found: u16, inventory: &Inventory) -> Result<(), ImageError> {
+    if u32::from(found) != inventory.format_minor {
+        return Err(ImageError::MinorMismatch {
+            path: path.to_owned(),
+            found: u32::from(found),
+            expected: inventory.format_minor,
+        });
+    }
+    Ok(())
 }
 
 /// Checks a page store held in memory the way [`ImageReader::open`] checks one on disk: its
@@ -111,12 +169,12 @@ fn check_pages_header(file: &File, path: &Path, len: u64) -> Result<(), ImageErr
 /// the file in errors.
 pub fn check_page_store(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
     check_pages_size(path, bytes.len() as u64)?;
-    check_pages_block(path, &bytes[..PAGE_SIZE as usize])
+    check_block(path, &bytes[..PAGE_SIZE as usize], ImageType::Pages)
 }
 
-/// Checks the 4096-byte header block of a page store.
-fn check_pages_block(path: &Path, block: &[u8]) -> Result<(), ImageError> {
-    check_header(path, &block[..HEADER_LEN], ImageType::Pages)?;
+/// Checks the 4096-byte header block of a page store or of `pack.img`: the header, then zeros.
+fn check_block(path: &Path, block: &[u8], ty: ImageType) -> Result<(), ImageError> {
+    check_header(path, &block[..HEADER_LEN], ty)?;
     if let Some(i) = block[HEADER_LEN..].iter().position(|&b| b != 0) {
         let offset = (HEADER_LEN + i) as u64;
         return Err(ImageError::BadHeader {
@@ -145,6 +203,127 @@ fn scan_file(
     };
     let reader = BufReader::with_capacity(META_BUF, hashing);
     scan_records(reader, len, path, ty, on_record)
+}
+
+/// Scans a metadata file held in memory, like [`scan_file`].
+fn scan_bytes(
+    bytes: &[u8],
+    path: &Path,
+    ty: ImageType,
+    hasher: Option<&mut Sha256>,
+    on_record: impl FnMut(u64, &[u8]) -> Result<(), ImageError>,
+) -> Result<ScanSummary, ImageError> {
+    if let Some(h) = hasher {
+        h.update(bytes);
+    }
+    scan_records(bytes, bytes.len() as u64, path, ty, on_record)
+}
+
+/// Opens `pack.img` when the manifest packs anything and checks its layout: its size is the
+/// inventory's `pack_size`, its header block is a pack's, and the packed files tile it from
+/// the end of the header block on without gap or overlap: metadata files back to back first,
+/// then page stores, each from the next page boundary (the bytes skipped must be zero), the
+/// last ending at the end of the file. So every byte of the pack is either fixed or in a file
+/// the manifest checks (and a signature covers). Reads the metadata files into memory.
+fn open_pack(
+    dir: &Path,
+    inv_path: &Path,
+    inventory: &Inventory,
+    manifest: &BTreeMap<String, ManifestEntry>,
+) -> Result<Option<Pack>, ImageError> {
+    let path = dir.join(ImageType::Pack.file_name(None));
+    let mut packed: Vec<&ManifestEntry> = manifest.values().filter(|e| e.packed).collect();
+    if packed.is_empty() {
+        if inventory.pack_size != 0 {
+            return Err(ImageError::BadManifest {
+                path: inv_path.to_owned(),
+                name: ImageType::Pack.file_name(None),
+                reason: "a pack size is given but no file is packed",
+            });
+        }
+        return Ok(None);
+    }
+    let (file, len) = open_image(&path, true)?;
+    if len != inventory.pack_size {
+        return Err(ImageError::SizeMismatch {
+            path,
+            expected: inventory.pack_size,
+            found: len,
+        });
+    }
+    if len < PAGE_SIZE {
+        return Err(ImageError::BadPack {
+            path,
+            offset: len,
+            reason: "shorter than its header block",
+        });
+    }
+    let mut block = vec![0u8; PAGE_SIZE as usize];
+    file.read_exact_at(&mut block, 0)
+        .map_err(|e| ImageError::io(&path, "read header", e))?;
+    check_block(&path, &block, ImageType::Pack)?;
+    // The pack's header pins its version like the signature's does (the manifest covers only
+    // the packed files).
+    let (_, minor) = super::format::header_version(&block[..HEADER_LEN]);
+    if u32::from(minor) != inventory.format_minor {
+        return Err(ImageError::BadPack {
+            path,
+            offset: 8,
+            reason: "its format version differs from the inventory's",
+        });
+    }
+    packed.sort_by_key(|e| e.offset);
+    let (mut pos, mut meta_end, mut in_pages) = (PAGE_SIZE, PAGE_SIZE, false);
+    for e in &packed {
+        let bad = |reason| ImageError::BadManifest {
+            path: inv_path.to_owned(),
+            name: e.name.clone(),
+            reason,
+        };
+        let at = if e.pages {
+            pos.next_multiple_of(PAGE_SIZE)
+        } else if in_pages {
+            return Err(bad("a packed metadata file after a packed page store"));
+        } else {
+            pos
+        };
+        if e.offset != at {
+            return Err(bad("not where the layout of pack.img puts it"));
+        }
+        let end = at
+            .checked_add(e.size)
+            .filter(|&end| end <= len)
+            .ok_or_else(|| bad("extends past the end of pack.img"))?;
+        if e.pages {
+            if at > pos {
+                let mut gap = vec![0u8; (at - pos) as usize];
+                file.read_exact_at(&mut gap, pos)
+                    .map_err(|err| ImageError::io(&path, "read", err))?;
+                if let Some(i) = gap.iter().position(|&b| b != 0) {
+                    return Err(ImageError::BadPack {
+                        path,
+                        offset: pos + i as u64,
+                        reason: "non-zero byte between packed files",
+                    });
+                }
+            }
+            in_pages = true;
+        } else {
+            meta_end = end;
+        }
+        pos = end;
+    }
+    if pos != len {
+        return Err(ImageError::BadPack {
+            path,
+            offset: pos,
+            reason: "bytes after the last packed file",
+        });
+    }
+    let mut meta = vec![0u8; (meta_end - PAGE_SIZE) as usize];
+    file.read_exact_at(&mut meta, PAGE_SIZE)
+        .map_err(|e| ImageError::io(&path, "read", e))?;
+    Ok(Some(Pack { file, path, meta }))
 }
 
 /// Checks a file's size against its manifest entry.
@@ -259,15 +438,20 @@ impl ImageReader {
             if entry.pages && entry.crc32c != 0 {
                 return Err(bad("page store entries carry crc32c 0"));
             }
+            if !entry.packed && entry.offset != 0 {
+                return Err(bad("an offset for a file that is not packed"));
+            }
             if manifest.insert(entry.name.clone(), entry.clone()).is_some() {
                 return Err(bad("listed twice"));
             }
         }
 
+        let pack = open_pack(dir, &inv_path, &inventory, &manifest)?;
         let mut reader = ImageReader {
             dir: dir.to_owned(),
             inventory,
             manifest,
+            pack,
             signed: None,
         };
         let mut digests = Vec::new();
@@ -315,9 +499,6 @@ impl ImageReader {
         entry: &ManifestEntry,
         hash: bool,
     ) -> Result<Option<[u8; 32]>, ImageError> {
-        let path = self.dir.join(name);
-        let (file, len) = open_image(&path, true)?;
-        check_size(&path, entry, len)?;
         let Some((ty, _)) = ImageType::parse_file_name(name) else {
             return Err(ImageError::BadManifest {
                 path: self.dir.join(INVENTORY_FILE),
@@ -325,8 +506,33 @@ impl ImageReader {
                 reason: "not the name of a cryo image file",
             });
         };
+        let path = entry_path(&self.dir, name, Some(entry));
+        if let (Some(pack), true) = (&self.pack, entry.packed) {
+            if ty == ImageType::Pages {
+                let minor = check_pages_header(&pack.file, &path, entry.offset, entry.size)?;
+                check_pages_minor(&path, minor, &self.inventory)?;
+                return if hash {
+                    sign::sha256_range(&pack.file, &path, entry.offset, entry.size).map(Some)
+                } else {
+                    Ok(None)
+                };
+            }
+            let mut hasher = hash.then(Sha256::new);
+            let summary = scan_bytes(
+                pack.meta_bytes(entry),
+                &path,
+                ty,
+                hasher.as_mut(),
+                |_, _| Ok(()),
+            )?;
+            check_crc(&path, entry, &summary)?;
+            return Ok(hasher.map(|h| h.finalize().into()));
+        }
+        let (file, len) = open_image(&path, true)?;
+        check_size(&path, entry, len)?;
         if ty == ImageType::Pages {
-            check_pages_header(&file, &path, len)?;
+            let minor = check_pages_header(&file, &path, 0, len)?;
+            check_pages_minor(&path, minor, &self.inventory)?;
             return if hash {
                 sign::sha256_file(&file, &path, len).map(Some)
             } else {
@@ -370,7 +576,20 @@ impl ImageReader {
                 found: records.len(),
             });
         }
-        sign::verify(key, &self.dir, &path, &records[0], digests)?;
+        sign::verify(key, &self.dir, &path, &records[0], digests).map_err(|e| match e {
+            // A packed file is named as a part of pack.img.
+            ImageError::SignatureMismatch { path, reason } => {
+                let name = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default();
+                ImageError::SignatureMismatch {
+                    path: entry_path(&self.dir, name, self.manifest.get(name)),
+                    reason,
+                }
+            }
+            e => e,
+        })?;
         // The MAC does not cover the signature file itself: pin down its remaining bytes.
         if summary.minor != self.inventory.format_minor {
             return Err(ImageError::BadSignature {
@@ -435,15 +654,28 @@ impl ImageReader {
             .manifest
             .get(&name)
             .ok_or_else(|| ImageError::NotInManifest { path: path.clone() })?;
-        let (file, len) = open_image(&path, true)?;
-        check_size(&path, entry, len)?;
+        let path = entry_path(&self.dir, &name, Some(entry));
         let mut out = Vec::new();
         let signed = self.signed.as_ref().and_then(|m| m.get(&name));
         let mut hasher = signed.map(|_| Sha256::new());
-        let summary = scan_file(file, len, &path, ty, hasher.as_mut(), |offset, payload| {
+        let on_record = |offset, payload: &[u8]| {
             out.push(decode_payload::<M>(&path, offset, payload)?);
             Ok(())
-        })?;
+        };
+        let summary = match (&self.pack, entry.packed) {
+            (Some(pack), true) => scan_bytes(
+                pack.meta_bytes(entry),
+                &path,
+                ty,
+                hasher.as_mut(),
+                on_record,
+            )?,
+            _ => {
+                let (file, len) = open_image(&path, true)?;
+                check_size(&path, entry, len)?;
+                scan_file(file, len, &path, ty, hasher.as_mut(), on_record)?
+            }
+        };
         check_crc(&path, entry, &summary)?;
         if let (Some(want), Some(hasher)) = (signed, hasher) {
             if hasher.finalize()[..] != want[..] {
@@ -464,15 +696,17 @@ impl ImageReader {
     ) -> Result<M, ImageError> {
         let mut records = self.read::<M>(ty, pid)?;
         if records.len() != 1 {
+            let name = ty.file_name(pid);
             return Err(ImageError::RecordNumber {
-                path: self.dir.join(ty.file_name(pid)),
+                path: entry_path(&self.dir, &name, self.manifest.get(&name)),
                 found: records.len(),
             });
         }
         Ok(records.remove(0))
     }
 
-    /// The path of `pages-PID.img`.
+    /// The path of `pages-PID.img` as a file of its own (a packed store is in `pack.img`
+    /// instead: see [`ImageReader::pages_loc`]).
     pub fn pages_path(&self, pid: i32) -> PathBuf {
         self.dir.join(ImageType::Pages.file_name(Some(pid)))
     }
@@ -492,19 +726,11 @@ impl ImageReader {
         runs: &[PageRun],
         chunk: usize,
     ) -> Result<(), ImageError> {
-        let name = checked_name(&self.dir, ImageType::Pages, Some(pid))?;
-        let path = self.dir.join(&name);
-        let Some(entry) = self.manifest.get(&name) else {
-            if runs.is_empty() {
-                return Ok(());
-            }
-            return Err(ImageError::NotInManifest { path });
+        let Some((file, loc)) = self.open_pages(pid, runs)? else {
+            return Ok(());
         };
-        let (file, len) = open_image(&path, true)?;
-        check_size(&path, entry, len)?;
-        check_pages_header(&file, &path, len)?;
         let start = std::time::Instant::now();
-        let checked = verify_runs(&file, &path, len, runs, chunk)?;
+        let checked = verify_runs(&file, &loc.name, loc.base, loc.len, runs, chunk)?;
         tracing::debug!(
             pid,
             runs = runs.len(),
@@ -521,18 +747,70 @@ impl ImageReader {
     /// this is cheap; whoever reads the data later checks each run's crc32c as it goes
     /// ([`PageStore::check_run`]).
     pub fn check_page_runs(&self, pid: i32, runs: &[PageRun]) -> Result<(), ImageError> {
+        match self.open_pages(pid, runs)? {
+            Some((_, loc)) => check_run_shapes(&loc.name, loc.len, runs).map(drop),
+            None => Ok(()),
+        }
+    }
+
+    /// Where the page store of `pid` is (`None` if the manifest lists none).
+    pub fn pages_loc(&self, pid: i32) -> Result<Option<PagesLoc>, ImageError> {
         let name = checked_name(&self.dir, ImageType::Pages, Some(pid))?;
-        let path = self.dir.join(&name);
         let Some(entry) = self.manifest.get(&name) else {
-            if runs.is_empty() {
-                return Ok(());
-            }
-            return Err(ImageError::NotInManifest { path });
+            return Ok(None);
         };
-        let (file, len) = open_image(&path, true)?;
-        check_size(&path, entry, len)?;
-        check_pages_header(&file, &path, len)?;
-        check_run_shapes(&path, len, runs).map(drop)
+        let own = self.dir.join(&name);
+        Ok(Some(match &self.pack {
+            Some(pack) if entry.packed => PagesLoc {
+                file: pack.path.clone(),
+                base: entry.offset,
+                len: entry.size,
+                name: entry_path(&self.dir, &name, Some(entry)),
+            },
+            _ => PagesLoc {
+                file: own.clone(),
+                base: 0,
+                len: entry.size,
+                name: own,
+            },
+        }))
+    }
+
+    /// The page store of `pid`, open, with its size and header block checked; `None` when
+    /// the manifest lists none and there are no `runs` for it.
+    fn open_pages(
+        &self,
+        pid: i32,
+        runs: &[PageRun],
+    ) -> Result<Option<(File, PagesLoc)>, ImageError> {
+        let Some(loc) = self.pages_loc(pid)? else {
+            if runs.is_empty() {
+                return Ok(None);
+            }
+            return Err(ImageError::NotInManifest {
+                path: self.pages_path(pid),
+            });
+        };
+        let file = match &self.pack {
+            Some(pack) if loc.file == pack.path => pack
+                .file
+                .try_clone()
+                .map_err(|e| ImageError::io(&pack.path, "dup", e))?,
+            _ => {
+                let (file, len) = open_image(&loc.file, true)?;
+                if len != loc.len {
+                    return Err(ImageError::SizeMismatch {
+                        path: loc.file,
+                        expected: loc.len,
+                        found: len,
+                    });
+                }
+                file
+            }
+        };
+        let minor = check_pages_header(&file, &loc.name, loc.base, loc.len)?;
+        check_pages_minor(&loc.name, minor, &self.inventory)?;
+        Ok(Some((file, loc)))
     }
 
     /// Reads every `pagemap-PID.img` in the manifest and verifies its runs against the page
@@ -562,6 +840,7 @@ impl ImageReader {
 pub struct PageStore {
     file: File,
     path: PathBuf,
+    base: u64,
     len: u64,
 }
 
@@ -569,22 +848,52 @@ impl PageStore {
     /// Opens `pages-PID.img` at `path` (never through a symlink) and checks its header block.
     pub fn open(path: &Path) -> Result<Self, ImageError> {
         let (file, len) = open_image(path, true)?;
-        check_pages_header(&file, path, len)?;
+        check_pages_header(&file, path, 0, len)?;
         Ok(Self {
             file,
             path: path.to_owned(),
+            base: 0,
             len,
         })
     }
 
-    /// The file's path.
+    /// Opens the page store at `loc` (a file of its own or a part of `pack.img`; never
+    /// through a symlink) and checks its header block.
+    pub fn open_at(loc: &PagesLoc) -> Result<Self, ImageError> {
+        let (file, file_len) = open_image(&loc.file, true)?;
+        if loc
+            .base
+            .checked_add(loc.len)
+            .is_none_or(|end| end > file_len)
+        {
+            return Err(ImageError::Truncated {
+                path: loc.name.clone(),
+                offset: file_len.saturating_sub(loc.base),
+                what: "page store shorter than its size",
+            });
+        }
+        check_pages_header(&file, &loc.name, loc.base, loc.len)?;
+        Ok(Self {
+            file,
+            path: loc.name.clone(),
+            base: loc.base,
+            len: loc.len,
+        })
+    }
+
+    /// The store's name in messages: its path, or `DIR/pack.img:pages-PID.img`.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// The file's size in bytes.
+    /// The store's size in bytes.
     pub fn len(&self) -> u64 {
         self.len
+    }
+
+    /// Where `offset` of the store is in the open file ([`PageStore::as_fd`]).
+    pub fn file_offset(&self, offset: u64) -> u64 {
+        self.base + offset
     }
 
     /// Whether the store holds no page data (only its header block).
@@ -599,8 +908,15 @@ impl PageStore {
 
     /// Fills `buf` from `offset`; a store that ends first is reported as truncated.
     pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<(), ImageError> {
+        if offset.saturating_add(buf.len() as u64) > self.len {
+            return Err(read_pages_error(
+                &self.path,
+                offset,
+                io::ErrorKind::UnexpectedEof.into(),
+            ));
+        }
         self.file
-            .read_exact_at(buf, offset)
+            .read_exact_at(buf, self.base + offset)
             .map_err(|e| read_pages_error(&self.path, offset, e))
     }
 
@@ -615,6 +931,7 @@ impl PageStore {
 fn verify_runs(
     file: &File,
     path: &Path,
+    base: u64,
     len: u64,
     runs: &[PageRun],
     chunk: usize,
@@ -650,12 +967,12 @@ fn verify_runs(
     }
     parts.push(&pieces[from..]);
     let crcs: Vec<u32> = if parts.len() < 2 {
-        piece_crcs(file, path, len, &pieces, chunk)?
+        piece_crcs(file, path, base, len, &pieces, chunk)?
     } else {
         std::thread::scope(|s| {
             let handles: Vec<_> = parts
                 .iter()
-                .map(|part| s.spawn(move || piece_crcs(file, path, len, part, chunk)))
+                .map(|part| s.spawn(move || piece_crcs(file, path, base, len, part, chunk)))
                 .collect();
             let mut all = Vec::with_capacity(pieces.len());
             let mut first_err = None;
@@ -698,6 +1015,7 @@ fn verify_runs(
 fn piece_crcs(
     file: &File,
     path: &Path,
+    base: u64,
     len: u64,
     pieces: &[(usize, u64, u64)],
     chunk: usize,
@@ -718,7 +1036,7 @@ fn piece_crcs(
             if pos < win_start || pos >= win_start + win_len as u64 {
                 win_start = pos;
                 win_len = ((len - pos) as usize).min(buf.len());
-                file.read_exact_at(&mut buf[..win_len], pos)
+                file.read_exact_at(&mut buf[..win_len], base + pos)
                     .map_err(|e| read_pages_error(path, pos, e))?;
             }
             let from = (pos - win_start) as usize;

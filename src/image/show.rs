@@ -636,7 +636,17 @@ fn to_text(c: &Checkpoint) -> String {
             "no"
         }
     );
-    let _ = writeln!(s, "  files       {} + inventory.img", inv.manifest.len());
+    let packed = inv.manifest.iter().filter(|e| e.packed).count();
+    if packed == 0 {
+        let _ = writeln!(s, "  files       {} + inventory.img", inv.manifest.len());
+    } else {
+        let _ = writeln!(
+            s,
+            "  files       {} + inventory.img ({packed} of them in pack.img, {} bytes)",
+            inv.manifest.len(),
+            inv.pack_size
+        );
+    }
     let width = inv
         .manifest
         .iter()
@@ -644,14 +654,23 @@ fn to_text(c: &Checkpoint) -> String {
         .max()
         .unwrap_or(4)
         .max(4);
-    let _ = writeln!(s, "    {:<width$}  {:>12}  CRC32C", "NAME", "SIZE");
+    let _ = writeln!(
+        s,
+        "    {:<width$}  {:>12}  {:<12}  WHERE",
+        "NAME", "SIZE", "CRC32C"
+    );
     for e in &inv.manifest {
         let crc = if e.pages {
             "(page store)".to_owned()
         } else {
             format!("{:08x}", e.crc32c)
         };
-        let _ = writeln!(s, "    {:<width$}  {:>12}  {crc}", e.name, e.size);
+        let at = if e.packed {
+            format!("pack.img @ {:#x}", e.offset)
+        } else {
+            "own file".to_owned()
+        };
+        let _ = writeln!(s, "    {:<width$}  {:>12}  {crc:<12}  {at}", e.name, e.size);
     }
 
     let _ = writeln!(s, "\nprocess tree");
@@ -915,6 +934,8 @@ fn to_json(c: &Checkpoint) -> Value {
                 "size": e.size,
                 "crc32c": if e.pages { Value::Null } else { json!(format!("{:08x}", e.crc32c)) },
                 "pages": e.pages,
+                "packed": e.packed,
+                "offset": e.offset,
             })
         })
         .collect();
@@ -930,6 +951,7 @@ fn to_json(c: &Checkpoint) -> Value {
         "pids": inv.pids,
         "shell_job": inv.shell_job,
         "files": files,
+        "pack_size": inv.pack_size,
     });
     let pstree = c.pstree.as_ref().map_or(Value::Null, |tree| {
         Value::Array(

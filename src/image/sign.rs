@@ -161,12 +161,23 @@ impl<R: Read> Read for HashingReader<'_, R> {
 
 /// The SHA-256 of the first `len` bytes of an open file, read in large chunks.
 pub(crate) fn sha256_file(file: &File, path: &Path, len: u64) -> Result<[u8; 32], ImageError> {
+    sha256_range(file, path, 0, len)
+}
+
+/// The SHA-256 of the `len` bytes at `start` of an open file (a file packed in `pack.img`).
+/// Errors give offsets relative to `start`.
+pub(crate) fn sha256_range(
+    file: &File,
+    path: &Path,
+    start: u64,
+    len: u64,
+) -> Result<[u8; 32], ImageError> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; HASH_CHUNK.min(len as usize)];
     let mut pos = 0u64;
     while pos < len {
         let n = ((len - pos) as usize).min(buf.len());
-        file.read_exact_at(&mut buf[..n], pos)
+        file.read_exact_at(&mut buf[..n], start + pos)
             .map_err(|e| match e.kind() {
                 io::ErrorKind::UnexpectedEof => ImageError::Truncated {
                     path: path.to_owned(),

@@ -201,6 +201,9 @@ fn write_checkpoint(dir: &Path) -> Vec<(i32, Vec<PageRun>)> {
 /// Writes a complete two-process checkpoint, signed with `key` if given.
 fn write_checkpoint_signed(dir: &Path, key: Option<SignKey>) -> Vec<(i32, Vec<PageRun>)> {
     let mut w = ImageWriter::create(dir, false).unwrap();
+    // One file per image: what most tests here damage file by file (the packed layout has
+    // its own tests below).
+    w.set_packing(false);
     w.set_sign_key(key);
     w.write(ImageType::Pstree, None, &pstree()).unwrap();
     let mut all_runs = Vec::new();
@@ -519,11 +522,11 @@ fn newer_major_is_refused() {
     let good = ImageReader::open(&dir).unwrap().inventory().clone();
     let inv = dir.join(INVENTORY_FILE);
     let mut bytes = fs::read(&inv).unwrap();
-    bytes[8] = 2;
+    bytes[8] = 3;
     fs::write(&inv, &bytes).unwrap();
     let err = ImageReader::open(&dir).unwrap_err();
     assert!(
-        matches!(err, ImageError::UnsupportedVersion { major: 2, .. }),
+        matches!(err, ImageError::UnsupportedVersion { major: 3, .. }),
         "{err}"
     );
 
@@ -537,7 +540,7 @@ fn newer_major_is_refused() {
         matches!(
             err,
             ImageError::UnsupportedVersion {
-                major: 1,
+                major: FORMAT_MAJOR,
                 minor: 1,
                 ..
             }
@@ -546,17 +549,30 @@ fn newer_major_is_refused() {
     );
     bytes[10] = 1;
     fs::write(&inv, &bytes).unwrap();
+    // Page store headers (which no checksum covers) must give the inventory's minor too.
+    let err = ImageReader::open(&dir).unwrap_err();
+    assert!(
+        matches!(&err, ImageError::MinorMismatch { path, found: 0, expected: 1 }
+            if path.ends_with("pages-100.img")),
+        "{err}"
+    );
+    for pid in [ROOT, CHILD] {
+        let store = dir.join(format!("pages-{pid}.img"));
+        let mut b = fs::read(&store).unwrap();
+        b[10] = 1;
+        fs::write(&store, &b).unwrap();
+    }
     let r = ImageReader::open(&dir).unwrap();
     assert_eq!(r.inventory().format_minor, 1);
 
     // The version inside the inventory record is checked too.
     let mut newer = inventory();
-    newer.format_major = 2;
+    newer.format_major = 3;
     let bytes = encode_records(&inv, ImageType::Inventory, &[newer]).unwrap();
     fs::write(&inv, &bytes).unwrap();
     let err = ImageReader::open(&dir).unwrap_err();
     assert!(
-        matches!(err, ImageError::UnsupportedVersion { major: 2, .. }),
+        matches!(err, ImageError::UnsupportedVersion { major: 3, .. }),
         "{err}"
     );
 }
@@ -884,7 +900,7 @@ fn create_refuses_an_existing_checkpoint_and_overwrite_replaces_it() {
     assert_eq!(names_in(&dir), ["notes.txt"]);
     w.write(ImageType::Pstree, None, &pstree()[..1]).unwrap();
     w.commit(inventory()).unwrap();
-    assert_eq!(names_in(&dir), ["inventory.img", "notes.txt", "pstree.img"]);
+    assert_eq!(names_in(&dir), ["inventory.img", "notes.txt", "pack.img"]);
     let r = ImageReader::open(&dir).unwrap();
     assert_eq!(r.inventory().manifest.len(), 1);
     assert_eq!(
@@ -914,6 +930,7 @@ fn uncommitted_writer_removes_only_its_own_files() {
     fs::write(dir.join("notes.txt"), b"keep me").unwrap();
     {
         let mut w = ImageWriter::create(&dir, false).unwrap();
+        w.set_packing(false);
         w.write(ImageType::Pstree, None, &pstree()).unwrap();
         w.write(ImageType::Mm, Some(ROOT), &[mm()]).unwrap();
         let mut pages = w.create_pages(ROOT).unwrap();
@@ -994,10 +1011,9 @@ fn writer_refuses_misuse() {
         "{err}"
     );
     // A PagesFile from elsewhere.
-    let stray = PagesFile {
-        file: fs::File::open(&path).unwrap(),
-        path: tmp.path().join("pages-2.img"),
-    };
+    let _ = path;
+    let mut other = ImageWriter::create(&tmp.path().join("other"), false).unwrap();
+    let stray = other.create_pages(2).unwrap();
     assert!(matches!(
         w.finish_pages(stray),
         Err(ImageError::PagesState { .. })
@@ -1045,6 +1061,7 @@ fn symlinked_image_files_are_refused() {
     // The writer never writes through a symlink planted at one of its names, and leaves it.
     let dir2 = tmp.path().join("ckpt2");
     let mut w = ImageWriter::create(&dir2, false).unwrap();
+    w.set_packing(false);
     let target = tmp.path().join("victim");
     fs::write(&target, b"precious").unwrap();
     symlink(&target, dir2.join("mm-100.img")).unwrap();
@@ -1055,6 +1072,19 @@ fn symlinked_image_files_are_refused() {
         .unwrap()
         .file_type()
         .is_symlink());
+
+    // Nor through one planted at pack.img: the commit fails and leaves it.
+    let dir3 = tmp.path().join("ckpt3");
+    let mut w = ImageWriter::create(&dir3, false).unwrap();
+    symlink(&target, dir3.join("pack.img")).unwrap();
+    w.write(ImageType::Mm, Some(ROOT), &[mm()]).unwrap();
+    assert!(w.commit(inventory()).is_err());
+    assert_eq!(fs::read(&target).unwrap(), b"precious");
+    assert!(fs::symlink_metadata(dir3.join("pack.img"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert!(!dir3.join(INVENTORY_FILE).exists());
 }
 
 #[test]
@@ -1064,7 +1094,7 @@ fn show_renders_text_and_json() {
     write_checkpoint(&dir);
     let text = show::render(&dir, false).unwrap();
     for needle in [
-        "format      1.0",
+        "format      2.0",
         "cryo 0.1.0",
         "6.18.0-test",
         "2023-11-14 22:13:20.123 UTC",
@@ -1099,7 +1129,7 @@ fn show_renders_text_and_json() {
 
     let json: serde_json::Value = serde_json::from_str(&show::render(&dir, true).unwrap()).unwrap();
     assert_eq!(json["inventory"]["root_pid"], 100);
-    assert_eq!(json["inventory"]["format"], "1.0");
+    assert_eq!(json["inventory"]["format"], "2.0");
     assert_eq!(json["inventory"]["files"].as_array().unwrap().len(), 13);
     assert_eq!(json["pstree"][1]["ppid"], 100);
     assert_eq!(json["pstree"][0]["threads"], serde_json::json!([100, 102]));
@@ -1488,4 +1518,324 @@ fn signed_open_throughput() {
         "256 MiB: commit {plain:.3} s, signed commit {signed:.3} s; open {open:.3} s, signed open {open_signed:.3} s ({:.2} GB/s hashed)",
         (256u64 << 20) as f64 / (open_signed - open) / 1e9
     );
+}
+
+/// A two-process checkpoint in the packed layout: the metadata files in `pack.img`, ROOT's
+/// page store too (created for a few pages), CHILD's a file of its own (created for more than
+/// [`writer::PACK_PAGES_MAX`]). Returns the page runs of each process.
+fn write_packed_checkpoint(dir: &Path, key: Option<SignKey>) -> Vec<(i32, Vec<PageRun>)> {
+    let mut w = ImageWriter::create(dir, false).unwrap();
+    w.set_sign_key(key);
+    w.write(ImageType::Pstree, None, &pstree()).unwrap();
+    let mut all_runs = Vec::new();
+    for pid in [ROOT, CHILD] {
+        w.write(ImageType::Core, Some(pid), &[core(pid)]).unwrap();
+        w.write(ImageType::Tasks, Some(pid), &tasks(pid)).unwrap();
+        w.write(ImageType::Mm, Some(pid), &[mm()]).unwrap();
+        w.write(ImageType::Fds, Some(pid), &fds()).unwrap();
+        let want = if pid == ROOT {
+            5 * PAGE_SIZE
+        } else {
+            writer::PACK_PAGES_MAX + PAGE_SIZE
+        };
+        let mut pages = w.create_pages_for(pid, want).unwrap();
+        let mut runs = Vec::new();
+        for (vaddr, n) in [(0x40_0000u64, 2u64), (0x7f00_0000_0000, 3)] {
+            runs.push(pages.append_run(vaddr, &page_data(vaddr, n)).unwrap());
+        }
+        w.finish_pages(pages).unwrap();
+        w.write(ImageType::Pagemap, Some(pid), &runs).unwrap();
+        all_runs.push((pid, runs));
+    }
+    w.commit(inventory()).unwrap();
+    all_runs
+}
+
+#[test]
+fn packed_checkpoint_round_trips() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ckpt");
+    let runs = write_packed_checkpoint(&dir, None);
+    assert_eq!(
+        names_in(&dir),
+        ["inventory.img", "pack.img", "pages-101.img"]
+    );
+    assert_eq!(
+        fs::metadata(dir.join("pack.img"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    let r = ImageReader::open(&dir).unwrap();
+    assert_eq!(
+        r.inventory().pack_size,
+        fs::metadata(dir.join("pack.img")).unwrap().len()
+    );
+    assert_eq!(
+        r.read::<PstreeEntry>(ImageType::Pstree, None).unwrap(),
+        pstree()
+    );
+    for pid in [ROOT, CHILD] {
+        assert_eq!(
+            r.read_one::<ProcessCore>(ImageType::Core, Some(pid))
+                .unwrap(),
+            core(pid)
+        );
+        assert_eq!(
+            r.read::<TaskCore>(ImageType::Tasks, Some(pid)).unwrap(),
+            tasks(pid)
+        );
+        assert_eq!(
+            r.read_one::<MmState>(ImageType::Mm, Some(pid)).unwrap(),
+            mm()
+        );
+        assert_eq!(r.read::<FdEntry>(ImageType::Fds, Some(pid)).unwrap(), fds());
+    }
+    for (pid, want) in &runs {
+        let back: Vec<PageRun> = r.read(ImageType::Pagemap, Some(*pid)).unwrap();
+        assert_eq!(&back, want);
+        r.verify_pages(*pid, &back).unwrap();
+        r.check_page_runs(*pid, &back).unwrap();
+        let loc = r.pages_loc(*pid).unwrap().unwrap();
+        let store = PageStore::open_at(&loc).unwrap();
+        for run in &back {
+            let mut buf = vec![0u8; (run.nr_pages * PAGE_SIZE) as usize];
+            store.read_exact_at(&mut buf, run.offset).unwrap();
+            assert_eq!(buf, page_data(run.vaddr, run.nr_pages));
+        }
+        // Reading past the store's end is refused even when the file goes on.
+        let mut past = vec![0u8; PAGE_SIZE as usize];
+        assert!(store.read_exact_at(&mut past, loc.len).is_err());
+    }
+    let packed = r.pages_loc(ROOT).unwrap().unwrap();
+    assert_eq!(packed.file, dir.join("pack.img"));
+    assert!(
+        packed.base > 0 && packed.base % PAGE_SIZE == 0,
+        "{packed:?}"
+    );
+    assert!(
+        packed.name.ends_with("pack.img:pages-100.img"),
+        "{packed:?}"
+    );
+    let own = r.pages_loc(CHILD).unwrap().unwrap();
+    assert_eq!((own.file.clone(), own.base), (dir.join("pages-101.img"), 0));
+    r.verify_all_pages().unwrap();
+    // `show` reads it like any other.
+    let text = show::render(&dir, false).unwrap();
+    assert!(text.contains("pack.img @ 0x1000"), "{text}");
+    assert!(text.contains("12 of them in pack.img"), "{text}");
+}
+
+#[test]
+fn each_corrupted_byte_of_the_pack_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ckpt");
+    write_packed_checkpoint(&dir, None);
+    let loc = ImageReader::open(&dir)
+        .unwrap()
+        .pages_loc(ROOT)
+        .unwrap()
+        .unwrap();
+    let path = dir.join("pack.img");
+    let good = fs::read(&path).unwrap();
+    // Every byte up to the packed page store's first page (the pack's header block, the
+    // metadata files, the zeros before the store and the store's header block), then the
+    // page data sampled.
+    let data_from = (loc.base + PAGE_SIZE) as usize;
+    let positions = (0..data_from)
+        .chain((data_from..good.len()).step_by(509))
+        .chain([good.len() - 1]);
+    for pos in positions {
+        let mut bad = good.clone();
+        bad[pos] ^= 0x01;
+        fs::write(&path, &bad).unwrap();
+        let r = ImageReader::open(&dir).and_then(|r| r.verify_all_pages());
+        let err = r.expect_err(&format!("byte {pos} of {} flipped", good.len()));
+        assert!(err.to_string().contains("pack.img"), "byte {pos}: {err}");
+    }
+    // Truncated, or longer.
+    for len in [0, 15, 4095, 4096, data_from, good.len() - 1] {
+        fs::write(&path, &good[..len]).unwrap();
+        let err = ImageReader::open(&dir).unwrap_err();
+        assert!(err.to_string().contains("pack.img"), "length {len}: {err}");
+    }
+    let mut longer = good.clone();
+    longer.extend_from_slice(&[0; 4096]);
+    fs::write(&path, &longer).unwrap();
+    let err = ImageReader::open(&dir).unwrap_err();
+    assert!(matches!(err, ImageError::SizeMismatch { .. }), "{err}");
+    fs::remove_file(&path).unwrap();
+    let err = ImageReader::open(&dir).unwrap_err();
+    assert!(matches!(err, ImageError::Missing { .. }), "{err}");
+    fs::write(&path, &good).unwrap();
+    ImageReader::open(&dir).unwrap().verify_all_pages().unwrap();
+}
+
+#[test]
+fn pack_layouts_other_than_the_writers_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ckpt");
+    write_packed_checkpoint(&dir, None);
+    let inv_path = dir.join(INVENTORY_FILE);
+    let good = ImageReader::open(&dir).unwrap().inventory().clone();
+    type Change = Box<dyn Fn(&mut Inventory)>;
+    let meta = |i: &mut Inventory| -> usize {
+        i.manifest
+            .iter()
+            .position(|e| e.packed && !e.pages && e.offset > 4096)
+            .unwrap()
+    };
+    let cases: Vec<(&str, Change)> = vec![
+        (
+            "metadata moved by a byte",
+            Box::new(move |i| {
+                let k = meta(i);
+                i.manifest[k].offset += 1;
+            }),
+        ),
+        (
+            "page store moved by a byte",
+            Box::new(|i| {
+                let e = i.manifest.iter_mut().find(|e| e.packed && e.pages).unwrap();
+                e.offset += 1;
+            }),
+        ),
+        (
+            "page store moved by a page",
+            Box::new(|i| {
+                let e = i.manifest.iter_mut().find(|e| e.packed && e.pages).unwrap();
+                e.offset += PAGE_SIZE;
+            }),
+        ),
+        (
+            "metadata after the page store",
+            Box::new(|i| {
+                let p = i
+                    .manifest
+                    .iter()
+                    .find(|e| e.packed && e.pages)
+                    .unwrap()
+                    .offset;
+                let e = i
+                    .manifest
+                    .iter_mut()
+                    .find(|e| e.packed && !e.pages)
+                    .unwrap();
+                e.offset = p + 8192;
+            }),
+        ),
+        (
+            "an unpacked file with an offset",
+            Box::new(|i| {
+                let e = i.manifest.iter_mut().find(|e| !e.packed).unwrap();
+                e.offset = 4096;
+            }),
+        ),
+        (
+            "a file dropped from the pack",
+            Box::new(move |i| {
+                let k = meta(i);
+                i.manifest.remove(k);
+            }),
+        ),
+        (
+            "a pack size without packed files",
+            Box::new(|i| {
+                for e in i.manifest.iter_mut() {
+                    e.packed = false;
+                    e.offset = 0;
+                }
+            }),
+        ),
+        ("another pack size", Box::new(|i| i.pack_size -= 1)),
+    ];
+    for (what, change) in cases {
+        let mut inv = good.clone();
+        change(&mut inv);
+        fs::write(
+            &inv_path,
+            encode_records(&inv_path, ImageType::Inventory, &[inv]).unwrap(),
+        )
+        .unwrap();
+        let err = ImageReader::open(&dir).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ImageError::BadManifest { .. }
+                    | ImageError::BadPack { .. }
+                    | ImageError::SizeMismatch { .. }
+            ),
+            "{what}: {err}"
+        );
+    }
+    fs::write(
+        &inv_path,
+        encode_records(&inv_path, ImageType::Inventory, &[good]).unwrap(),
+    )
+    .unwrap();
+    ImageReader::open(&dir).unwrap();
+}
+
+#[test]
+fn signed_packed_checkpoint_names_the_altered_part() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ckpt");
+    write_packed_checkpoint(&dir, Some(sign_key(9)));
+    let key = sign_key(9);
+    let r = ImageReader::open_signed(&dir, &key).unwrap();
+    assert!(r.is_verified());
+    let loc = r.pages_loc(ROOT).unwrap().unwrap();
+    let path = dir.join("pack.img");
+    let good = fs::read(&path).unwrap();
+    for pos in (0..good.len())
+        .step_by(97)
+        .chain([(loc.base + PAGE_SIZE + 5) as usize])
+    {
+        let mut bad = good.clone();
+        bad[pos] ^= 0x10;
+        fs::write(&path, &bad).unwrap();
+        let err = ImageReader::open_signed(&dir, &key).unwrap_err();
+        assert!(err.to_string().contains("pack.img"), "byte {pos}: {err}");
+    }
+    // Page data of the packed store: caught by the signature, named as the store in the pack.
+    let mut bad = good.clone();
+    bad[(loc.base + PAGE_SIZE + 5) as usize] ^= 0x10;
+    fs::write(&path, &bad).unwrap();
+    let err = ImageReader::open_signed(&dir, &key).unwrap_err();
+    assert!(err.to_string().contains("pack.img:pages-100.img"), "{err}");
+    fs::write(&path, &good).unwrap();
+    ImageReader::open_signed(&dir, &key).unwrap();
+}
+
+#[test]
+fn packing_stays_within_its_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ckpt");
+    let mut w = ImageWriter::create(&dir, false).unwrap();
+    let own = |pid: i32| dir.join(format!("pages-{pid}.img")).exists();
+    // Too big for the pack: a file of its own.
+    let big = w.create_pages_for(1, writer::PACK_PAGES_MAX + 1).unwrap();
+    assert!(own(1));
+    // The budget holds this many of the biggest packed stores, then files again.
+    let fit = (writer::PACK_PAGES_BUDGET / writer::PACK_PAGES_MAX) as i32;
+    let mut held = Vec::new();
+    for pid in 2..2 + fit {
+        held.push(w.create_pages_for(pid, writer::PACK_PAGES_MAX).unwrap());
+        assert!(!own(pid), "pid {pid}");
+    }
+    let over = w.create_pages_for(100, PAGE_SIZE).unwrap();
+    assert!(own(100));
+    // A packed store holding more than it was created for is refused.
+    let mut small = held.pop().unwrap();
+    let n = writer::PACK_PAGES_MAX / PAGE_SIZE + 1;
+    small.append(&page_data(0, n)).unwrap();
+    let err = w.finish_pages(small).unwrap_err();
+    assert!(matches!(err, ImageError::PagesState { .. }), "{err}");
+    // Without packing, every store is a file.
+    w.set_packing(false);
+    let plain = w.create_pages_for(200, PAGE_SIZE).unwrap();
+    assert!(own(200));
+    drop((big, held, over, plain));
 }

@@ -19,12 +19,11 @@
 use super::memory::is_special;
 use super::remote_ctx::Ctx;
 use super::{ProcessImage, RestoreError};
-use crate::image::PageStore;
+use crate::image::{PageStore, PagesLoc};
 use crate::proto::{Vma, VmaKind};
 use crate::stats::{self, Progress};
 use crate::sys::uffd::{FileWindow, Uffd, UFFD_USER_MODE_ONLY};
 use crate::sys::{mem, proc_ctl, SysError, PAGE_SIZE};
-use std::path::Path;
 use std::time::Instant;
 
 /// Bytes checksummed and placed at a time: small enough to stay in the CPU cache between the
@@ -33,14 +32,22 @@ const CHUNK: usize = 256 << 10;
 /// Bytes of the page store mapped at a time (they count in cryo's RSS while mapped).
 const WINDOW: u64 = 4 << 20;
 
-/// Reads every stored page run from the page store at `pages_path` into the child's memory and
+/// Reads every stored page run from the page store at `pages` into the child's memory and
 /// checks its crc32c.
-pub fn fill_pages(ctx: &mut Ctx, img: &ProcessImage, pages_path: &str) -> Result<(), RestoreError> {
+pub fn fill_pages(
+    ctx: &mut Ctx,
+    img: &ProcessImage,
+    pages: Option<&PagesLoc>,
+) -> Result<(), RestoreError> {
     if img.pagemap.is_empty() {
         return Ok(());
     }
     let start = Instant::now();
-    let store = PageStore::open(Path::new(pages_path))?;
+    let pages = pages.ok_or_else(|| RestoreError::Invalid {
+        pid: img.pid(),
+        what: "page runs without a page store".into(),
+    })?;
+    let store = PageStore::open_at(pages)?;
     let vmas = run_vmas(img)?;
     let wants_uffd: Vec<&Vma> = {
         let mut v: Vec<&Vma> = vmas.iter().copied().filter(|v| uffd_capable(v)).collect();
@@ -196,7 +203,8 @@ impl Source<'_> {
                 self.map_failed = true;
             } else {
                 let wlen = (self.store.len() - offset).min(WINDOW) as usize;
-                match FileWindow::map(self.store.as_fd(), offset, wlen) {
+                let at = self.store.file_offset(offset);
+                match FileWindow::map(self.store.as_fd(), at, wlen) {
                     Ok(w) => self.window = Some((offset, w)),
                     Err(e) => {
                         tracing::debug!(error = %e, "cannot map the page store; reading it");

@@ -325,8 +325,12 @@ fn map_vmas_inner(
 /// Reads every stored page run from the page store into place and checks its crc32c (see
 /// [`super::fill`]: userfaultfd copies into private anonymous memory, no second pass over the
 /// page store).
-pub fn fill_pages(ctx: &mut Ctx, img: &ProcessImage, pages_path: &str) -> Result<(), RestoreError> {
-    super::fill::fill_pages(ctx, img, pages_path)
+pub fn fill_pages(
+    ctx: &mut Ctx,
+    img: &ProcessImage,
+    pages: Option<&crate::image::PagesLoc>,
+) -> Result<(), RestoreError> {
+    super::fill::fill_pages(ctx, img, pages)
 }
 
 /// Puts back the saved protections of VMAs that were mapped writable for filling.

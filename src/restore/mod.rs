@@ -29,7 +29,7 @@ mod shmem;
 mod task_state;
 pub mod tree;
 
-use crate::image::{ImageError, ImageReader, ImageType};
+use crate::image::{ImageError, ImageReader, ImageType, PagesLoc};
 use crate::infect::remote::{find_syscall_insn, RemoteError, RemoteTask};
 use crate::proto::{
     FdEntry, FdKind, MmState, PageRun, ProcessCore, PstreeEntry, TaskCore, VmaKind,
@@ -480,7 +480,7 @@ pub fn restore(opts: &RestoreOpts) -> Result<RestoreOutcome, RestoreError> {
     )?;
     let root = plan.root();
     let mut images: BTreeMap<i32, ProcessImage> = BTreeMap::new();
-    let mut pages_paths: BTreeMap<i32, String> = BTreeMap::new();
+    let mut pages_locs: BTreeMap<i32, PagesLoc> = BTreeMap::new();
     let mut tramps: BTreeMap<i32, u64> = BTreeMap::new();
     for e in plan.entries().filter(|e| !e.zombie) {
         let img = ProcessImage::load(&reader, e.clone())?;
@@ -490,15 +490,13 @@ pub fn restore(opts: &RestoreOpts) -> Result<RestoreOutcome, RestoreError> {
         // meanwhile.
         reader.verify_pages(img.pid(), &img.pagemap)?;
         img.validate(opts.shell_job)?;
-        let path = reader.pages_path(img.pid());
-        let path = std::fs::canonicalize(&path)
-            .map_err(|source| RestoreError::Io {
-                path: path.display().to_string(),
+        if let Some(mut loc) = reader.pages_loc(img.pid())? {
+            loc.file = std::fs::canonicalize(&loc.file).map_err(|source| RestoreError::Io {
+                path: loc.file.display().to_string(),
                 source,
-            })?
-            .display()
-            .to_string();
-        pages_paths.insert(img.pid(), path);
+            })?;
+            pages_locs.insert(img.pid(), loc);
+        }
         tramps.insert(img.pid(), memory::choose_trampoline(&img)?);
         images.insert(img.pid(), img);
     }
@@ -535,7 +533,7 @@ pub fn restore(opts: &RestoreOpts) -> Result<RestoreOutcome, RestoreError> {
         .max()
         .unwrap_or(2)
         + 1;
-    let shared = shmem::SharedMem::prepare(&images, &pages_paths, fd_base)?;
+    let shared = shmem::SharedMem::prepare(&images, &pages_locs, fd_base)?;
     let fd_lists: Vec<&[FdEntry]> = images.values().map(|i| i.fds.as_slice()).collect();
     // Packets of the checkpoint's connections stay away until the tree runs.
     let net_lock = NetLockGuard::take(reader.inventory(), &images, opts.tcp_close, root)?;
@@ -572,7 +570,7 @@ pub fn restore(opts: &RestoreOpts) -> Result<RestoreOutcome, RestoreError> {
         .finish_repair()
         .map_err(|what| RestoreError::Invalid { pid: root, what })?;
 
-    build_all(&plan, &images, &tramps, &pages_paths, &shared)?;
+    build_all(&plan, &images, &tramps, &pages_locs, &shared)?;
     net_lock.release(root)?;
     guard.armed = false;
     crate::stats::note_restore(|s| s.build_s = forked_at.elapsed().as_secs_f64());
@@ -627,7 +625,7 @@ fn build_all(
     plan: &tree::Plan,
     images: &BTreeMap<i32, ProcessImage>,
     tramps: &BTreeMap<i32, u64>,
-    pages_paths: &BTreeMap<i32, String>,
+    pages_locs: &BTreeMap<i32, PagesLoc>,
     shared: &shmem::SharedMem,
 ) -> Result<(), RestoreError> {
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -683,7 +681,7 @@ fn build_all(
                         build(
                             img,
                             tramps[&pid],
-                            &pages_paths[&pid],
+                            pages_locs.get(&pid),
                             shared,
                             close_shared_mem,
                         )
@@ -846,7 +844,7 @@ pub(crate) fn fork_at(pid: i32, flags: u64) -> Result<i32, RestoreError> {
 fn build(
     img: &ProcessImage,
     tramp: u64,
-    pages_path: &str,
+    pages: Option<&PagesLoc>,
     shared: &shmem::SharedMem,
     close_shared_mem: bool,
 ) -> Result<Vec<i32>, RestoreError> {
@@ -893,7 +891,7 @@ fn build(
             [fd as u64, 0, 0, 0, 0, 0],
         )?;
     }
-    memory::fill_pages(&mut ctx, img, pages_path)?;
+    memory::fill_pages(&mut ctx, img, pages)?;
     memory::fix_protections(&mut ctx, img)?;
     memory::set_mm_fields(&mut ctx, img)?;
     fd_locks::retake_posix_locks(&mut ctx, img)?;

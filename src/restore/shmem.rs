@@ -7,6 +7,7 @@
 //! instead of getting copies.
 
 use super::{ProcessImage, RestoreError};
+use crate::image::{PageStore, PagesLoc};
 use crate::proto::{Vma, VmaKind};
 use crate::sys::{task, PAGE_SIZE};
 use std::collections::BTreeMap;
@@ -30,7 +31,7 @@ impl SharedMem {
     /// Creates and fills the objects; `fd_base` is the lowest fd number they may take.
     pub fn prepare(
         images: &BTreeMap<i32, ProcessImage>,
-        pages_paths: &BTreeMap<i32, String>,
+        pages: &BTreeMap<i32, PagesLoc>,
         fd_base: RawFd,
     ) -> Result<Self, RestoreError> {
         let mut sizes: BTreeMap<(u64, u64), u64> = BTreeMap::new();
@@ -64,11 +65,7 @@ impl SharedMem {
             me.by_id.insert(k, (file, fd));
         }
         for img in images.values() {
-            let path = &pages_paths[&img.pid()];
-            let pages = File::open(path).map_err(|source| RestoreError::Io {
-                path: path.clone(),
-                source,
-            })?;
+            let mut store: Option<PageStore> = None;
             for run in &img.pagemap {
                 let Some(v) = img
                     .mm
@@ -81,20 +78,27 @@ impl SharedMem {
                 let Some((file, _)) = key(v).and_then(|k| me.by_id.get(&k)) else {
                     continue;
                 };
+                let store = match &mut store {
+                    Some(s) => s,
+                    None => {
+                        let loc = pages.get(&img.pid()).ok_or_else(|| RestoreError::Invalid {
+                            pid: img.pid(),
+                            what: "page runs without a page store".into(),
+                        })?;
+                        store.insert(PageStore::open_at(loc)?)
+                    }
+                };
                 let mut buf = vec![0u8; (run.nr_pages * PAGE_SIZE) as usize];
-                pages
-                    .read_exact_at(&mut buf, run.offset)
-                    .map_err(|source| RestoreError::Io {
-                        path: path.clone(),
-                        source,
-                    })?;
+                store.read_exact_at(&mut buf, run.offset)?;
                 // Page data is checked as it is read (restore no longer reads it twice).
                 if crc32c::crc32c(&buf) != run.crc32c {
                     return Err(RestoreError::Invalid {
                         pid: img.pid(),
                         what: format!(
-                            "{path}: page data at offset {:#x} (address {:#x}) does not match its checksum",
-                            run.offset, run.vaddr
+                            "{}: page data at offset {:#x} (address {:#x}) does not match its checksum",
+                            store.path().display(),
+                            run.offset,
+                            run.vaddr
                         ),
                     });
                 }
