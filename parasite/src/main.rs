@@ -26,6 +26,8 @@ use core::ptr::{addr_of, addr_of_mut};
 
 /// The entry: at the start of the text (see `parasite.ld`). Aligns the stack the dumper gave,
 /// calls [`parasite_main`] with the control block still in `rdi`, and traps back to the dumper.
+/// After that final trap comes a syscall gadget (`syscall; int3`, never reached from the
+/// entry): the dumper runs single system calls in the task there, with one stop each.
 #[unsafe(naked)]
 #[unsafe(no_mangle)]
 #[unsafe(link_section = ".text.parasite_start")]
@@ -34,6 +36,9 @@ pub extern "C" fn parasite_start() -> ! {
         "cld",
         "and rsp, -16",
         "call {main}",
+        "int3",
+        "ud2",
+        "syscall",
         "int3",
         "ud2",
         main = sym parasite_main,

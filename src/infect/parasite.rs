@@ -334,6 +334,8 @@ struct Region {
     entry: u64,
     /// The `rip` the blob's final `int3` leaves.
     trap_rip: u64,
+    /// The blob's `syscall; int3` gadget, once its text is executable (0: none).
+    gadget: u64,
     /// Executable ranges of the blob (target addresses).
     code: Vec<(u64, u64)>,
 }
@@ -443,6 +445,7 @@ impl Parasite {
                 tracing::debug!(
                     pid,
                     addr = format_args!("{:#x}", p.region.as_ref().map_or(0, |r| r.base)),
+                    gadget = p.region.as_ref().is_some_and(|r| r.gadget != 0),
                     "parasite injected"
                 );
                 Ok(p)
@@ -476,15 +479,20 @@ impl Parasite {
             [empty_name, libc::MFD_CLOEXEC as u64, 0, 0, 0, 0],
         )? as i32;
         self.target_fds.push(memfd);
-        self.remote_call(
-            "remote ftruncate of the parasite memfd",
-            libc::SYS_ftruncate,
-            [memfd as u64, len, 0, 0, 0, 0],
-        )?;
         let pidfd = proc_ctl::pidfd_open(pid).map_err(sys_err("pidfd_open"))?;
         let local = proc_ctl::pidfd_getfd(&pidfd, memfd)
             .map_err(sys_err("pidfd_getfd of the parasite memfd"))?;
+        let local = std::fs::File::from(local);
         self.pidfd = Some(pidfd);
+        // The same file: sized here, without a remote call.
+        local.set_len(len).map_err(|e| InfectError::Sys {
+            pid,
+            step: "sizing the parasite memfd",
+            source: SysError {
+                call: "ftruncate",
+                errno: e.raw_os_error().unwrap_or(libc::EIO),
+            },
+        })?;
         let map = SharedMapping::new(local.as_fd(), len as usize)
             .map_err(sys_err("mapping the parasite region in the dumper"))?;
         drop(local);
@@ -509,9 +517,9 @@ impl Parasite {
             data_off,
             entry: 0,
             trap_rip: 0,
+            gadget: 0,
             code: Vec::new(),
         });
-        self.close_target_fd(memfd)?;
 
         let image = blob::load(blob::PARASITE_ELF, base).map_err(|source| InfectError::Blob {
             pid,
@@ -574,6 +582,14 @@ impl Parasite {
             let old = self.region_read::<abi::KSigaction>(SCRATCH_OFF + 64, true)?;
             self.swapped.push((sig, old));
         }
+        // The text is executable and no trap signal is ignored: further calls go through the
+        // gadget (one stop each; its int3 must not meet an ignored SIGTRAP, which the kernel
+        // would reset to the default action).
+        if image.bytes.get(trap as usize + 3..trap as usize + 6) == Some(&[0x0f, 0x05, 0xcc]) {
+            let region = self.region.as_mut().ok_or(InfectError::Cured { pid })?;
+            region.gadget = base + trap + 3;
+        }
+        self.close_target_fd(memfd)?;
         Ok(())
     }
 
@@ -1072,8 +1088,9 @@ impl Parasite {
             }
             if let Some(region) = self.region.as_ref() {
                 let (base, len) = (region.base, region.len);
+                // Not through the gadget: it goes with the region.
                 note(
-                    self.remote_call(
+                    self.remote_call_direct(
                         "remote munmap of the parasite region",
                         libc::SYS_munmap,
                         [base, len, 0, 0, 0, 0],
@@ -1133,13 +1150,14 @@ impl Parasite {
         let addr = self.scratch_addr()?;
         let pid = self.pid as u64;
         if si_code == libc::SI_TKILL {
-            self.remote_call(
+            // Not through the gadget: the blob's mask would let the signal in at once.
+            self.remote_call_direct(
                 "remote rt_tgsigqueueinfo (a signal held back during a parasite run)",
                 libc::SYS_rt_tgsigqueueinfo,
                 [pid, pid, signo as u64, addr, 0, 0],
             )
         } else {
-            self.remote_call(
+            self.remote_call_direct(
                 "remote rt_sigqueueinfo (a signal held back during a parasite run)",
                 libc::SYS_rt_sigqueueinfo,
                 [pid, signo as u64, addr, 0, 0, 0],
@@ -1154,7 +1172,50 @@ impl Parasite {
         r.map(drop)
     }
 
+    /// Runs one system call in the task: through the blob's gadget once there is one (one
+    /// stop, run like a blob command: held-back signals, the blob's mask), otherwise at the
+    /// task's own syscall instruction (two syscall stops).
     fn remote_call(
+        &mut self,
+        step: &'static str,
+        nr: libc::c_long,
+        args: [u64; 6],
+    ) -> Result<u64, InfectError> {
+        let pid = self.pid;
+        let gadget = self.region.as_ref().map_or(0, |r| r.gadget);
+        if gadget != 0 && !self.gone && !self.cured {
+            let (remote, region) = match (self.remote.as_ref(), self.region.as_ref()) {
+                (Some(r), Some(g)) => (r, g),
+                _ => return Err(InfectError::Cured { pid }),
+            };
+            let mut regs = *remote.saved_regs();
+            regs.rip = gadget;
+            regs.rsp = (region.base + region.len - 64) & !15;
+            regs.rax = nr as u64;
+            regs.orig_rax = u64::MAX;
+            regs.rdi = args[0];
+            regs.rsi = args[1];
+            regs.rdx = args[2];
+            regs.r10 = args[3];
+            regs.r8 = args[4];
+            regs.r9 = args[5];
+            self.run_regs(regs, step)?;
+            let out = ptrace::get_regs(pid).map_err(|source| InfectError::Sys {
+                pid,
+                step: "reading a syscall's result",
+                source,
+            })?;
+            return crate::infect::remote::syscall_result(pid, out.rax as i64, || {
+                format!("{step} {args:#x?}")
+            })
+            .map_err(|source| InfectError::Remote { pid, step, source });
+        }
+        self.remote_call_direct(step, nr, args)
+    }
+
+    /// Runs one system call in the task at its own syscall instruction, with every signal
+    /// blocked (two syscall stops).
+    fn remote_call_direct(
         &mut self,
         step: &'static str,
         nr: libc::c_long,
@@ -1261,6 +1322,41 @@ impl Parasite {
             regs.orig_rax = u64::MAX;
             (region.addr(region.ctl_off), regs)
         };
+        self.run_regs(regs, command)?;
+        let ctl: abi::Ctl = self.region_read(0, true)?;
+        tracing::trace!(
+            pid,
+            command,
+            ctl = format_args!("{ctl_addr:#x}"),
+            status = ctl.status,
+            "parasite command done"
+        );
+        if ctl.status != 0 {
+            let errno = if ctl.status == abi::STATUS_NOT_RUN {
+                libc::EPROTO
+            } else {
+                (-ctl.status) as i32
+            };
+            return Err(InfectError::Command {
+                pid,
+                command,
+                syscall: ctl.fail_nr,
+                addr: ctl.fail_addr,
+                errno,
+            });
+        }
+        Ok(ctl.out)
+    }
+
+    /// Runs the task from `regs` (in the blob) until it traps back, with the blob's signal
+    /// mask; a crash or an unexpected stop cures the task.
+    fn run_regs(
+        &mut self,
+        regs: libc::user_regs_struct,
+        command: &'static str,
+    ) -> Result<(), InfectError> {
+        let pid = self.pid;
+        let sys_err = |step| move |source| InfectError::Sys { pid, step, source };
         ptrace::set_regs(pid, &regs).map_err(sys_err("pointing the task at the parasite"))?;
         ptrace::set_sigmask(pid, self.run_mask).map_err(sys_err("setting the parasite's mask"))?;
         let end = self.wait_blob(command);
@@ -1306,29 +1402,7 @@ impl Parasite {
                 });
             }
         }
-        let ctl: abi::Ctl = self.region_read(0, true)?;
-        tracing::trace!(
-            pid,
-            command,
-            ctl = format_args!("{ctl_addr:#x}"),
-            status = ctl.status,
-            "parasite command done"
-        );
-        if ctl.status != 0 {
-            let errno = if ctl.status == abi::STATUS_NOT_RUN {
-                libc::EPROTO
-            } else {
-                (-ctl.status) as i32
-            };
-            return Err(InfectError::Command {
-                pid,
-                command,
-                syscall: ctl.fail_nr,
-                addr: ctl.fail_addr,
-                errno,
-            });
-        }
-        Ok(ctl.out)
+        Ok(())
     }
 
     /// Continues the task into the blob and waits for its end. Signals that are not ours are
@@ -1360,7 +1434,9 @@ impl Parasite {
                 .code
                 .iter()
                 .any(|&(s, e)| regs.rip >= s && regs.rip <= e);
-            if sig == libc::SIGTRAP && si_code == SI_KERNEL && regs.rip == region.trap_rip {
+            let our_trap = regs.rip == region.trap_rip
+                || (region.gadget != 0 && regs.rip == region.gadget + 3);
+            if sig == libc::SIGTRAP && si_code == SI_KERNEL && our_trap {
                 return Ok(RunEnd::Done);
             }
             if TRAP_SIGNALS.contains(&sig) && si_code > 0 && in_blob {
