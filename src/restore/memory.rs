@@ -63,17 +63,21 @@ pub fn is_special(v: &Vma) -> bool {
 
 /// Picks the trampoline address: free in cryo's own layout (which the child inherits) and in
 /// the target's.
-pub fn choose_trampoline(img: &ProcessImage) -> Result<u64, RestoreError> {
+pub fn choose_trampoline(img: &ProcessImage, ours: &[(u64, u64)]) -> Result<u64, RestoreError> {
     let mut busy: Vec<(u64, u64)> = img.mm.vmas.iter().map(|v| (v.start, v.end)).collect();
-    busy.extend(
-        current_maps(std::process::id() as i32)?
-            .iter()
-            .map(|m| (m.start, m.end)),
-    );
+    busy.extend_from_slice(ours);
     find_hole(&busy, TRAMPOLINE_LEN).ok_or_else(|| RestoreError::Invalid {
         pid: img.pid(),
         what: "no free address range for the restore trampoline".into(),
     })
+}
+
+/// The address ranges mapped in cryo itself (a restore process starts as a copy of it).
+pub fn own_ranges() -> Result<Vec<(u64, u64)>, RestoreError> {
+    Ok(current_maps(std::process::id() as i32)?
+        .iter()
+        .map(|m| (m.start, m.end))
+        .collect())
 }
 
 /// Unregisters the rseq area the child inherited from cryo (it points into memory that is

@@ -482,22 +482,39 @@ pub fn restore(opts: &RestoreOpts) -> Result<RestoreOutcome, RestoreError> {
     let mut images: BTreeMap<i32, ProcessImage> = BTreeMap::new();
     let mut pages_locs: BTreeMap<i32, PagesLoc> = BTreeMap::new();
     let mut tramps: BTreeMap<i32, u64> = BTreeMap::new();
-    for e in plan.entries().filter(|e| !e.zombie) {
-        let img = ProcessImage::load(&reader, e.clone())?;
+    let ours = memory::own_ranges()?;
+    let live: Vec<&PstreeEntry> = plan.entries().filter(|e| !e.zombie).collect();
+    let load = |e: &&PstreeEntry| -> Result<(ProcessImage, Option<PagesLoc>, u64), RestoreError> {
+        let img = ProcessImage::load(&reader, (*e).clone())?;
         // Every page run's checksum, before any process is created (a damaged checkpoint
         // must not even start a restore). fill_pages checks each run again as it reads it
         // into place, which costs nothing extra there and covers a page store changed
         // meanwhile.
         reader.verify_pages(img.pid(), &img.pagemap)?;
         img.validate(opts.shell_job)?;
-        if let Some(mut loc) = reader.pages_loc(img.pid())? {
-            loc.file = std::fs::canonicalize(&loc.file).map_err(|source| RestoreError::Io {
-                path: loc.file.display().to_string(),
-                source,
-            })?;
+        let loc = reader.pages_loc(img.pid())?;
+        let tramp = memory::choose_trampoline(&img, &ours)?;
+        Ok((img, loc, tramp))
+    };
+    // The processes are loaded and checked by a few threads; the first failure in tree
+    // order is the one reported.
+    let mut canonical: BTreeMap<PathBuf, PathBuf> = BTreeMap::new();
+    for r in parallel_map(&live, load) {
+        let (img, loc, tramp) = r?;
+        if let Some(mut loc) = loc {
+            if let Some(c) = canonical.get(&loc.file) {
+                loc.file = c.clone();
+            } else {
+                let c = std::fs::canonicalize(&loc.file).map_err(|source| RestoreError::Io {
+                    path: loc.file.display().to_string(),
+                    source,
+                })?;
+                canonical.insert(loc.file.clone(), c.clone());
+                loc.file = c;
+            }
             pages_locs.insert(img.pid(), loc);
         }
-        tramps.insert(img.pid(), memory::choose_trampoline(&img)?);
+        tramps.insert(img.pid(), tramp);
         images.insert(img.pid(), img);
     }
     for e in plan.entries() {
@@ -561,16 +578,21 @@ pub fn restore(opts: &RestoreOpts) -> Result<RestoreOutcome, RestoreError> {
     }
     task::close(wr);
     guard.pids = plan.entries().map(|e| e.pid).collect();
-    let report = task::read_to_string(rd);
+    // Each process is built as soon as it reports ready, while the rest of the tree is still
+    // being forked.
+    let feed = ReportFeed {
+        fd: rd,
+        after: Box::new(|| {
+            // Every process holds its sockets now; the connections leave repair mode before
+            // any process can run (the lock still holds packets off).
+            shared_fds
+                .finish_repair()
+                .map_err(|what| RestoreError::Invalid { pid: root, what })
+        }),
+    };
+    let built = build_all(&plan, &images, &tramps, &pages_locs, &shared, feed);
     task::close(rd);
-    check_reports(&plan, &report)?;
-    // Every process holds its sockets now; the connections leave repair mode before any
-    // process can use them (the lock still holds packets off).
-    shared_fds
-        .finish_repair()
-        .map_err(|what| RestoreError::Invalid { pid: root, what })?;
-
-    build_all(&plan, &images, &tramps, &pages_locs, &shared)?;
+    built?;
     net_lock.release(root)?;
     guard.armed = false;
     crate::stats::note_restore(|s| s.build_s = forked_at.elapsed().as_secs_f64());
@@ -615,6 +637,36 @@ pub fn restore(opts: &RestoreOpts) -> Result<RestoreOutcome, RestoreError> {
     }
 }
 
+/// `f` of every item, by up to 4 threads (each a contiguous share), results in item order.
+fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 4)
+        .min(items.len().div_ceil(4).max(1));
+    if threads < 2 {
+        return items.iter().map(f).collect();
+    }
+    let share = items.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let f = &f;
+        let handles: Vec<_> = items
+            .chunks(share)
+            .map(|part| s.spawn(move || part.iter().map(f).collect::<Vec<R>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    })
+}
+
+/// The report pipe of the restore processes, read while they are built (see `build_all`), and
+/// what to do once every process reported ready.
+struct ReportFeed<'a> {
+    fd: RawFd,
+    after: Box<dyn FnOnce() -> Result<(), RestoreError> + 'a>,
+}
+
 /// Builds every process of the tree with a bounded pool of worker threads (ptrace requests
 /// must come from the thread that seized a task, so each worker seizes, builds and detaches
 /// its own processes). Nothing is detached until every process is built: the workers meet at
@@ -627,38 +679,33 @@ fn build_all(
     tramps: &BTreeMap<i32, u64>,
     pages_locs: &BTreeMap<i32, PagesLoc>,
     shared: &shmem::SharedMem,
+    feed: ReportFeed<'_>,
 ) -> Result<(), RestoreError> {
     use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Barrier, Mutex};
+    use std::sync::{Barrier, Condvar, Mutex};
 
     let stopped: Vec<i32> = plan
         .entries()
         .filter(|e| e.stopped && !e.zombie)
         .map(|e| e.pid)
         .collect();
-    // Biggest first, each to the least loaded worker. Processes sharing one fd table go to
-    // one worker, in a row: the shared memory fds they inherited are one set of fds in that
-    // table, closed by the last of them built (the others still map from them).
+    // Processes sharing one fd table are one unit, built by one worker in a row: the shared
+    // memory fds they inherited are one set of fds in that table, closed by the last of them
+    // built (the others still map from them). A unit is ready once all its processes reported
+    // ready; each worker takes the next ready unit (the tree reports leaves first, as each
+    // process forks its children before it gets ready itself).
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, 4)
         .min(images.len().max(1));
-    let mut units: BTreeMap<i32, (u64, Vec<&ProcessImage>)> = BTreeMap::new();
+    let mut by_owner: BTreeMap<i32, Vec<&ProcessImage>> = BTreeMap::new();
     for img in images.values() {
-        let u = units.entry(plan.owner(img.pid(), true)).or_default();
-        u.0 += img.pagemap.iter().map(|r| r.nr_pages).sum::<u64>() + 1;
-        u.1.push(img);
+        by_owner
+            .entry(plan.owner(img.pid(), true))
+            .or_default()
+            .push(img);
     }
-    let mut units: Vec<(u64, Vec<&ProcessImage>)> = units.into_values().collect();
-    units.sort_by_key(|u| std::cmp::Reverse(u.0));
-    let mut shares: Vec<(u64, Vec<(&ProcessImage, bool)>)> = vec![(0, Vec::new()); workers];
-    for (load, imgs) in units {
-        if let Some(w) = shares.iter_mut().min_by_key(|w| w.0) {
-            w.0 += load;
-            let last = imgs.len().saturating_sub(1);
-            w.1.extend(imgs.into_iter().enumerate().map(|(k, i)| (i, k == last)));
-        }
-    }
+    let units: Vec<Vec<&ProcessImage>> = by_owner.into_values().collect();
     let failed = AtomicBool::new(false);
     let first_error: Mutex<Option<RestoreError>> = Mutex::new(None);
     let fail = |e: RestoreError| {
@@ -668,29 +715,60 @@ fn build_all(
         }
     };
     let barrier = Barrier::new(workers + 1);
+    // Ready processes, ready units not yet taken, and whether the reports are over.
+    #[derive(Default)]
+    struct Ready {
+        pids: std::collections::BTreeSet<i32>,
+        queue: std::collections::VecDeque<usize>,
+        over: bool,
+    }
+    let ready: Mutex<Ready> = Mutex::default();
+    let ready_cv = Condvar::new();
+    let next_unit = || -> Option<usize> {
+        let mut g = ready.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if failed.load(Ordering::SeqCst) {
+                return None;
+            }
+            if let Some(u) = g.queue.pop_front() {
+                return Some(u);
+            }
+            if g.over {
+                return None;
+            }
+            g = ready_cv.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
+    };
     std::thread::scope(|sc| {
-        for (_, mine) in &shares {
+        for _ in 0..workers {
             let (barrier, failed, fail, stopped) = (&barrier, &failed, &fail, &stopped);
+            let (next_unit, units) = (&next_unit, &units);
             sc.spawn(move || {
                 let mut held: Vec<(i32, i32)> = Vec::new(); // (tid, its process)
-                for &(img, close_shared_mem) in mine {
-                    let pid = img.pid();
-                    let r = seize_ready(pid).and_then(|()| {
-                        held.push((pid, pid));
-                        crate::fault::point("restore:seized")?;
-                        build(
-                            img,
-                            tramps[&pid],
-                            pages_locs.get(&pid),
-                            shared,
-                            close_shared_mem,
-                        )
-                    });
-                    match r {
-                        Ok(tids) => held.extend(tids.into_iter().map(|t| (t, pid))),
-                        Err(e) => {
-                            fail(e);
-                            break;
+                'units: while let Some(u) = next_unit() {
+                    let last = units[u].len().saturating_sub(1);
+                    for (k, &img) in units[u].iter().enumerate() {
+                        let close_shared_mem = k == last;
+                        let pid = img.pid();
+                        let r = wait_in_pause(pid)
+                            .and_then(|()| seize_ready(pid))
+                            .and_then(|()| {
+                                held.push((pid, pid));
+                                crate::fault::point("restore:seized")?;
+                                build(
+                                    img,
+                                    tramps[&pid],
+                                    pages_locs.get(&pid),
+                                    shared,
+                                    close_shared_mem,
+                                )
+                            });
+                        match r {
+                            Ok(tids) => held.extend(tids.into_iter().map(|t| (t, pid))),
+                            Err(e) => {
+                                fail(e);
+                                break 'units;
+                            }
                         }
                     }
                 }
@@ -723,6 +801,34 @@ fn build_all(
                 }
             });
         }
+        // The reports, as they come; then every process must have reported ready.
+        let mut text = String::new();
+        task::read_lines(feed.fd, |line| {
+            text.push_str(line);
+            text.push('\n');
+            if let Some(pid) = line.strip_prefix("R ").and_then(|p| p.trim().parse().ok()) {
+                let mut g = ready.lock().unwrap_or_else(|p| p.into_inner());
+                g.pids.insert(pid);
+                let whole = units.iter().position(|u| {
+                    u.iter().any(|i| i.pid() == pid) && u.iter().all(|i| g.pids.contains(&i.pid()))
+                });
+                if let Some(u) = whole {
+                    g.queue.push_back(u);
+                    ready_cv.notify_one();
+                }
+            }
+        });
+        // A process that could not get ready says why: that is the error to report, whatever
+        // a worker met meanwhile.
+        let verdict = check_reports(plan, &text).and_then(|()| (feed.after)());
+        if let Err(e) = verdict {
+            failed.store(true, Ordering::SeqCst);
+            if let Ok(mut slot) = first_error.lock() {
+                *slot = Some(e);
+            }
+        }
+        ready.lock().unwrap_or_else(|p| p.into_inner()).over = true;
+        ready_cv.notify_all();
         barrier.wait();
         if let Err(e) = crate::fault::point("restore:detach") {
             fail(e.into());
@@ -780,6 +886,36 @@ fn check_reports(plan: &tree::Plan, report: &str) -> Result<(), RestoreError> {
                 "pid {}: the restore process ended before it was ready",
                 e.pid
             )));
+        }
+    }
+    Ok(())
+}
+
+/// Waits until a restore process that reported ready sits in pause(): after its report it
+/// still closes the report pipe and the sync pipes (see `child.rs`), and a process seized
+/// before that would keep them, in the restored process and open against the report's end.
+fn wait_in_pause(pid: i32) -> Result<(), RestoreError> {
+    let path = format!("/proc/{pid}/syscall");
+    let start = std::time::Instant::now();
+    for round in 0u32.. {
+        let now = std::fs::read_to_string(&path).map_err(|source| RestoreError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        if now.split_whitespace().next() == Some(&libc::SYS_pause.to_string()) {
+            return Ok(());
+        }
+        if start.elapsed() > std::time::Duration::from_secs(10) {
+            return Err(RestoreError::Child(format!(
+                "pid {pid}: reported ready but does not wait (now in: {})",
+                now.trim()
+            )));
+        }
+        // It is a few system calls away: let it run first.
+        if round < 100 {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(std::time::Duration::from_micros(100));
         }
     }
     Ok(())

@@ -183,6 +183,31 @@ pub fn read_to_string(fd: RawFd) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Reads `fd` to its end, handing each complete line (without its newline) to `on_line` as
+/// soon as it arrives; a last line without a newline is handed over at the end.
+pub fn read_lines(fd: RawFd, mut on_line: impl FnMut(&str)) {
+    let mut pending: Vec<u8> = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        // SAFETY: buf is a valid writable buffer of buf.len() bytes.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            continue;
+        }
+        if n <= 0 {
+            break;
+        }
+        pending.extend_from_slice(&buf[..n as usize]);
+        while let Some(i) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=i).collect();
+            on_line(&String::from_utf8_lossy(&line[..i]));
+        }
+    }
+    if !pending.is_empty() {
+        on_line(&String::from_utf8_lossy(&pending));
+    }
+}
+
 /// Reads up to `n` bytes from `fd`, waiting at most `timeout_ms` in all (poll); fewer bytes
 /// are returned at end of file, ETIMEDOUT when the time is up first.
 pub fn read_bytes_timeout(fd: RawFd, n: usize, timeout_ms: u64) -> SysResult<Vec<u8>> {
