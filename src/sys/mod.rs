@@ -6,6 +6,7 @@
 pub mod files_ffi;
 pub mod mem;
 pub mod net_ffi;
+pub mod nft_ffi;
 pub mod pagemap;
 pub mod parasite_ffi;
 pub mod probe;
