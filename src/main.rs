@@ -278,6 +278,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
+    cryo::sys::proc_ctl::tune_malloc();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,

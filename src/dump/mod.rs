@@ -281,7 +281,15 @@ fn dump_tree<'scope>(
     // Established connections: packets held off first, then the sockets go into repair mode
     // and are read. On failure the guard takes them out of repair mode, then unlocks.
     let net = lock_and_repair(opts, &procs, &mut all_fds)?;
-    let mut collected = collect_all(tracers, &procs, &all_fds, writer, progress, &mut stats)?;
+    // The fds images are written here while the tracers collect the processes (they hold
+    // the TCP queues, megabytes to encode).
+    let write_fds = || -> Result<(), DumpError> {
+        for (pid, fds) in &all_fds {
+            with_writer(writer, |w| w.write(ImageType::Fds, Some(*pid), fds))?;
+        }
+        Ok(())
+    };
+    let mut collected = collect_all(tracers, &procs, writer, progress, &mut stats, write_fds)?;
     let mut entries = Vec::with_capacity(procs.len());
     for p in &procs {
         entries.push(match p.zombie {
@@ -380,10 +388,10 @@ fn fds_of(all: &[(i32, Vec<crate::proto::FdEntry>)], pid: i32) -> &[crate::proto
 fn collect_all<'scope>(
     tracers: &Tracers<'scope>,
     procs: &[SeizedProc],
-    all_fds: &[(i32, Vec<crate::proto::FdEntry>)],
     writer: &'scope SharedWriter,
     progress: &'scope Progress,
     stats: &mut DumpStats,
+    meanwhile: impl FnOnce() -> Result<(), DumpError>,
 ) -> Result<std::collections::BTreeMap<i32, PstreeEntry>, DumpError> {
     let failed = std::sync::Arc::new(AtomicBool::new(false));
     let running = std::sync::Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
@@ -391,7 +399,7 @@ fn collect_all<'scope>(
         .iter()
         .filter(|p| p.zombie.is_none())
         .map(|p| {
-            let (p, fds) = (p.clone(), fds_of(all_fds, p.pid).to_vec());
+            let p = p.clone();
             let (failed, running) = (failed.clone(), running.clone());
             tracers.run(p.tracer, move || {
                 if failed.load(Ordering::SeqCst) {
@@ -399,7 +407,7 @@ fn collect_all<'scope>(
                 }
                 let now = running.0.fetch_add(1, Ordering::SeqCst) + 1;
                 running.1.fetch_max(now, Ordering::SeqCst);
-                let r = collect(&p, &fds, writer, progress);
+                let r = collect(&p, writer, progress);
                 running.0.fetch_sub(1, Ordering::SeqCst);
                 if r.is_err() {
                     failed.store(true, Ordering::SeqCst);
@@ -410,6 +418,10 @@ fn collect_all<'scope>(
         .collect();
     let mut out = std::collections::BTreeMap::new();
     let mut first_err = None;
+    if let Err(e) = meanwhile() {
+        failed.store(true, Ordering::SeqCst);
+        first_err = Some(e);
+    }
     for job in pending {
         match job.wait() {
             Ok(Some(Ok((entry, s)))) => {
@@ -504,7 +516,6 @@ fn ptrace_err(pid: i32, what: &'static str) -> impl FnOnce(SysError) -> DumpErro
 /// Collects one live process and writes its images; returns its tree entry.
 fn collect(
     p: &SeizedProc,
-    fds: &[crate::proto::FdEntry],
     writer: &SharedWriter,
     progress: &Progress,
 ) -> Result<(PstreeEntry, DumpStats), DumpError> {
@@ -629,8 +640,7 @@ fn collect(
         w.write(ImageType::Core, Some(pid), &[core])?;
         w.write(ImageType::Tasks, Some(pid), &tasks)?;
         w.write(ImageType::Mm, Some(pid), &[mm])?;
-        w.write(ImageType::Pagemap, Some(pid), &stored)?;
-        w.write(ImageType::Fds, Some(pid), fds)
+        w.write(ImageType::Pagemap, Some(pid), &stored)
     })?;
     let entry = PstreeEntry {
         pid,

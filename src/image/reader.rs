@@ -53,14 +53,30 @@ struct Pack {
     file: File,
     path: PathBuf,
     /// The bytes from [`PAGE_SIZE`] to the end of the last packed metadata file.
-    meta: Vec<u8>,
+    meta: Meta,
 }
+
+/// The packed metadata files' bytes: read into memory, or, past [`MAP_META_FROM`] bytes
+/// (megabytes of socket queues), mapped from the page cache, which spares cryo faulting in
+/// and filling as much fresh memory (about 6 ms for 10 MiB here).
+#[derive(Debug)]
+enum Meta {
+    Read(Vec<u8>),
+    Mapped(crate::sys::uffd::FileWindow),
+}
+
+/// Packed metadata of at least this many bytes is mapped rather than read.
+const MAP_META_FROM: u64 = 1 << 20;
 
 impl Pack {
     /// The bytes of a packed metadata file (its layout was checked by `open_pack`).
     fn meta_bytes(&self, entry: &ManifestEntry) -> &[u8] {
         let from = (entry.offset - PAGE_SIZE) as usize;
-        &self.meta[from..from + entry.size as usize]
+        let all = match &self.meta {
+            Meta::Read(v) => v.as_slice(),
+            Meta::Mapped(w) => w.bytes(),
+        };
+        &all[from..from + entry.size as usize]
     }
 }
 
@@ -320,9 +336,24 @@ fn open_pack(
             reason: "bytes after the last packed file",
         });
     }
-    let mut meta = vec![0u8; (meta_end - PAGE_SIZE) as usize];
-    file.read_exact_at(&mut meta, PAGE_SIZE)
-        .map_err(|e| ImageError::io(&path, "read", e))?;
+    let meta_len = meta_end - PAGE_SIZE;
+    let mapped = if meta_len >= MAP_META_FROM {
+        use std::os::fd::AsFd;
+        crate::sys::uffd::FileWindow::map(file.as_fd(), PAGE_SIZE, meta_len as usize)
+            .map_err(|e| tracing::debug!(error = %e, "cannot map pack.img; reading it"))
+            .ok()
+    } else {
+        None
+    };
+    let meta = match mapped {
+        Some(w) => Meta::Mapped(w),
+        None => {
+            let mut meta = vec![0u8; meta_len as usize];
+            file.read_exact_at(&mut meta, PAGE_SIZE)
+                .map_err(|e| ImageError::io(&path, "read", e))?;
+            Meta::Read(meta)
+        }
+    };
     Ok(Some(Pack { file, path, meta }))
 }
 

@@ -30,14 +30,9 @@ pub const PACK_PAGES_MAX: u64 = 4 << 20;
 /// of their own, so the dumper's memory stays bounded whatever the number of processes.
 pub const PACK_PAGES_BUDGET: u64 = 32 << 20;
 
-/// A file gathered for `pack.img` until the commit.
-#[derive(Debug)]
-enum Packed {
-    /// A metadata file's bytes.
-    Meta(Vec<u8>),
-    /// A page store written into a memory file (its whole content, header block included).
-    Pages(File),
-}
+/// Packed metadata files of at least this many bytes (socket queues) have their writeback
+/// started as soon as they are written, so the fsync at commit finds them on their way.
+const WRITEBACK_FROM: u64 = 1 << 20;
 
 /// Writes one checkpoint directory. Files are added with [`ImageWriter::write`] and
 /// [`ImageWriter::create_pages`]; [`ImageWriter::commit`] writes the inventory last. Dropping a
@@ -57,8 +52,11 @@ pub struct ImageWriter {
     manifest: Vec<ManifestEntry>,
     /// Gather metadata files (and small page stores) into `pack.img` (the default).
     pack: bool,
-    /// What goes into `pack.img` at the commit, by name.
-    packed: Vec<(String, Packed)>,
+    /// `pack.img` as far as written: metadata files go in as they are written (so megabytes
+    /// of socket queues reach the disk while the dump goes on); the file and its length.
+    pack_file: Option<(File, u64)>,
+    /// Packed page stores, in memory files, appended to `pack.img` at the commit.
+    packed: Vec<(String, File)>,
     /// Page bytes reserved for packed page stores so far (see [`PACK_PAGES_BUDGET`]).
     packed_page_bytes: u64,
     /// Sign the checkpoint with this key at commit.
@@ -214,6 +212,7 @@ impl ImageWriter {
             open_pages: BTreeSet::new(),
             manifest: Vec::new(),
             pack: true,
+            pack_file: None,
             packed: Vec::new(),
             packed_page_bytes: 0,
             sign_key: None,
@@ -326,9 +325,10 @@ impl ImageWriter {
         let bytes = encode_records(&path, ty, records)?;
         let crc = crc32c::crc32c(&bytes);
         let size = bytes.len() as u64;
+        let mut offset = 0;
         if self.pack {
+            offset = self.pack_append(&bytes)?;
             self.names.insert(name.clone());
-            self.packed.push((name.clone(), Packed::Meta(bytes)));
         } else {
             let mut file = create_file(&path)?;
             self.created.push(path.clone());
@@ -343,9 +343,41 @@ impl ImageWriter {
             crc32c: crc,
             pages: false,
             packed: self.pack,
-            offset: 0,
+            offset,
         });
         Ok(())
+    }
+
+    /// Appends a packed metadata file to `pack.img` (created, with its header block, on first
+    /// use); returns the offset it starts at.
+    fn pack_append(&mut self, bytes: &[u8]) -> Result<u64, ImageError> {
+        let path = self.dir.join(ImageType::Pack.file_name(None));
+        if self.pack_file.is_none() {
+            let mut file = create_file(&path)?;
+            self.created.push(path.clone());
+            self.names.insert(ImageType::Pack.file_name(None));
+            let mut head = vec![0u8; PAGE_SIZE as usize];
+            head[..super::HEADER_LEN].copy_from_slice(&encode_header(ImageType::Pack));
+            file.write_all(&head)
+                .map_err(|e| ImageError::io(&path, "write", e))?;
+            self.pack_file = Some((file, PAGE_SIZE));
+        }
+        let Some((file, len)) = self.pack_file.as_mut() else {
+            return Err(ImageError::PagesState {
+                path,
+                reason: "pack.img not open",
+            });
+        };
+        let offset = *len;
+        file.write_all(bytes)
+            .map_err(|e| ImageError::io(&path, "write", e))?;
+        *len += bytes.len() as u64;
+        if bytes.len() as u64 >= WRITEBACK_FROM {
+            use std::os::fd::AsFd;
+            let _ =
+                crate::sys::parasite_ffi::start_writeback(file.as_fd(), offset, bytes.len() as u64);
+        }
+        Ok(offset)
     }
 
     /// Creates `pages-PID.img` with its header block; the returned file is positioned at
@@ -446,63 +478,56 @@ impl ImageWriter {
             offset: 0,
         });
         if packed {
-            self.packed.push((name, Packed::Pages(pages.file)));
+            self.packed.push((name, pages.file));
         }
         Ok(())
     }
 
-    /// Writes `pack.img`: a header block, the packed metadata files back to back (in name
-    /// order), then the packed page stores (in name order), each from a page boundary (zeros
-    /// in between). Fills in the manifest entries' offsets; returns the file's size.
-    fn write_pack(&mut self) -> Result<u64, ImageError> {
+    /// Completes `pack.img`: after the metadata files written so far, the packed page stores
+    /// (in name order), each from a page boundary (zeros in between). Fills in their manifest
+    /// entries' offsets; returns the pack's size.
+    fn finish_pack(&mut self) -> Result<u64, ImageError> {
         let path = self.dir.join(ImageType::Pack.file_name(None));
-        let mut packed = std::mem::take(&mut self.packed);
-        packed.sort_by(|a, b| {
-            let key = |p: &(String, Packed)| matches!(p.1, Packed::Pages(_));
-            key(a).cmp(&key(b)).then_with(|| a.0.cmp(&b.0))
-        });
-        let mut offsets: std::collections::BTreeMap<String, u64> = Default::default();
-        let mut head = vec![0u8; PAGE_SIZE as usize];
-        head[..super::HEADER_LEN].copy_from_slice(&encode_header(ImageType::Pack));
-        let mut stores = Vec::new();
-        for (name, p) in packed {
-            match p {
-                Packed::Meta(bytes) => {
-                    offsets.insert(name, head.len() as u64);
-                    head.extend_from_slice(&bytes);
-                }
-                Packed::Pages(file) => stores.push((name, file)),
-            }
+        let mut stores = std::mem::take(&mut self.packed);
+        stores.sort_by(|a, b| a.0.cmp(&b.0));
+        if self.pack_file.is_none() {
+            self.pack_append(&[])?;
         }
+        let Some((file, len)) = self.pack_file.as_mut() else {
+            return Err(ImageError::PagesState {
+                path,
+                reason: "pack.img not open",
+            });
+        };
+        let mut pos = *len;
         if !stores.is_empty() {
-            head.resize((head.len() as u64).next_multiple_of(PAGE_SIZE) as usize, 0);
+            let pad = pos.next_multiple_of(PAGE_SIZE) - pos;
+            file.write_all(&vec![0u8; pad as usize])
+                .map_err(|e| ImageError::io(&path, "write", e))?;
+            pos += pad;
         }
-        let mut file = create_file(&path)?;
-        self.created.push(path.clone());
-        self.names.insert(ImageType::Pack.file_name(None));
-        file.write_all(&head)
-            .map_err(|e| ImageError::io(&path, "write", e))?;
-        let mut pos = head.len() as u64;
+        let mut offsets: std::collections::BTreeMap<String, u64> = Default::default();
         for (name, mut store) in stores {
             store
                 .seek(io::SeekFrom::Start(0))
                 .map_err(|e| ImageError::io(&path, "rewind a packed page store", e))?;
-            let n = io::copy(&mut store, &mut file)
+            let n = io::copy(&mut store, file)
                 .map_err(|e| ImageError::io(&path, "copy a page store into", e))?;
             offsets.insert(name, pos);
             pos += n;
         }
-        for e in self.manifest.iter_mut().filter(|e| e.packed) {
+        *len = pos;
+        for e in self.manifest.iter_mut().filter(|e| e.packed && e.pages) {
             e.offset = offsets
                 .get(&e.name)
                 .copied()
                 .ok_or_else(|| ImageError::PagesState {
                     path: self.dir.join(&e.name),
-                    reason: "packed file missing from pack.img",
+                    reason: "packed page store missing from pack.img",
                 })?;
         }
         self.packed_page_bytes = 0;
-        tracing::debug!(path = %path.display(), files = offsets.len(), size = pos, "wrote pack");
+        tracing::debug!(path = %path.display(), stores = offsets.len(), size = pos, "wrote pack");
         Ok(pos)
     }
 
@@ -518,10 +543,10 @@ impl ImageWriter {
                 reason: "page store created but not finished before commit",
             });
         }
-        inventory.pack_size = if self.packed.is_empty() {
+        inventory.pack_size = if self.packed.is_empty() && self.pack_file.is_none() {
             0
         } else {
-            self.write_pack()?
+            self.finish_pack()?
         };
         let mut manifest = std::mem::take(&mut self.manifest);
         manifest.sort_by(|a, b| a.name.cmp(&b.name));

@@ -183,3 +183,15 @@ pub fn kcmp_order(
         )),
     }
 }
+
+/// Lets big allocations come from the heap and freed heap memory stay mapped (up to 32 MiB
+/// per allocation, 64 MiB kept), so that the big buffers cryo allocates and frees in turn
+/// (socket queues, packed images) reuse memory that is already faulted in instead of mapping
+/// fresh pages each time: on these machines first touch costs about 0.6 s per GiB.
+pub fn tune_malloc() {
+    // SAFETY: mallopt only changes allocator parameters; called before any other thread runs.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
+    }
+}
