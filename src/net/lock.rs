@@ -10,12 +10,12 @@
 //! rules when dropped unless it was handed on with [`NetLock::keep`] (a dump that killed the
 //! tree leaves them for restore).
 //!
-//! The rules are added with the tools, run as programs (`nft SCRIPT`, `iptables -w`) from a
-//! thread inside the namespace; their error output is part of the error. Looking an nftables
-//! lock up and removing it go straight to the kernel over nfnetlink (`sys::nft_ffi`): the
-//! `nft` tool took about 4 ms to list the table and 20 ms to delete it here, most of a TCP
-//! restore; the kernel answers in a fraction of a millisecond. Should nfnetlink fail, the tool
-//! does it.
+//! nftables locks are added, looked up and removed straight over nfnetlink (`sys::nft_ffi`),
+//! each change one transaction: the `nft` tool took about 5 ms to add the table, 4 ms to list
+//! it and 20 ms to delete it here, nearly all of it its own start-up, ruleset cache and exit,
+//! while the kernel answers in a fraction of a millisecond. Should nfnetlink fail, the tool
+//! does the same (`nft SCRIPT`, run from a thread inside the namespace). iptables locks are
+//! always made with the tools (`iptables -w`); their error output is part of the error.
 
 use super::Netns;
 use crate::sys::net_ffi::InetAddr;
@@ -131,6 +131,32 @@ fn wire(a: &InetAddr) -> (bool, String) {
     }
 }
 
+/// The keys of `conns` in the lock's sets (IPv4, IPv6), both directions of each.
+fn lock_keys(conns: &[Conn]) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let bytes = |a: &InetAddr| -> Vec<u8> {
+        match a.addr.len() {
+            16 if a.addr[..10].iter().all(|&b| b == 0) && a.addr[10..12] == [0xff, 0xff] => {
+                a.addr[12..].to_vec()
+            }
+            _ => a.addr.clone(),
+        }
+    };
+    let (mut v4, mut v6) = (Vec::new(), Vec::new());
+    for c in conns {
+        let (l, p) = (bytes(&c.local), bytes(&c.peer));
+        let keys = [
+            nft_ffi::lock_key(&l, c.local.port, &p, c.peer.port),
+            nft_ffi::lock_key(&p, c.peer.port, &l, c.local.port),
+        ];
+        if l.len() == 4 {
+            v4.extend(keys);
+        } else {
+            v6.extend(keys);
+        }
+    }
+    (v4, v6)
+}
+
 /// Firewall rules of one checkpoint in one network namespace.
 #[derive(Debug)]
 pub struct NetLock {
@@ -138,6 +164,9 @@ pub struct NetLock {
     name: String,
     ns: Netns,
     armed: bool,
+    /// The nfnetlink socket that added the rules, closed with the lock (see
+    /// `nft_ffi::add_lock_table`).
+    nl: Option<std::os::fd::OwnedFd>,
 }
 
 impl NetLock {
@@ -157,14 +186,28 @@ impl NetLock {
         name: &str,
         conns: &[Conn],
     ) -> Result<NetLock, LockError> {
-        let lock = NetLock {
+        let mut lock = NetLock {
             backend,
             name: name.to_string(),
             ns,
             armed: true,
+            nl: None,
         };
         let res = match backend {
-            Backend::Nftables => lock.nft(&lock.nft_script(conns), "adding the rules"),
+            Backend::Nftables => {
+                let (keys4, keys6) = lock_keys(conns);
+                match lock.nfnl(|n| nft_ffi::add_lock_table(n, PASS_MARK, &keys4, &keys6)) {
+                    Ok(sock) => {
+                        lock.nl = Some(sock);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        // Nothing was added (one transaction): the tool tries.
+                        tracing::debug!(lock = %lock.id(), error = %e, "nfnetlink failed; asking nft");
+                        lock.nft(&lock.nft_script(conns), "adding the rules")
+                    }
+                }
+            }
             Backend::Iptables => lock.ipt_lock(conns),
         };
         match res {
@@ -190,6 +233,7 @@ impl NetLock {
             name: name.to_string(),
             ns,
             armed: false,
+            nl: None,
         };
         let present = match backend {
             Backend::Nftables => {
