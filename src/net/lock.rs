@@ -12,8 +12,9 @@
 //!
 //! nftables locks are added, looked up and removed straight over nfnetlink (`sys::nft_ffi`),
 //! each change one transaction: the `nft` tool took about 5 ms to add the table, 4 ms to list
-//! it and 20 ms to delete it here, nearly all of it its own start-up, ruleset cache and exit,
-//! while the kernel answers in a fraction of a millisecond. Should nfnetlink fail, the tool
+//! it and 20 ms to delete it here, most of it its own start-up and ruleset cache; the kernel
+//! answers in a fraction of a millisecond (a delete still waits for the kernel to release it
+//! when its socket closes, 5-15 ms, see `nft_ffi`). Should nfnetlink fail, the tool
 //! does the same (`nft SCRIPT`, run from a thread inside the namespace). iptables locks are
 //! always made with the tools (`iptables -w`); their error output is part of the error.
 
