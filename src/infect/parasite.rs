@@ -607,7 +607,7 @@ impl Parasite {
     }
 
     /// Reads up to `bytes` of pages directly instead of streaming them (default
-    /// [`DIRECT_READ_MAX`]; 0 always streams). Only useful to test both paths; the output does
+    /// `DIRECT_READ_MAX`, 2 MiB; 0 always streams). Only useful to test both paths; the output does
     /// not change.
     pub fn set_direct_read_max(&mut self, bytes: u64) {
         self.direct_max = bytes;
