@@ -13,8 +13,9 @@
 //! nftables locks are added, looked up and removed straight over nfnetlink (`sys::nft_ffi`),
 //! each change one transaction: the `nft` tool took about 5 ms to add the table, 4 ms to list
 //! it and 20 ms to delete it here, most of it its own start-up and ruleset cache; the kernel
-//! answers in a fraction of a millisecond (a delete still waits for the kernel to release it
-//! when its socket closes, 5-15 ms, see `nft_ffi`). Should nfnetlink fail, the tool
+//! answers in a fraction of a millisecond (closing the socket of a delete waits 5-15 ms for
+//! the kernel to release it: a short-lived child does that close, see `nft_ffi`). Should
+//! nfnetlink fail, the tool
 //! does the same (`nft SCRIPT`, run from a thread inside the namespace). iptables locks are
 //! always made with the tools (`iptables -w`); their error output is part of the error.
 
@@ -279,7 +280,14 @@ impl NetLock {
         match self.backend {
             Backend::Nftables => {
                 match self.nfnl(|n| nft_ffi::delete_table(nft_ffi::NFPROTO_INET, n)) {
-                    Ok(()) => Ok(()),
+                    Ok(sock) => {
+                        // The rules are gone; the socket's close would still wait for the
+                        // kernel to release them (see nft_ffi).
+                        if let Err(e) = crate::sys::proc_ctl::close_in_child(sock) {
+                            tracing::debug!(error = %e, "closing the nfnetlink socket here");
+                        }
+                        Ok(())
+                    }
                     Err(e) => {
                         tracing::debug!(lock = %self.id(), error = %e, "nfnetlink delete failed; asking nft");
                         self.nft(

@@ -4,7 +4,9 @@
 //! for these here, most of it its start-up and ruleset cache; the kernel answers each in well
 //! under a millisecond. One cost stays: closing a socket right after it committed a change
 //! waits for the kernel to release the transaction (an RCU grace period, 5-15 ms here), so
-//! [`add_lock_table`] hands its socket back to be closed later.
+//! [`add_lock_table`] and [`delete_table`] hand their socket back: the lock keeps the first
+//! until its end, and has the second closed by a short-lived child
+//! (`proc_ctl::close_in_child`).
 //!
 //! Messages: a netlink header, a `nfgenmsg` (family, version 0, resource id), then attributes.
 //! Changes go in a batch (`NFNL_MSG_BATCH_BEGIN` ... `NFNL_MSG_BATCH_END`), which the kernel
@@ -220,8 +222,9 @@ pub fn table_exists(family: u8, name: &str) -> SysResult<bool> {
     }
 }
 
-/// Deletes the table `name` of `family` and everything in it, in one transaction.
-pub fn delete_table(family: u8, name: &str) -> SysResult<()> {
+/// Deletes the table `name` of `family` and everything in it, in one transaction. Returns the
+/// socket, whose close waits for the kernel to release the transaction (see the module docs).
+pub fn delete_table(family: u8, name: &str) -> SysResult<OwnedFd> {
     let sock = socket()?;
     let name = name_attr(name);
     let request = libc::NLM_F_REQUEST as u16;
@@ -237,7 +240,7 @@ pub fn delete_table(family: u8, name: &str) -> SysResult<()> {
     batch.extend(message(BATCH_END, request, 3, 0, SUBSYS_NFTABLES, &[]));
     send(&sock, &batch)?;
     match answer(&sock, 2, u16::MAX)? {
-        (0, _) => Ok(()),
+        (0, _) => Ok(sock),
         (e, _) => Err(SysError::from_errno("nftables delete table", -e)),
     }
 }
@@ -562,7 +565,7 @@ mod kernel_tests {
             return;
         }
         assert!(table_exists(NFPROTO_INET, &name).unwrap());
-        delete_table(NFPROTO_INET, &name).unwrap();
+        drop(delete_table(NFPROTO_INET, &name).unwrap());
         assert!(!table_exists(NFPROTO_INET, &name).unwrap());
         let err = delete_table(NFPROTO_INET, &name).unwrap_err();
         assert_eq!(err.errno, libc::ENOENT, "{err}");

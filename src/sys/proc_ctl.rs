@@ -195,3 +195,30 @@ pub fn tune_malloc() {
         libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
     }
 }
+
+/// Has `fd` closed for the last time by a short-lived child rather than by cryo: the child
+/// inherits it, cryo closes its own copy (not the last reference, so it returns at once), and
+/// the child exits as soon as it sees cryo done (a pipe closing), taking whatever the final
+/// close waits for with it. For an nfnetlink socket that just committed a change, that wait is
+/// the kernel releasing the transaction (an RCU grace period, 5-15 ms here). The child is not
+/// waited for: it is reaped by whoever adopts it when cryo exits.
+pub fn close_in_child(fd: OwnedFd) -> SysResult<()> {
+    let (r, w) = super::task::pipe()?;
+    // SAFETY: fork in a possibly multi-threaded process: the child only calls close(2),
+    // read(2) and _exit(2), which are async-signal-safe, and touches no lock or allocation.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: as above; buf is a valid one-byte buffer.
+        unsafe {
+            libc::close(w);
+            let mut buf = 0u8;
+            libc::read(r, (&mut buf as *mut u8).cast(), 1);
+            libc::_exit(0);
+        }
+    }
+    let forked = check("fork", pid as libc::c_long);
+    drop(fd);
+    super::task::close(w);
+    super::task::close(r);
+    forked.map(drop)
+}
