@@ -358,7 +358,7 @@ fn open_pack(
 }
 
 /// Checks a file's size against its manifest entry.
-fn check_size(path: &Path, entry: &ManifestEntry, found: u64) -> Result<(), ImageError> {
+pub(crate) fn check_size(path: &Path, entry: &ManifestEntry, found: u64) -> Result<(), ImageError> {
     if found != entry.size {
         return Err(ImageError::SizeMismatch {
             path: path.to_owned(),

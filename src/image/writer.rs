@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use crate::proto::{FileDigest, Inventory, ManifestEntry, PageRun};
 
 use super::format::{encode_header, encode_records, PAGE_SIZE};
-use super::reader::open_image;
+use super::reader::{check_size, open_image};
 use super::sign::{self, SignKey, SIGNATURE_FILE};
 use super::{ImageError, ImageType, FORMAT_MAJOR, FORMAT_MINOR, INVENTORY_FILE};
 
@@ -621,13 +621,7 @@ impl ImageWriter {
                 (Some(f), true) => sign::sha256_range(f, &pack, entry.offset, entry.size)?,
                 _ => {
                     let (file, len) = open_image(&path, true)?;
-                    if len != entry.size {
-                        return Err(ImageError::SizeMismatch {
-                            path,
-                            expected: entry.size,
-                            found: len,
-                        });
-                    }
+                    check_size(&path, entry, len)?;
                     sign::sha256_file(&file, &path, len)?
                 }
             };

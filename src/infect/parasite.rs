@@ -1188,17 +1188,8 @@ impl Parasite {
                 (Some(r), Some(g)) => (r, g),
                 _ => return Err(InfectError::Cured { pid }),
             };
-            let mut regs = *remote.saved_regs();
-            regs.rip = gadget;
+            let mut regs = remote.call_regs(gadget, nr, args);
             regs.rsp = (region.base + region.len - 64) & !15;
-            regs.rax = nr as u64;
-            regs.orig_rax = u64::MAX;
-            regs.rdi = args[0];
-            regs.rsi = args[1];
-            regs.rdx = args[2];
-            regs.r10 = args[3];
-            regs.r8 = args[4];
-            regs.r9 = args[5];
             self.run_regs(regs, step)?;
             let out = ptrace::get_regs(pid).map_err(|source| InfectError::Sys {
                 pid,

@@ -172,7 +172,7 @@ impl RemoteTask {
 
     /// The saved registers set up to run syscall `nr` with `args` at `rip`, with
     /// `orig_rax = -1` (no syscall-restart logic on our borrowed frame).
-    fn call_regs(&self, rip: u64, nr: libc::c_long, args: [u64; 6]) -> libc::user_regs_struct {
+    pub fn call_regs(&self, rip: u64, nr: libc::c_long, args: [u64; 6]) -> libc::user_regs_struct {
         let mut regs = self.saved;
         regs.rip = rip;
         regs.rax = nr as u64;

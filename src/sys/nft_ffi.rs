@@ -124,56 +124,19 @@ fn send(sock: &OwnedFd, bytes: &[u8]) -> SysResult<()> {
     check("sendto(nfnetlink)", r as libc::c_long).map(drop)
 }
 
-/// Reads answers until the acknowledgement of message `seq`; returns its error code (0 or a
-/// negative errno) and whether a message of type `want` came before it.
-fn answer(sock: &OwnedFd, seq: u32, want: u16) -> SysResult<(i32, bool)> {
-    let bad = || SysError::from_errno("nfnetlink answer", libc::EPROTO);
-    let mut buf = vec![0u8; 64 << 10];
-    let mut seen = false;
-    loop {
-        // SAFETY: buf is a valid writable buffer.
-        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        let n = check("recv(nfnetlink)", n as libc::c_long)? as usize;
-        let mut i = 0;
-        while i + 16 <= n {
-            let field = |at: usize, len: usize| buf.get(i + at..i + at + len).ok_or_else(bad);
-            let len = u32::from_ne_bytes(field(0, 4)?.try_into().map_err(|_| bad())?) as usize;
-            let kind = u16::from_ne_bytes(field(4, 2)?.try_into().map_err(|_| bad())?);
-            let mseq = u32::from_ne_bytes(field(8, 4)?.try_into().map_err(|_| bad())?);
-            if len < 16 || i + len > n {
-                return Err(bad());
-            }
-            if kind == NLMSG_ERROR && mseq == seq {
-                let code = i32::from_ne_bytes(field(16, 4)?.try_into().map_err(|_| bad())?);
-                return Ok((code, seen));
-            }
-            if kind == NLMSG_ERROR {
-                // The answer to another message of the batch (begin or end): an error there
-                // is the batch's.
-                let code = i32::from_ne_bytes(field(16, 4)?.try_into().map_err(|_| bad())?);
-                if code != 0 {
-                    return Ok((code, seen));
-                }
-            }
-            if kind == want {
-                seen = true;
-            }
-            if kind == NLMSG_DONE {
-                return Err(bad());
-            }
-            i += len.next_multiple_of(4);
-        }
-    }
-}
-
-/// Reads acknowledgements until every message of `seqs` has one; returns the first error
-/// code (a negative errno) at once, 0 when all succeeded.
-fn answer_all(sock: &OwnedFd, seqs: std::ops::RangeInclusive<u32>) -> SysResult<i32> {
+/// Reads answers until every message of `seqs` is acknowledged; returns the first error code
+/// (a negative errno, at once) or 0, and whether a message of type `want` came meanwhile.
+fn answer(
+    sock: &OwnedFd,
+    seqs: std::ops::RangeInclusive<u32>,
+    want: u16,
+) -> SysResult<(i32, bool)> {
     let bad = || SysError::from_errno("nfnetlink answer", libc::EPROTO);
     let mut buf = vec![0u8; 64 << 10];
     let mut acked = std::collections::BTreeSet::new();
-    let want = seqs.clone().count();
-    while acked.len() < want {
+    let count = seqs.clone().count();
+    let mut seen = false;
+    while acked.len() < count {
         // SAFETY: buf is a valid writable buffer.
         let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
         let n = check("recv(nfnetlink)", n as libc::c_long)? as usize;
@@ -190,19 +153,25 @@ fn answer_all(sock: &OwnedFd, seqs: std::ops::RangeInclusive<u32>) -> SysResult<
             if len < 16 || i + len > n {
                 return Err(bad());
             }
-            if kind == NLMSG_ERROR {
-                let code = i32::from_ne_bytes(word(16)?);
-                if code != 0 {
-                    return Ok(code);
+            match kind {
+                // An error answers any message of the batch (begin and end included).
+                NLMSG_ERROR => {
+                    let code = i32::from_ne_bytes(word(16)?);
+                    if code != 0 {
+                        return Ok((code, seen));
+                    }
+                    if seqs.contains(&seq) {
+                        acked.insert(seq);
+                    }
                 }
-                if seqs.contains(&seq) {
-                    acked.insert(seq);
-                }
+                NLMSG_DONE => return Err(bad()),
+                k if k == want => seen = true,
+                _ => {}
             }
             i += len.next_multiple_of(4);
         }
     }
-    Ok(0)
+    Ok((0, seen))
 }
 
 /// Whether the table `name` of `family` exists (in the calling thread's network namespace).
@@ -215,7 +184,7 @@ pub fn table_exists(family: u8, name: &str) -> SysResult<bool> {
         &sock,
         &message(kind, flags, 1, family, 0, &[(TABLE_NAME, &name)]),
     )?;
-    match answer(&sock, 1, (SUBSYS_NFTABLES << 8) | MSG_NEWTABLE)? {
+    match answer(&sock, 1..=1, (SUBSYS_NFTABLES << 8) | MSG_NEWTABLE)? {
         (0, found) => Ok(found),
         (e, _) if -e == libc::ENOENT => Ok(false),
         (e, _) => Err(SysError::from_errno("nftables get table", -e)),
@@ -239,7 +208,7 @@ pub fn delete_table(family: u8, name: &str) -> SysResult<OwnedFd> {
     ));
     batch.extend(message(BATCH_END, request, 3, 0, SUBSYS_NFTABLES, &[]));
     send(&sock, &batch)?;
-    match answer(&sock, 2, u16::MAX)? {
+    match answer(&sock, 2..=2, u16::MAX)? {
         (0, _) => Ok(sock),
         (e, _) => Err(SysError::from_errno("nftables delete table", -e)),
     }
@@ -512,7 +481,7 @@ pub fn add_lock_table(
         &[],
     ));
     send(&sock, &batch)?;
-    match answer_all(&sock, 2..=last)? {
+    match answer(&sock, 2..=last, u16::MAX)?.0 {
         0 => Ok(sock),
         e => Err(SysError::from_errno("nftables add the lock table", -e)),
     }
