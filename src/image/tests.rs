@@ -230,6 +230,15 @@ fn write_checkpoint_signed(dir: &Path, key: Option<SignKey>) -> Vec<(i32, Vec<Pa
     all_runs
 }
 
+/// Writes `invs` as the inventory file at `path` (framing and checksums valid).
+fn put_inventory(path: &Path, invs: &[Inventory]) {
+    fs::write(
+        path,
+        encode_records(path, ImageType::Inventory, invs).unwrap(),
+    )
+    .unwrap();
+}
+
 fn names_in(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(dir)
         .unwrap()
@@ -568,8 +577,7 @@ fn newer_major_is_refused() {
     // The version inside the inventory record is checked too.
     let mut newer = inventory();
     newer.format_major = 3;
-    let bytes = encode_records(&inv, ImageType::Inventory, &[newer]).unwrap();
-    fs::write(&inv, &bytes).unwrap();
+    put_inventory(&inv, &[newer]);
     let err = ImageReader::open(&dir).unwrap_err();
     assert!(
         matches!(err, ImageError::UnsupportedVersion { major: 3, .. }),
@@ -686,11 +694,7 @@ fn bad_manifests_are_refused() {
     for (what, change) in cases {
         let mut inv = good.clone();
         change(&mut inv);
-        fs::write(
-            &inv_path,
-            encode_records(&inv_path, ImageType::Inventory, &[inv]).unwrap(),
-        )
-        .unwrap();
+        put_inventory(&inv_path, &[inv]);
         let err = ImageReader::open(&dir).unwrap_err();
         assert!(
             matches!(err, ImageError::BadManifest { .. }),
@@ -698,26 +702,13 @@ fn bad_manifests_are_refused() {
         );
     }
     // Two inventory records.
-    fs::write(
-        &inv_path,
-        encode_records(
-            &inv_path,
-            ImageType::Inventory,
-            &[good.clone(), good.clone()],
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    put_inventory(&inv_path, &[good.clone(), good.clone()]);
     let err = ImageReader::open(&dir).unwrap_err();
     assert!(
         matches!(err, ImageError::RecordNumber { found: 2, .. }),
         "{err}"
     );
-    fs::write(
-        &inv_path,
-        encode_records(&inv_path, ImageType::Inventory, &[good]).unwrap(),
-    )
-    .unwrap();
+    put_inventory(&inv_path, &[good]);
     ImageReader::open(&dir).unwrap();
 }
 
@@ -1228,11 +1219,7 @@ fn forge_file(dir: &Path, name: &str, bytes: &[u8]) {
         e.crc32c = crc32c::crc32c(bytes);
     }
     let inv_path = dir.join(INVENTORY_FILE);
-    fs::write(
-        &inv_path,
-        encode_records(&inv_path, ImageType::Inventory, &[inv]).unwrap(),
-    )
-    .unwrap();
+    put_inventory(&inv_path, &[inv]);
 }
 
 #[test]
@@ -1754,11 +1741,7 @@ fn pack_layouts_other_than_the_writers_are_refused() {
     for (what, change) in cases {
         let mut inv = good.clone();
         change(&mut inv);
-        fs::write(
-            &inv_path,
-            encode_records(&inv_path, ImageType::Inventory, &[inv]).unwrap(),
-        )
-        .unwrap();
+        put_inventory(&inv_path, &[inv]);
         let err = ImageReader::open(&dir).unwrap_err();
         assert!(
             matches!(
@@ -1770,11 +1753,7 @@ fn pack_layouts_other_than_the_writers_are_refused() {
             "{what}: {err}"
         );
     }
-    fs::write(
-        &inv_path,
-        encode_records(&inv_path, ImageType::Inventory, &[good]).unwrap(),
-    )
-    .unwrap();
+    put_inventory(&inv_path, &[good]);
     ImageReader::open(&dir).unwrap();
 }
 
