@@ -205,6 +205,19 @@ wait_gone() { # wait_gone PID: until it no longer runs (a zombie counts as gone)
 	return 1
 }
 
+# kill_tree PID: SIGKILL to PID and every descendant (a workload's children would otherwise
+# wait for a check that never comes, and keep running after the run).
+kill_tree() {
+	local p kids=()
+	for p in $(cat /proc/"$1"/task/*/children 2>/dev/null); do
+		kids+=("$p")
+	done
+	kill -KILL "$1" 2>/dev/null || true
+	for p in "${kids[@]}"; do
+		kill_tree "$p"
+	done
+}
+
 # One measured run: prints "dump_s restore_s image_bytes dump_rss_kib restore_rss_kib", or
 # "FAIL reason".
 one_run() {
@@ -244,13 +257,13 @@ one_run() {
 	esac
 	stamp t0
 	if ! measure "$dir/dump.rss" "${dump[@]}" >"$dir/dump.out" 2>&1; then
-		kill -KILL "$pid" 2>/dev/null || true
+		kill_tree "$pid"
 		wait "$pid" 2>/dev/null || true
 		echo "FAIL dump: $(tail -n 1 "$dir/dump.out")"
 		return
 	fi
 	stamp t1
-	[ "$tool" = floor ] && kill -KILL "$pid"
+	[ "$tool" = floor ] && kill_tree "$pid"
 	wait "$pid" 2>/dev/null || true
 	bytes=$(du -sb "$img" | cut -f1)
 
@@ -263,11 +276,11 @@ one_run() {
 	if [ "$tool" != floor ]; then
 		touch "$dir/cwd/check"
 		if ! wait_file "$dir/cwd/result" || [ "$(cat "$dir/cwd/result")" != PASS ]; then
-			kill -KILL "$pid" 2>/dev/null || true
+			kill_tree "$pid"
 			echo "FAIL restored process: $(cat "$dir/cwd/result" 2>/dev/null || echo no result)"
 			return
 		fi
-		wait_gone "$pid" || kill -KILL "$pid" 2>/dev/null || true
+		wait_gone "$pid" || kill_tree "$pid"
 	fi
 	if [ -n "$client" ]; then
 		if ! wait "$client"; then

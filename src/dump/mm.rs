@@ -11,9 +11,12 @@ use crate::infect::PageRunReq;
 use crate::proto::{FileId, MmState, Vma, VmaKind};
 use crate::sys::pagemap::{self as scan, PageRegion};
 use crate::sys::PAGE_SIZE;
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
+use std::sync::Mutex;
 
 const PM_PRESENT: u64 = 1 << 63;
 const PM_SWAP: u64 = 1 << 62;
@@ -158,11 +161,58 @@ impl Pagemap {
     }
 }
 
+/// The identity of mapped files (dev, ino, size, mtime), by the device and inode that
+/// /proc/PID/maps prints for them, shared by every process of a dump: one stat through
+/// `map_files` per file instead of one per mapping (a process maps its libc four or five
+/// times, and the processes of a tree mostly map the same files; the stats and the proc
+/// dentries they create and kill were a sixth of a tree dump's CPU time).
+#[derive(Default)]
+pub struct MappedFiles(Mutex<HashMap<MapKey, FileId>>);
+
+/// A mapped file as /proc/PID/maps names it: (device (major, minor), inode).
+type MapKey = ((u32, u32), u64);
+
+impl MappedFiles {
+    /// The identity of the file mapped by `m` (a mapping of `pid` with a file behind it).
+    fn identify(&self, pid: i32, m: &MapEntry) -> Result<FileId, DumpError> {
+        let key = (m.dev, m.inode);
+        // Inode 0 names no file: never share an answer for it.
+        if m.inode != 0 {
+            if let Some(id) = self.lock().get(&key) {
+                return Ok(FileId {
+                    path: m.path.clone(),
+                    ..id.clone()
+                });
+            }
+        }
+        let st = proc::map_file_metadata(pid, m.start, m.end)?;
+        let id = FileId {
+            path: m.path.clone(),
+            dev: st.dev(),
+            ino: st.ino(),
+            size: st.size(),
+            mtime_ns: st
+                .mtime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(st.mtime_nsec()),
+        };
+        if m.inode != 0 {
+            self.lock().insert(key, id.clone());
+        }
+        Ok(id)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<MapKey, FileId>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// The VMAs of `pid`, the page runs to store (never crossing a VMA boundary), and how many
 /// present pages were left out because they are the shared zero page.
 pub fn collect_vmas(
     pid: i32,
     maps: &[MapEntry],
+    files: &MappedFiles,
 ) -> Result<(Vec<Vma>, Vec<PageRunReq>, u64), DumpError> {
     let mut vmas = Vec::with_capacity(maps.len());
     let mut runs: Vec<PageRunReq> = Vec::new();
@@ -184,14 +234,7 @@ pub fn collect_vmas(
             kind,
             VmaKind::VmaFilePrivate | VmaKind::VmaFileShared | VmaKind::VmaAnonShared
         ) {
-            let st = proc::map_file_stat(pid, m.start, m.end)?;
-            Some(FileId {
-                path: m.path.clone(),
-                dev: st.dev,
-                ino: st.ino,
-                size: st.size,
-                mtime_ns: st.mtime_ns,
-            })
+            Some(files.identify(pid, m)?)
         } else {
             None
         };
@@ -219,21 +262,23 @@ pub fn collect_vmas(
     Ok((vmas, runs, zero_mapped))
 }
 
-/// The mm fields from /proc/PID/stat, auxv and exe; `brk` comes from the task itself.
-pub fn collect_mm(pid: i32, vmas: Vec<Vma>, brk: u64) -> Result<MmState, DumpError> {
-    let st = proc::read_stat(pid)?;
-    let exe_path = proc::read_link(pid, "exe")?;
+/// The mm fields from /proc/PID/stat (`st`), auxv and exe (`exe_path`, its link); `brk`
+/// comes from the task itself.
+pub fn collect_mm(
+    pid: i32,
+    vmas: Vec<Vma>,
+    brk: u64,
+    st: &proc::ProcStat,
+    exe_path: String,
+) -> Result<MmState, DumpError> {
     let exe = std::fs::metadata(format!("/proc/{pid}/exe"))
         .ok()
-        .map(|md| {
-            use std::os::unix::fs::MetadataExt;
-            FileId {
-                path: exe_path.clone(),
-                dev: md.dev(),
-                ino: md.ino(),
-                size: md.size(),
-                mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
-            }
+        .map(|md| FileId {
+            path: exe_path.clone(),
+            dev: md.dev(),
+            ino: md.ino(),
+            size: md.size(),
+            mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
         });
     Ok(MmState {
         vmas,
@@ -251,4 +296,37 @@ pub fn collect_mm(pid: i32, vmas: Vec<Vma>, brk: u64) -> Result<MmState, DumpErr
         auxv: proc::read_auxv(pid)?,
         exe,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mapped_files_answer_once_per_file_and_keep_each_path() {
+        let pid = std::process::id() as i32;
+        let maps = proc::read_maps(pid).unwrap();
+        let exe = proc::read_link(pid, "exe").unwrap();
+        let mine: Vec<&MapEntry> = maps.iter().filter(|m| m.path == exe).collect();
+        assert!(mine.len() >= 2, "the test binary is mapped more than once");
+        let files = MappedFiles::default();
+        let meta = std::fs::metadata(&exe).unwrap();
+        for m in &mine {
+            let id = files.identify(pid, m).unwrap();
+            assert_eq!(id.path, exe);
+            assert_eq!(
+                (id.dev, id.ino, id.size),
+                (meta.dev(), meta.ino(), meta.size())
+            );
+        }
+        // One entry for the binary, whatever the number of its mappings.
+        assert_eq!(files.lock().len(), 1);
+        // A cached answer is never used for another file: a different inode asks again (and
+        // here fails, as no such mapping exists).
+        let mut other = (*mine[0]).clone();
+        other.inode += 1;
+        other.start = 0x1000;
+        other.end = 0x2000;
+        assert!(files.identify(pid, &other).is_err());
+    }
 }

@@ -219,6 +219,7 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats, DumpError> {
     writer.set_sign_key_file(opts.sign_key.as_deref())?;
     let writer: SharedWriter = Mutex::new(Some(writer));
     let progress = Progress::new("dumping pages", 0);
+    let files = mm::MappedFiles::default();
     let workers = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
         .clamp(2, MAX_TRACERS);
@@ -226,7 +227,7 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats, DumpError> {
     // writer committed or abandoned) by the time it ends.
     std::thread::scope(|s| {
         let tracers = Tracers::start(s, workers);
-        dump_tree(opts, &tracers, &writer, &progress)
+        dump_tree(opts, &tracers, &writer, &progress, &files)
     })
 }
 
@@ -236,6 +237,7 @@ fn dump_tree<'scope>(
     tracers: &Tracers<'scope>,
     writer: &'scope SharedWriter,
     progress: &'scope Progress,
+    files: &'scope mm::MappedFiles,
 ) -> Result<DumpStats, DumpError> {
     let pid = opts.pid;
     let t0 = Instant::now();
@@ -289,7 +291,9 @@ fn dump_tree<'scope>(
         }
         Ok(())
     };
-    let mut collected = collect_all(tracers, &procs, writer, progress, &mut stats, write_fds)?;
+    let mut collected = collect_all(
+        tracers, &procs, writer, progress, files, &mut stats, write_fds,
+    )?;
     let mut entries = Vec::with_capacity(procs.len());
     for p in &procs {
         entries.push(match p.zombie {
@@ -390,6 +394,7 @@ fn collect_all<'scope>(
     procs: &[SeizedProc],
     writer: &'scope SharedWriter,
     progress: &'scope Progress,
+    files: &'scope mm::MappedFiles,
     stats: &mut DumpStats,
     meanwhile: impl FnOnce() -> Result<(), DumpError>,
 ) -> Result<std::collections::BTreeMap<i32, PstreeEntry>, DumpError> {
@@ -407,7 +412,7 @@ fn collect_all<'scope>(
                 }
                 let now = running.0.fetch_add(1, Ordering::SeqCst) + 1;
                 running.1.fetch_max(now, Ordering::SeqCst);
-                let r = collect(&p, writer, progress);
+                let r = collect(&p, writer, progress, files);
                 running.0.fetch_sub(1, Ordering::SeqCst);
                 if r.is_err() {
                     failed.store(true, Ordering::SeqCst);
@@ -518,15 +523,18 @@ fn collect(
     p: &SeizedProc,
     writer: &SharedWriter,
     progress: &Progress,
+    files: &mm::MappedFiles,
 ) -> Result<(PstreeEntry, DumpStats), DumpError> {
     let mut stats = DumpStats::default();
     let pid = p.pid;
     let stat = proc::read_stat(pid)?;
     let status = proc::read_status(pid)?;
-    let maps_text = std::fs::read_to_string(format!("/proc/{pid}/maps"))
-        .map_err(|_| DumpError::Gone { pid })?;
+    let maps_text = proc::read_whole(std::path::Path::new(&format!("/proc/{pid}/maps")))
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or(DumpError::Gone { pid })?;
     let maps = proc::parse_maps(&maps_text)?;
-    let (vmas, runs, zero_mapped) = mm::collect_vmas(pid, &maps)?;
+    let (vmas, runs, zero_mapped) = mm::collect_vmas(pid, &maps, files)?;
     stats.pages_scanned += runs.iter().map(|r| r.nr_pages).sum::<u64>();
 
     // Per-thread state readable through ptrace, before anything in the task changes.
@@ -605,10 +613,11 @@ fn collect(
         leader.altstack_flags = ss_flags;
         leader.clear_tid_addr = tid_addr;
     }
-    let personality = std::fs::read_to_string(format!("/proc/{pid}/personality"))
+    let personality = proc::read_whole(std::path::Path::new(&format!("/proc/{pid}/personality")))
         .ok()
-        .and_then(|s| u32::from_str_radix(s.trim(), 16).ok())
+        .and_then(|b| u32::from_str_radix(String::from_utf8_lossy(&b).trim(), 16).ok())
         .unwrap_or(0);
+    let exe = proc::read_link(pid, "exe")?;
     let core = ProcessCore {
         pid,
         sigactions,
@@ -632,10 +641,10 @@ fn collect(
             groups: status.groups.clone(),
         }),
         personality,
-        exe: proc::read_link(pid, "exe")?,
+        exe: exe.clone(),
         exit_signal: stat.exit_signal,
     };
-    let mm = mm::collect_mm(pid, vmas, brk)?;
+    let mm = mm::collect_mm(pid, vmas, brk, &stat, exe)?;
     with_writer(writer, |w| {
         w.write(ImageType::Core, Some(pid), &[core])?;
         w.write(ImageType::Tasks, Some(pid), &tasks)?;

@@ -13,7 +13,7 @@
 //! the middle of a multi-byte character) is decoded lossily.
 
 use std::fs::{self, File, Metadata};
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
@@ -160,7 +160,7 @@ impl Task {
     fn read_bytes(&self, name: &str) -> Result<(PathBuf, Vec<u8>), ProcError> {
         let path = self.file(name);
         trace!(pid = self.id, path = %path.display(), "read");
-        match fs::read(&path) {
+        match read_whole(&path) {
             Ok(bytes) => Ok((path, bytes)),
             Err(e) => Err(self.error(&path, e)),
         }
@@ -190,6 +190,28 @@ impl Task {
             .into_string()
             .map_err(|_| ProcError::NotUtf8 { path })
     }
+}
+
+/// Reads a whole `/proc` file. `fs::read` first asks the file its size (statx and lseek, two
+/// more syscalls per file, and `/proc` files report 0 anyway); this reads page-sized chunks
+/// until end of file.
+pub fn read_whole(path: &Path) -> io::Result<Vec<u8>> {
+    let mut file = File::open(path)?;
+    let mut buf = vec![0u8; 4096];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            buf.resize(len * 2, 0);
+        }
+        match file.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(len);
+    Ok(buf)
 }
 
 /// Builds a parse error for line `line` (1-based) of the file labelled `file`.
@@ -395,12 +417,17 @@ fn file_stat(path: String, m: &Metadata) -> FileStat {
 /// mapped file through `/proc/PID/map_files/START-END` (which needs CAP_SYS_ADMIN). `start` and
 /// `end` must be exactly the bounds of one mapping from [`read_maps`].
 pub fn map_file_stat(pid: i32, start: u64, end: u64) -> Result<FileStat, ProcError> {
-    let task = Task::process(pid);
-    let name = format!("map_files/{start:x}-{end:x}");
-    let path = task.file(&name);
-    let meta = fs::metadata(&path).map_err(|e| task.error(&path, e))?;
-    let target = task.read_link(&name)?;
+    let meta = map_file_metadata(pid, start, end)?;
+    let target = Task::process(pid).read_link(&format!("map_files/{start:x}-{end:x}"))?;
     Ok(file_stat(target, &meta))
+}
+
+/// stat() of the file mapped at exactly `start`-`end`, through `/proc/PID/map_files` (no
+/// readlink: for when the path from maps will do).
+pub fn map_file_metadata(pid: i32, start: u64, end: u64) -> Result<Metadata, ProcError> {
+    let task = Task::process(pid);
+    let path = task.file(&format!("map_files/{start:x}-{end:x}"));
+    fs::metadata(&path).map_err(|e| task.error(&path, e))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1110,9 +1137,15 @@ pub fn read_timers(pid: i32) -> Result<Vec<ProcTimer>, ProcError> {
 /// Resident memory of a process in bytes (`/proc/PID/statm`), 0 if unreadable: only a hint
 /// for spreading processes over tracer threads.
 pub fn resident_bytes(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/statm"))
+    read_whole(Path::new(&format!("/proc/{pid}/statm")))
         .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .and_then(|b| {
+            String::from_utf8_lossy(&b)
+                .split_whitespace()
+                .nth(1)?
+                .parse::<u64>()
+                .ok()
+        })
         .map_or(0, |pages| pages * crate::sys::PAGE_SIZE)
 }
 
@@ -1781,6 +1814,22 @@ mod tests {
             map_file_stat(pid, anon.start, anon.end),
             Err(ProcError::Io { .. })
         ));
+    }
+
+    #[test]
+    fn read_whole_reads_past_a_page() {
+        // smaps of a test process is many pages long; /proc files report size 0.
+        let path = Path::new("/proc/self/smaps");
+        let got = read_whole(path).unwrap();
+        assert!(got.len() > 4096, "only {} bytes", got.len());
+        assert!(got.ends_with(b"\n"));
+        // A regular file bigger than a page, byte for byte.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        fs::write(&file, &data).unwrap();
+        assert_eq!(read_whole(&file).unwrap(), data);
+        assert!(read_whole(&dir.path().join("missing")).is_err());
     }
 
     #[test]

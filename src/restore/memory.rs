@@ -16,18 +16,22 @@ const PR_SET_MM_MAP: u64 = 14;
 const RSEQ_FLAG_UNREGISTER: u64 = 1;
 
 /// One line of /proc/PID/maps, as much as restore needs of it.
-struct CurMap {
+pub struct CurMap {
     start: u64,
     end: u64,
     name: String,
 }
 
-fn current_maps(pid: i32) -> Result<Vec<CurMap>, RestoreError> {
+/// The text of /proc/PID/maps.
+pub fn maps_text(pid: i32) -> Result<String, RestoreError> {
     let path = format!("/proc/{pid}/maps");
-    let text = std::fs::read_to_string(&path).map_err(|source| RestoreError::Io {
-        path: path.clone(),
-        source,
-    })?;
+    crate::dump::proc::read_whole(std::path::Path::new(&path))
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .map_err(|source| RestoreError::Io { path, source })
+}
+
+/// The mappings listed in `text` (a /proc/PID/maps).
+pub fn parse_maps(text: &str) -> Vec<CurMap> {
     let mut out = Vec::new();
     for line in text.lines() {
         let mut it = line.splitn(6, ' ');
@@ -41,7 +45,11 @@ fn current_maps(pid: i32) -> Result<Vec<CurMap>, RestoreError> {
         };
         out.push(CurMap { start, end, name });
     }
-    Ok(out)
+    out
+}
+
+fn current_maps(pid: i32) -> Result<Vec<CurMap>, RestoreError> {
+    Ok(parse_maps(&maps_text(pid)?))
 }
 
 fn special_kind(name: &str) -> Option<VmaKind> {
@@ -106,14 +114,18 @@ pub fn drop_inherited_rseq(ctx: &mut Ctx) -> Result<(), RestoreError> {
     Ok(())
 }
 
-/// Unmaps everything the child inherited except the trampoline and the kernel's special
-/// mappings, then moves those specials to the addresses the target had them at.
-pub fn clear_and_move_specials(ctx: &mut Ctx, img: &ProcessImage) -> Result<(), RestoreError> {
+/// Unmaps everything the child inherited (`cur`, its maps) except the trampoline and the
+/// kernel's special mappings, then moves those specials to the addresses the target had them
+/// at. Returns where the vdso was, its length and where it went (`(from, len, to)`).
+pub fn clear_and_move_specials(
+    ctx: &mut Ctx,
+    img: &ProcessImage,
+    cur: &[CurMap],
+) -> Result<Option<(u64, u64, u64)>, RestoreError> {
     let pid = ctx.pid();
     let tramp = (ctx.tramp, ctx.tramp + TRAMPOLINE_LEN);
-    let cur = current_maps(pid)?;
     let mut unmaps = Vec::new();
-    for m in &cur {
+    for m in cur {
         if m.start >= 0xffff_ffff_ff60_0000 || special_kind(&m.name).is_some() {
             continue;
         }
@@ -132,6 +144,7 @@ pub fn clear_and_move_specials(ctx: &mut Ctx, img: &ProcessImage) -> Result<(), 
     // Pair the child's specials with the target's by kind.
     let mut moves: Vec<(u64, u64, u64)> = Vec::new(); // (cur_start, len, dst)
     let mut unmap: Vec<(u64, u64)> = Vec::new();
+    let mut vdso = None;
     for m in cur.iter() {
         let Some(kind) = special_kind(&m.name) else {
             continue;
@@ -148,6 +161,9 @@ pub fn clear_and_move_specials(ctx: &mut Ctx, img: &ProcessImage) -> Result<(), 
                             v.end - v.start
                         ),
                     });
+                }
+                if kind == VmaKind::VmaVdso {
+                    vdso = Some((m.start, m.end - m.start, v.start));
                 }
                 moves.push((m.start, m.end - m.start, v.start));
             }
@@ -196,7 +212,7 @@ pub fn clear_and_move_specials(ctx: &mut Ctx, img: &ProcessImage) -> Result<(), 
             });
         }
     }
-    Ok(())
+    Ok(vdso)
 }
 
 fn mremap(from: u64, len: u64, to: u64) -> Call {

@@ -190,6 +190,7 @@ impl ProcessImage {
             return bad(format!("tasks-{pid}.img: a task has no registers"));
         }
         let mut prev_end = 0u64;
+        let mut checked = std::collections::HashSet::new();
         for v in &self.mm.vmas {
             if v.start >= v.end || v.start % PAGE_SIZE != 0 || v.end % PAGE_SIZE != 0 {
                 return bad(format!("mm-{pid}.img: bad VMA {:#x}-{:#x}", v.start, v.end));
@@ -206,7 +207,10 @@ impl ProcessImage {
                 if f.path.is_empty() {
                     return bad(format!("mm-{pid}.img: file VMA {:#x} has no path", v.start));
                 }
-                check_file_same(pid, &f.path, f.size, f.mtime_ns)?;
+                // Once per file (a library is mapped four or five times).
+                if checked.insert((f.path.as_str(), f.size, f.mtime_ns)) {
+                    check_file_same(pid, &f.path, f.size, f.mtime_ns)?;
+                }
             }
         }
         let mut prev = 0u64;
@@ -898,10 +902,12 @@ fn wait_in_pause(pid: i32) -> Result<(), RestoreError> {
     let path = format!("/proc/{pid}/syscall");
     let start = std::time::Instant::now();
     for round in 0u32.. {
-        let now = std::fs::read_to_string(&path).map_err(|source| RestoreError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        let now = crate::dump::proc::read_whole(std::path::Path::new(&path))
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .map_err(|source| RestoreError::Io {
+                path: path.clone(),
+                source,
+            })?;
         if now.split_whitespace().next() == Some(&libc::SYS_pause.to_string()) {
             return Ok(());
         }
@@ -985,11 +991,9 @@ fn build(
     close_shared_mem: bool,
 ) -> Result<Vec<i32>, RestoreError> {
     let pid = img.pid();
-    let maps_path = format!("/proc/{pid}/maps");
-    let maps = std::fs::read_to_string(&maps_path).map_err(|source| RestoreError::Io {
-        path: maps_path.clone(),
-        source,
-    })?;
+    // The maps of the copy of cryo the process still is (read once: the trampoline mapped
+    // below is the one mapping they lack, and it stays anyway).
+    let maps = memory::maps_text(pid)?;
     let insn = find_syscall_insn(pid, &maps)?;
     let mut ctx = Ctx {
         rt: RemoteTask::new(pid, insn)?,
@@ -1018,7 +1022,7 @@ fn build(
     ctx.rt.set_stubs(Some(ctx.stubs(pid)));
 
     memory::drop_inherited_rseq(&mut ctx)?;
-    memory::clear_and_move_specials(&mut ctx, img)?;
+    let vdso_moved = memory::clear_and_move_specials(&mut ctx, img, &memory::parse_maps(&maps))?;
     memory::map_vmas(&mut ctx, img, shared)?;
     for fd in shared.fds().into_iter().filter(|_| close_shared_mem) {
         ctx.sys(
@@ -1060,12 +1064,19 @@ fn build(
     }
     task_state::restore_creds(&mut ctx, img)?;
 
-    // Leave through a syscall instruction of the restored image, then drop the trampoline.
-    let maps = std::fs::read_to_string(&maps_path).map_err(|source| RestoreError::Io {
-        path: maps_path.clone(),
-        source,
-    })?;
-    let own = find_syscall_insn_outside(pid, &maps, (tramp, tramp + TRAMPOLINE_LEN))?;
+    // Leave through a syscall instruction of the restored image, then drop the trampoline:
+    // the one found first if it was in the vdso (which moved with it), else one looked for.
+    let own = match vdso_moved {
+        Some((from, len, to))
+            if (from..from + len).contains(&insn) && is_syscall_at(pid, insn - from + to) =>
+        {
+            insn - from + to
+        }
+        _ => {
+            let maps = memory::maps_text(pid)?;
+            find_syscall_insn_outside(pid, &maps, (tramp, tramp + TRAMPOLINE_LEN))?
+        }
+    };
     ctx.rt.set_syscall_ip(own);
     // The trampoline goes, stubs and all: this call cannot return into it.
     ctx.rt.set_stubs(None);
@@ -1176,6 +1187,12 @@ fn set_final_thread_state(th: Ctx, t: &TaskCore) -> Result<(), RestoreError> {
 }
 
 /// A syscall instruction in the restored image (anywhere but the trampoline).
+/// Whether task `pid` has a `syscall` instruction at `addr`.
+fn is_syscall_at(pid: i32, addr: u64) -> bool {
+    let mut b = [0u8; 2];
+    crate::sys::mem::read_force(pid, addr, &mut b).is_ok() && b == [0x0f, 0x05]
+}
+
 fn find_syscall_insn_outside(pid: i32, maps: &str, skip: (u64, u64)) -> Result<u64, RestoreError> {
     let filtered: String = maps
         .lines()
