@@ -17,7 +17,7 @@
 //! Every userfaultfd registration is undone before returning, on success and on error.
 
 use super::memory::is_special;
-use super::remote_ctx::Ctx;
+use super::remote_ctx::{Call, Ctx};
 use super::{ProcessImage, RestoreError};
 use crate::image::{PageStore, PagesLoc};
 use crate::proto::{Vma, VmaKind};
@@ -55,6 +55,8 @@ pub fn fill_pages(
         v
     };
     let uffd = if wants_uffd.is_empty() {
+        // The mappings must exist before pages are written into them.
+        ctx.flush()?;
         None
     } else {
         open_uffd(ctx)?
@@ -165,11 +167,11 @@ fn open_uffd(ctx: &mut Ctx) -> Result<Option<Uffd>, RestoreError> {
     let local =
         proc_ctl::pidfd_open(pid).and_then(|pidfd| proc_ctl::pidfd_getfd(&pidfd, fd as i32));
     // The child's own copy is not needed: ours keeps the userfaultfd alive.
-    ctx.sys(
-        || "close(userfaultfd)".into(),
+    ctx.defer(vec![Call::new(
+        "close(userfaultfd)".into(),
         libc::SYS_close,
         [fd, 0, 0, 0, 0, 0],
-    )?;
+    )])?;
     let sys = |what: &str| {
         let what = what.to_string();
         move |source| RestoreError::Sys { pid, what, source }

@@ -98,8 +98,8 @@ pub fn drop_inherited_rseq(ctx: &mut Ctx) -> Result<(), RestoreError> {
         source,
     })?;
     if conf.rseq_abi_pointer != 0 {
-        ctx.sys(
-            || "rseq(unregister inherited)".into(),
+        ctx.defer(vec![Call::new(
+            "rseq(unregister inherited)".into(),
             libc::SYS_rseq,
             [
                 conf.rseq_abi_pointer,
@@ -109,7 +109,7 @@ pub fn drop_inherited_rseq(ctx: &mut Ctx) -> Result<(), RestoreError> {
                 0,
                 0,
             ],
-        )?;
+        )])?;
     }
     Ok(())
 }
@@ -139,7 +139,7 @@ pub fn clear_and_move_specials(
             [s, e - s, 0, 0, 0, 0],
         ));
     }
-    ctx.sys_batch(unmaps)?;
+    ctx.defer(unmaps)?;
 
     // Pair the child's specials with the target's by kind.
     let mut moves: Vec<(u64, u64, u64)> = Vec::new(); // (cur_start, len, dst)
@@ -181,7 +181,6 @@ pub fn clear_and_move_specials(
             )
         })
         .collect();
-    let mut expect: Vec<Option<u64>> = vec![None; calls.len()];
     // Two phases, so that no move lands on a special that has not moved yet.
     let mut busy: Vec<(u64, u64)> = img.mm.vmas.iter().map(|v| (v.start, v.end)).collect();
     busy.push(tramp);
@@ -197,21 +196,12 @@ pub fn clear_and_move_specials(
         })?;
         busy.push((tmp, tmp + len));
         calls.push(mremap(s, len, tmp));
-        expect.push(Some(tmp));
         staged.push((tmp, len, dst));
     }
     for (tmp, len, dst) in staged {
         calls.push(mremap(tmp, len, dst));
-        expect.push(Some(dst));
     }
-    for (want, got) in expect.into_iter().zip(ctx.sys_batch(calls)?) {
-        if let Some(to) = want.filter(|&to| to != got) {
-            return Err(RestoreError::Invalid {
-                pid,
-                what: format!("mremap to {to:#x} landed at {got:#x}"),
-            });
-        }
-    }
+    ctx.defer(calls)?;
     Ok(vdso)
 }
 
@@ -222,6 +212,7 @@ fn mremap(from: u64, len: u64, to: u64) -> Call {
         libc::SYS_mremap,
         [from, len, len, flags, to, 0],
     )
+    .expecting(to)
 }
 
 /// Whether restore writes page contents into this VMA (shared memory gets its contents
@@ -265,13 +256,13 @@ pub fn map_vmas(
     // (If an open fails, the restore fails and the process goes, with any fd opened before.)
     let fds = ctx.sys_batch(opens)?;
     let file_fds: HashMap<(String, bool), u64> = wanted.into_iter().zip(fds).collect();
-    let result = map_vmas_inner(ctx, img, shared, &file_fds);
+    // The mappings and the closes run with the next call.
+    map_vmas_inner(ctx, img, shared, &file_fds)?;
     let closes = file_fds
         .values()
         .map(|&fd| Call::new("close".into(), libc::SYS_close, [fd, 0, 0, 0, 0, 0]))
         .collect();
-    let _ = ctx.sys_batch(closes);
-    result
+    ctx.defer(closes)
 }
 
 /// The file a file mapping is made from, and whether it is opened read-write.
@@ -324,22 +315,16 @@ fn map_vmas_inner(
             }
         };
         let (start, end) = (v.start, v.end);
-        maps.push(Call::new(
-            format!("mmap({start:#x}-{end:#x}) {}", v.name),
-            libc::SYS_mmap,
-            [start, len, prot, flags, fd, off],
-        ));
+        maps.push(
+            Call::new(
+                format!("mmap({start:#x}-{end:#x}) {}", v.name),
+                libc::SYS_mmap,
+                [start, len, prot, flags, fd, off],
+            )
+            .expecting(start),
+        );
     }
-    let starts: Vec<u64> = maps.iter().map(|c| c.args[0]).collect();
-    for (want, got) in starts.into_iter().zip(ctx.sys_batch(maps)?) {
-        if got != want {
-            return Err(RestoreError::Invalid {
-                pid: ctx.pid(),
-                what: format!("mmap at {want:#x} landed at {got:#x}"),
-            });
-        }
-    }
-    Ok(())
+    ctx.defer(maps)
 }
 
 /// Reads every stored page run from the page store into place and checks its crc32c (see
@@ -370,8 +355,7 @@ pub fn fix_protections(ctx: &mut Ctx, img: &ProcessImage) -> Result<(), RestoreE
             )
         })
         .collect();
-    ctx.sys_batch(calls)?;
-    Ok(())
+    ctx.defer(calls)
 }
 
 /// PR_SET_MM_MAP: code/data/brk/stack/arg/env boundaries, auxv and the exe file.
@@ -425,7 +409,11 @@ pub fn set_mm_fields(ctx: &mut Ctx, img: &ProcessImage) -> Result<(), RestoreErr
         .map(drop)
     })();
     if exe_fd != u64::MAX {
-        let _ = ctx.sys(|| "close".into(), libc::SYS_close, [exe_fd, 0, 0, 0, 0, 0]);
+        ctx.defer(vec![Call::new(
+            "close(exe)".into(),
+            libc::SYS_close,
+            [exe_fd, 0, 0, 0, 0, 0],
+        )])?;
     }
     res
 }

@@ -36,7 +36,7 @@ use crate::proto::{
 };
 use crate::sys::ptrace::{self, WaitStatus};
 use crate::sys::{proc_ctl, task, SysError, PAGE_SIZE};
-use remote_ctx::{Ctx, TRAMPOLINE_CODE, TRAMPOLINE_LEN};
+use remote_ctx::{Call, Ctx, TRAMPOLINE_CODE, TRAMPOLINE_LEN};
 use std::collections::BTreeMap;
 use std::os::fd::RawFd;
 use std::path::PathBuf;
@@ -995,10 +995,7 @@ fn build(
     // below is the one mapping they lack, and it stays anyway).
     let maps = memory::maps_text(pid)?;
     let insn = find_syscall_insn(pid, &maps)?;
-    let mut ctx = Ctx {
-        rt: RemoteTask::new(pid, insn)?,
-        tramp,
-    };
+    let mut ctx = Ctx::new(RemoteTask::new(pid, insn)?, tramp);
     let prot = (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64;
     let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64;
     let got = ctx.sys(
@@ -1024,13 +1021,18 @@ fn build(
     memory::drop_inherited_rseq(&mut ctx)?;
     let vdso_moved = memory::clear_and_move_specials(&mut ctx, img, &memory::parse_maps(&maps))?;
     memory::map_vmas(&mut ctx, img, shared)?;
-    for fd in shared.fds().into_iter().filter(|_| close_shared_mem) {
-        ctx.sys(
-            || format!("close of inherited shared memory fd {fd}"),
-            libc::SYS_close,
-            [fd as u64, 0, 0, 0, 0, 0],
-        )?;
-    }
+    let closes = shared
+        .fds()
+        .into_iter()
+        .filter(|_| close_shared_mem)
+        .map(|fd| {
+            Call::new(
+                format!("close of inherited shared memory fd {fd}"),
+                libc::SYS_close,
+                [fd as u64, 0, 0, 0, 0, 0],
+            )
+        });
+    ctx.defer(closes.collect())?;
     memory::fill_pages(&mut ctx, img, pages)?;
     memory::fix_protections(&mut ctx, img)?;
     memory::set_mm_fields(&mut ctx, img)?;
@@ -1045,14 +1047,15 @@ fn build(
     // The stubs stop a task by raising SIGSTOP, which drops a pending SIGCONT: with one to
     // queue, two syscall stops per call from here on.
     if task_state::queues_sigcont(img) {
+        ctx.flush()?;
         ctx.rt.set_stubs(None);
     }
     task_state::restore_pending(&mut ctx, img, leader)?;
-    ctx.sys(
-        || "prctl(PR_SET_PDEATHSIG, 0)".into(),
+    ctx.defer(vec![Call::new(
+        "prctl(PR_SET_PDEATHSIG, 0)".into(),
         libc::SYS_prctl,
         [libc::PR_SET_PDEATHSIG as u64, 0, 0, 0, 0, 0],
-    )?;
+    )])?;
     let mut threads = Vec::with_capacity(img.tasks.len().saturating_sub(1));
     for t in img.tasks.iter().skip(1) {
         threads.push(create_thread(&mut ctx, img, t)?);
@@ -1077,6 +1080,7 @@ fn build(
             find_syscall_insn_outside(pid, &maps, (tramp, tramp + TRAMPOLINE_LEN))?
         }
     };
+    ctx.flush()?;
     ctx.rt.set_syscall_ip(own);
     // The trampoline goes, stubs and all: this call cannot return into it.
     ctx.rt.set_stubs(None);
@@ -1116,6 +1120,8 @@ fn build(
 fn create_thread(ctx: &mut Ctx, img: &ProcessImage, t: &TaskCore) -> Result<Ctx, RestoreError> {
     let pid = img.pid();
     let tid = t.tid;
+    // The clone3 below is run on the task directly: what was deferred runs first.
+    ctx.flush()?;
     let set_tid = ctx.put(512, &tid.to_le_bytes())?;
     let flags = (libc::CLONE_VM
         | libc::CLONE_FS
@@ -1151,10 +1157,7 @@ fn create_thread(ctx: &mut Ctx, img: &ProcessImage, t: &TaskCore) -> Result<Ctx,
         });
     }
     seize_ready(tid)?;
-    let mut th = Ctx {
-        rt: RemoteTask::new(tid, ctx.tramp)?,
-        tramp: ctx.tramp,
-    };
+    let mut th = Ctx::new(RemoteTask::new(tid, ctx.tramp)?, ctx.tramp);
     if ctx.rt.stubs().is_some() {
         th.rt.set_stubs(Some(th.stubs(pid)));
     }
@@ -1164,7 +1167,8 @@ fn create_thread(ctx: &mut Ctx, img: &ProcessImage, t: &TaskCore) -> Result<Ctx,
 }
 
 /// Signal mask, xsave and registers of a created thread; it stays stopped for detach.
-fn set_final_thread_state(th: Ctx, t: &TaskCore) -> Result<(), RestoreError> {
+fn set_final_thread_state(mut th: Ctx, t: &TaskCore) -> Result<(), RestoreError> {
+    th.flush()?;
     let tid = t.tid;
     let sys = |what: &'static str| {
         move |source| RestoreError::Sys {

@@ -72,6 +72,8 @@ pub struct Call {
     pub args: [u64; 6],
     /// Bytes to place in the task for it: argument `.0` becomes their address.
     pub data: Option<(usize, Vec<u8>)>,
+    /// The result it must return (an address a mapping must land at), if any.
+    pub expect: Option<u64>,
 }
 
 impl Call {
@@ -82,7 +84,14 @@ impl Call {
             nr,
             args,
             data: None,
+            expect: None,
         }
+    }
+
+    /// The same call, failing unless it returns `value`.
+    pub fn expecting(mut self, value: u64) -> Self {
+        self.expect = Some(value);
+        self
     }
 
     /// A call one of whose arguments (index `arg`) points to `bytes`.
@@ -98,6 +107,7 @@ impl Call {
             nr,
             args,
             data: Some((arg, bytes)),
+            expect: None,
         }
     }
 }
@@ -108,9 +118,44 @@ pub struct Ctx {
     pub rt: RemoteTask,
     /// Start of the trampoline region in the task.
     pub tramp: u64,
+    /// Calls whose results nobody waits for ([`Ctx::defer`]): they run, in order, at the
+    /// head of the next batch or call, or at [`Ctx::flush`].
+    deferred: Vec<Call>,
 }
 
 impl Ctx {
+    /// A task driven by `rt`, with its trampoline at `tramp`.
+    pub fn new(rt: RemoteTask, tramp: u64) -> Self {
+        Self {
+            rt,
+            tramp,
+            deferred: Vec::new(),
+        }
+    }
+
+    /// Queues `calls` to run before the next remote call, in the same stop: each stop of the
+    /// task costs two context switches and a few ptrace calls, and most of a restore's calls
+    /// (unmaps, mprotects, signal actions, credentials) only need to succeed. A failure is
+    /// reported when they run, named by the call's `what`. Deferred calls must not point into
+    /// the scratch area written by [`Ctx::put`] (which later calls reuse): their data goes
+    /// with them ([`Call::with_data`]). Without stubs they run at once.
+    pub fn defer(&mut self, calls: Vec<Call>) -> Result<(), RestoreError> {
+        if self.rt.stubs().is_none() {
+            return self.sys_batch(calls).map(drop);
+        }
+        self.deferred.extend(calls);
+        Ok(())
+    }
+
+    /// Runs the deferred calls now (before cryo itself reads or writes the task's memory or
+    /// registers, or the stubs go).
+    pub fn flush(&mut self) -> Result<(), RestoreError> {
+        if self.deferred.is_empty() {
+            return Ok(());
+        }
+        self.sys_batch(Vec::new()).map(drop)
+    }
+
     /// The pid being restored.
     pub fn pid(&self) -> i32 {
         self.rt.pid()
@@ -169,19 +214,53 @@ impl Ctx {
         }
     }
 
-    /// Runs `calls` in order, as few stops as the batch area allows (one for most lists), or
-    /// one by one when the stubs are not in use. Stops at the first failure, which is the
-    /// error, named by its `what`. Returns every result.
+    /// Runs the deferred calls, then `calls`, in order, as few stops as the batch area allows
+    /// (one for most lists), or one by one when the stubs are not in use. Stops at the first
+    /// failure, which is the error, named by its `what`. Returns the results of `calls`.
     pub fn sys_batch(&mut self, calls: Vec<Call>) -> Result<Vec<u64>, RestoreError> {
+        let mut all = std::mem::take(&mut self.deferred);
+        let deferred = all.len();
+        all.extend(calls);
+        let mut out = self.run_calls(&all, deferred)?;
+        Ok(out.split_off(deferred))
+    }
+
+    /// Runs `calls`; the first `deferred` of them were deferred (a failure of one of those is
+    /// not the failure of the call that was asked for: it comes as [`RestoreError::Sys`]).
+    fn run_calls(&mut self, calls: &[Call], deferred: usize) -> Result<Vec<u64>, RestoreError> {
         let pid = self.pid();
+        let check = |k: usize, c: &Call, r: u64| -> Result<u64, RestoreError> {
+            if k < deferred && (-4095..0).contains(&(r as i64)) {
+                return Err(RestoreError::Sys {
+                    pid,
+                    what: c.what.clone(),
+                    source: crate::sys::SysError::from_errno("remote syscall", -(r as i64) as i32),
+                });
+            }
+            let got = syscall_result(pid, r as i64, || c.what.clone())?;
+            match c.expect {
+                Some(want) if want != got => Err(RestoreError::Invalid {
+                    pid,
+                    what: format!("{}: landed at {got:#x} instead of {want:#x}", c.what),
+                }),
+                _ => Ok(got),
+            }
+        };
         if self.rt.stubs().is_none() {
             let mut out = Vec::with_capacity(calls.len());
-            for c in calls {
+            for (k, c) in calls.iter().enumerate() {
                 let mut args = c.args;
                 if let Some((i, bytes)) = &c.data {
                     args[*i] = self.put(0, bytes)?;
                 }
-                out.push(self.sys(|| c.what, c.nr, args)?);
+                let r = match self.rt.syscall(|| c.what.clone(), c.nr, args) {
+                    Ok(r) => r,
+                    Err(crate::infect::remote::RemoteError::Syscall { errno, .. }) => {
+                        (-(errno as i64)) as u64
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                out.push(check(k, c, r)?);
             }
             return Ok(out);
         }
@@ -189,7 +268,8 @@ impl Ctx {
         let data_base = self.scratch() + BATCH_DATA_OFF;
         let max_entries = (BATCH_TABLE_LEN / BATCH_ENTRY - 1) as usize;
         let mut out = Vec::with_capacity(calls.len());
-        let mut rest = calls.as_slice();
+        let mut rest = calls;
+        let mut done = 0usize;
         while !rest.is_empty() {
             // As many calls as fit the table and the data area.
             let (mut n, mut data_len) = (0usize, 0u64);
@@ -260,20 +340,32 @@ impl Ctx {
                         what: format!("{}: the syscall batch stopped before it", c.what),
                     });
                 }
-                out.push(syscall_result(pid, r as i64, || c.what.clone())?);
+                out.push(check(done + k, c, r)?);
             }
+            done += n;
             rest = next;
         }
         Ok(out)
     }
 
-    /// Runs a remote syscall; `what` names it for the error.
+    /// Runs a remote syscall (after the deferred ones, in the same stop); `what` names it for
+    /// the error.
     pub fn sys(
         &mut self,
         what: impl FnOnce() -> String,
         nr: libc::c_long,
         args: [u64; 6],
     ) -> Result<u64, RestoreError> {
+        if !self.deferred.is_empty() {
+            if self.rt.stubs().is_some() {
+                let r = self.sys_batch(vec![Call::new(what(), nr, args)])?;
+                return r.first().copied().ok_or_else(|| RestoreError::Invalid {
+                    pid: self.pid(),
+                    what: "a batch of one call returned nothing".into(),
+                });
+            }
+            self.flush()?;
+        }
         self.rt.syscall(what, nr, args).map_err(RestoreError::from)
     }
 }

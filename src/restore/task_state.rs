@@ -18,7 +18,8 @@ const ERESTARTNOINTR: i64 = -513;
 const ERESTARTNOHAND: i64 = -514;
 const ERESTART_RESTARTBLOCK: i64 = -516;
 
-/// Signal actions, for every signal the dump recorded.
+/// Signal actions, for every signal the dump recorded. (Like the other settings here that
+/// only need to succeed, they are deferred: see [`Ctx::defer`].)
 pub fn restore_sigactions(ctx: &mut Ctx, img: &ProcessImage) -> Result<(), RestoreError> {
     let calls = img
         .core
@@ -40,8 +41,7 @@ pub fn restore_sigactions(ctx: &mut Ctx, img: &ProcessImage) -> Result<(), Resto
             )
         })
         .collect();
-    ctx.sys_batch(calls)?;
-    Ok(())
+    ctx.defer(calls)
 }
 
 /// The three itimers.
@@ -73,8 +73,7 @@ pub fn restore_itimers(ctx: &mut Ctx, img: &ProcessImage) -> Result<(), RestoreE
             v.0,
         ));
     }
-    ctx.sys_batch(calls)?;
-    Ok(())
+    ctx.defer(calls)
 }
 
 /// POSIX timers, recreated with their original ids.
@@ -197,8 +196,7 @@ pub fn restore_thread_bits(ctx: &mut Ctx, t: &TaskCore) -> Result<(), RestoreErr
             [r.ptr, r.len as u64, 0, r.sig as u64, 0, 0],
         ));
     }
-    ctx.sys_batch(calls)?;
-    Ok(())
+    ctx.defer(calls)
 }
 
 /// Whether any pending signal to queue, process-wide or of a thread, is SIGCONT.
@@ -327,8 +325,7 @@ pub fn restore_creds(ctx: &mut Ctx, img: &ProcessImage) -> Result<(), RestoreErr
             [c.uids[3] as u64, 0, 0, 0, 0, 0],
         ));
     }
-    ctx.sys_batch(calls)?;
-    Ok(())
+    ctx.defer(calls)
 }
 
 /// Converts saved registers to the kernel struct, rewinding an interrupted syscall the way the
