@@ -18,6 +18,7 @@ pub const RESTORE_POINTS: &[&str] = &[
     "restore:validated",
     "restore:child",
     "restore:seized",
+    "restore:deferred",
     "restore:memory",
     "restore:threads",
     "restore:detach",

@@ -14,7 +14,7 @@
 use super::proc;
 use super::DumpError;
 use crate::sys::ptrace::{self, WaitStatus, PTRACE_EVENT_STOP};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -146,6 +146,9 @@ impl<'t, 'scope> SeizedTree<'t, 'scope> {
             tracers,
         };
         let mut todo = vec![root];
+        // Processes whose every thread was seized (stopped) when their threads were last
+        // listed: they can make no new thread or child, so they are not listed again.
+        let mut settled: BTreeSet<i32> = BTreeSet::new();
         loop {
             let mut changed = false;
             while let Some(pid) = todo.pop() {
@@ -166,7 +169,7 @@ impl<'t, 'scope> SeizedTree<'t, 'scope> {
             // New threads, and children of every thread.
             let pids: Vec<i32> = t.procs.keys().copied().collect();
             for pid in pids {
-                if t.procs[&pid].zombie.is_some() {
+                if t.procs[&pid].zombie.is_some() || settled.contains(&pid) {
                     continue;
                 }
                 let threads = match proc::list_threads(pid) {
@@ -175,15 +178,20 @@ impl<'t, 'scope> SeizedTree<'t, 'scope> {
                     Err(e) => return Err(e.into()),
                 };
                 let tracer = t.procs[&pid].tracer;
+                let mut all_held = true;
                 for tid in threads {
-                    if !t.procs[&pid].tids.contains(&tid)
-                        && t.tracers.call(tracer, move || seize_one(tid))??
-                    {
-                        if let Some(p) = t.procs.get_mut(&pid) {
-                            p.tids.push(tid);
+                    if !t.procs[&pid].tids.contains(&tid) {
+                        all_held = false;
+                        if t.tracers.call(tracer, move || seize_one(tid))?? {
+                            if let Some(p) = t.procs.get_mut(&pid) {
+                                p.tids.push(tid);
+                            }
+                            changed = true;
                         }
-                        changed = true;
                     }
+                }
+                if all_held {
+                    settled.insert(pid);
                 }
                 let tids = t.procs[&pid].tids.clone();
                 for tid in tids {
@@ -409,11 +417,18 @@ fn seize_one(tid: i32) -> Result<bool, DumpError> {
 fn wait_interrupted(tid: i32) -> Result<(), DumpError> {
     let deadline = Instant::now() + Duration::from_secs(10);
     // A running task stops within microseconds; one asleep in the kernel may take longer.
+    // Yield first (a sleep, however short, costs the timer slack: 50 us, more than the stop
+    // takes), then nap.
     let mut nap = Duration::from_micros(10);
+    let mut yields = 0u32;
     loop {
         let st = ptrace::wait(tid, libc::WNOHANG)
             .map_err(|source| DumpError::Seize { pid: tid, source })?;
         match st {
+            None if yields < 32 => {
+                yields += 1;
+                std::thread::yield_now();
+            }
             None if Instant::now() < deadline => {
                 std::thread::sleep(nap);
                 nap = (nap * 2).min(Duration::from_millis(1));

@@ -1033,6 +1033,14 @@ fn build(
             )
         });
     ctx.defer(closes.collect())?;
+    if let Err(e) = crate::fault::point("restore:deferred") {
+        // A deferred call that fails (close(-1)): its failure must surface with its name.
+        ctx.defer(vec![Call::new(
+            format!("close(-1), {e}"),
+            libc::SYS_close,
+            [u64::MAX, 0, 0, 0, 0, 0],
+        )])?;
+    }
     memory::fill_pages(&mut ctx, img, pages)?;
     memory::fix_protections(&mut ctx, img)?;
     memory::set_mm_fields(&mut ctx, img)?;
@@ -1064,6 +1072,8 @@ fn build(
     // Credentials are per thread.
     for th in threads.iter_mut() {
         task_state::restore_creds(th, img)?;
+        // While the trampoline (the stubs) is still there.
+        th.flush()?;
     }
     task_state::restore_creds(&mut ctx, img)?;
 
