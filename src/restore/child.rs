@@ -1,8 +1,8 @@
 //! What each forked restore process does to itself before cryo takes it over: join its session
 //! and process group, fork its own children (each of which does the same; zombies exit at
 //! once with their saved status), set up its fd table (through [`super::files`]), cwd, umask,
-//! rlimits and name, report `R <pid>` on the shared report pipe and wait in pause() until cryo
-//! seizes it. On failure it reports `E <pid> <message>` and exits.
+//! rlimits and name, map the trampoline cryo will drive it from, report `R <pid>` on the shared
+//! report pipe and wait in pause() until cryo seizes it. On failure it reports `E <pid> <message>` and exits.
 //!
 //! Shared fd tables and fs infos (see [`super::tree::Plan::clone_flags`]): a process that
 //! shares its parent's fd table (CLONE_FILES) or cwd/root/umask (CLONE_FS) is created with that
@@ -34,6 +34,8 @@ struct Env<'a> {
     shared: &'a [(u64, RawFd)],
     /// Above every saved fd number of every process: where sync pipes go.
     fd_base: RawFd,
+    /// Where each process maps its trampoline ([`super::remote_ctx::TRAMPOLINE_CODE`]).
+    tramps: &'a BTreeMap<i32, u64>,
 }
 
 /// The write end of an owner's sync pipe, as inherited by the processes forked after it.
@@ -52,6 +54,7 @@ pub fn run(
     report: RawFd,
     keep: &[RawFd],
     shared: &[(u64, RawFd)],
+    tramps: &BTreeMap<i32, u64>,
 ) -> ! {
     let fd_base = images
         .values()
@@ -67,6 +70,7 @@ pub fn run(
         keep,
         shared,
         fd_base,
+        tramps,
     };
     run_proc(&env, pid, &[])
 }
@@ -95,7 +99,18 @@ fn run_proc(env: &Env, pid: i32, pipes: &[OwnerPipe]) -> ! {
         Some(o) => Err(format!(
             "the sync pipe of {o}, whose state it shares, is missing"
         )),
-        None => run_inner(env, pid, pipes, &owed),
+        None => run_inner(env, pid, pipes, &owed).and_then(|report| {
+            // The trampoline cryo drives the process from, mapped here (its own children are
+            // forked by now, so they do not inherit it): two stops fewer than a remote mmap.
+            let tramp = env.tramps.get(&pid).copied().unwrap_or(0);
+            task::map_code(
+                tramp,
+                super::remote_ctx::TRAMPOLINE_LEN,
+                &super::remote_ctx::TRAMPOLINE_CODE,
+            )
+            .map_err(|e| format!("mapping the trampoline at {tramp:#x}: {e}"))?;
+            Ok(report)
+        }),
     };
     match res {
         Ok(report) => {

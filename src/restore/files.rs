@@ -305,11 +305,7 @@ pub fn install_fds(
         .chain([report])
         .chain(keep.iter().copied())
         .collect();
-    for fd in task::own_fds() {
-        if !keep.contains(&fd) {
-            task::close(fd);
-        }
-    }
+    task::close_all_but(&keep);
 
     create_descriptions(fds, &mut descs)?;
     for f in fds {

@@ -48,10 +48,6 @@ pub fn parse_maps(text: &str) -> Vec<CurMap> {
     out
 }
 
-fn current_maps(pid: i32) -> Result<Vec<CurMap>, RestoreError> {
-    Ok(parse_maps(&maps_text(pid)?))
-}
-
 fn special_kind(name: &str) -> Option<VmaKind> {
     match name {
         "[vdso]" => Some(VmaKind::VmaVdso),
@@ -80,12 +76,9 @@ pub fn choose_trampoline(img: &ProcessImage, ours: &[(u64, u64)]) -> Result<u64,
     })
 }
 
-/// The address ranges mapped in cryo itself (a restore process starts as a copy of it).
-pub fn own_ranges() -> Result<Vec<(u64, u64)>, RestoreError> {
-    Ok(current_maps(std::process::id() as i32)?
-        .iter()
-        .map(|m| (m.start, m.end))
-        .collect())
+/// The address ranges listed in `maps` (a /proc/PID/maps).
+pub fn ranges(maps: &str) -> Vec<(u64, u64)> {
+    parse_maps(maps).iter().map(|m| (m.start, m.end)).collect()
 }
 
 /// Unregisters the rseq area the child inherited from cryo (it points into memory that is

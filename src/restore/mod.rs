@@ -36,7 +36,7 @@ use crate::proto::{
 };
 use crate::sys::ptrace::{self, WaitStatus};
 use crate::sys::{proc_ctl, task, SysError, PAGE_SIZE};
-use remote_ctx::{Call, Ctx, TRAMPOLINE_CODE, TRAMPOLINE_LEN};
+use remote_ctx::{Call, Ctx, TRAMPOLINE_LEN};
 use std::collections::BTreeMap;
 use std::os::fd::RawFd;
 use std::path::PathBuf;
@@ -486,7 +486,11 @@ pub fn restore(opts: &RestoreOpts) -> Result<RestoreOutcome, RestoreError> {
     let mut images: BTreeMap<i32, ProcessImage> = BTreeMap::new();
     let mut pages_locs: BTreeMap<i32, PagesLoc> = BTreeMap::new();
     let mut tramps: BTreeMap<i32, u64> = BTreeMap::new();
-    let ours = memory::own_ranges()?;
+    // cryo's own layout, which every restore process starts as a copy of: the trampolines go
+    // where it has nothing, and remote calls start at a syscall instruction found in it.
+    let own_maps = memory::maps_text(std::process::id() as i32)?;
+    let ours = memory::ranges(&own_maps);
+    let insn = find_syscall_insn(std::process::id() as i32, &own_maps)?;
     let live: Vec<&PstreeEntry> = plan.entries().filter(|e| !e.zombie).collect();
     let load = |e: &&PstreeEntry| -> Result<(ProcessImage, Option<PagesLoc>, u64), RestoreError> {
         let img = ProcessImage::load(&reader, (*e).clone())?;
@@ -578,7 +582,7 @@ pub fn restore(opts: &RestoreOpts) -> Result<RestoreOutcome, RestoreError> {
     let child = fork_at(root, 0)?;
     if child == 0 {
         task::close(rd);
-        child::run(&plan, &images, root, wr, &keep, &seeds);
+        child::run(&plan, &images, root, wr, &keep, &seeds, &tramps);
     }
     task::close(wr);
     guard.pids = plan.entries().map(|e| e.pid).collect();
@@ -594,7 +598,7 @@ pub fn restore(opts: &RestoreOpts) -> Result<RestoreOutcome, RestoreError> {
                 .map_err(|what| RestoreError::Invalid { pid: root, what })
         }),
     };
-    let built = build_all(&plan, &images, &tramps, &pages_locs, &shared, feed);
+    let built = build_all(&plan, &images, &tramps, insn, &pages_locs, &shared, feed);
     task::close(rd);
     built?;
     net_lock.release(root)?;
@@ -681,6 +685,7 @@ fn build_all(
     plan: &tree::Plan,
     images: &BTreeMap<i32, ProcessImage>,
     tramps: &BTreeMap<i32, u64>,
+    insn: u64,
     pages_locs: &BTreeMap<i32, PagesLoc>,
     shared: &shmem::SharedMem,
     feed: ReportFeed<'_>,
@@ -762,6 +767,7 @@ fn build_all(
                                 build(
                                     img,
                                     tramps[&pid],
+                                    insn,
                                     pages_locs.get(&pid),
                                     shared,
                                     close_shared_mem,
@@ -982,39 +988,21 @@ pub(crate) fn fork_at(pid: i32, flags: u64) -> Result<i32, RestoreError> {
 /// Builds the seized restore process into the saved process, threads included. Returns the
 /// thread ids it created (all stopped, ready to be detached). `close_shared_mem`: close the
 /// inherited shared memory fds once mapped (false while another process sharing this fd
-/// table has yet to map from them).
+/// table has yet to map from them). `insn` is a syscall instruction of cryo's layout, which
+/// the process still has (a vdso one, found where the vdso went after it moved).
 fn build(
     img: &ProcessImage,
     tramp: u64,
+    insn: u64,
     pages: Option<&PagesLoc>,
     shared: &shmem::SharedMem,
     close_shared_mem: bool,
 ) -> Result<Vec<i32>, RestoreError> {
     let pid = img.pid();
-    // The maps of the copy of cryo the process still is (read once: the trampoline mapped
-    // below is the one mapping they lack, and it stays anyway).
+    // The maps of the copy of cryo the process still is, its trampoline included (mapped by
+    // the process itself, see child.rs).
     let maps = memory::maps_text(pid)?;
-    let insn = find_syscall_insn(pid, &maps)?;
-    let mut ctx = Ctx::new(RemoteTask::new(pid, insn)?, tramp);
-    let prot = (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64;
-    let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64;
-    let got = ctx.sys(
-        || format!("mmap of the trampoline at {tramp:#x}"),
-        libc::SYS_mmap,
-        [tramp, TRAMPOLINE_LEN, prot, flags, u64::MAX, 0],
-    )?;
-    if got != tramp {
-        return Err(RestoreError::Invalid {
-            pid,
-            what: format!("trampoline landed at {got:#x} instead of {tramp:#x}"),
-        });
-    }
-    crate::sys::mem::write(pid, tramp, &TRAMPOLINE_CODE).map_err(|source| RestoreError::Sys {
-        pid,
-        what: format!("writing the trampoline at {tramp:#x}"),
-        source,
-    })?;
-    ctx.rt.set_syscall_ip(tramp);
+    let mut ctx = Ctx::new(RemoteTask::new(pid, tramp)?, tramp);
     // One stop per remote syscall, one per batch, until signals are queued (see below).
     ctx.rt.set_stubs(Some(ctx.stubs(pid)));
 

@@ -64,6 +64,72 @@ pub fn own_fds() -> Vec<RawFd> {
     v
 }
 
+/// Closes every fd of the calling process except `keep`, with close_range(2) over the gaps
+/// between them (Linux 5.9; no listing of /proc/self/fd). Falls back to closing what
+/// /proc/self/fd lists where close_range is missing.
+pub fn close_all_but(keep: &[RawFd]) {
+    let mut keep: Vec<RawFd> = keep.iter().copied().filter(|&fd| fd >= 0).collect();
+    keep.sort_unstable();
+    keep.dedup();
+    let mut from: u32 = 0;
+    for bound in keep.iter().map(|&k| Some(k as u32)).chain([None]) {
+        let to = match bound {
+            Some(0) => {
+                from = 1;
+                continue;
+            }
+            Some(k) => k - 1,
+            None => u32::MAX,
+        };
+        if from <= to {
+            // SAFETY: close_range takes plain integers; closing fds this process owns.
+            let r = unsafe { libc::syscall(libc::SYS_close_range, from, to, 0u32) };
+            if r != 0 {
+                for fd in own_fds() {
+                    if !keep.contains(&fd) {
+                        close(fd);
+                    }
+                }
+                return;
+            }
+        }
+        if let Some(k) = bound {
+            from = k + 1;
+        }
+    }
+}
+
+/// Maps `len` bytes of private anonymous read-write-execute memory at exactly `addr` (never
+/// over an existing mapping) and copies `code` to its start.
+pub fn map_code(addr: u64, len: u64, code: &[u8]) -> SysResult<()> {
+    if code.len() as u64 > len {
+        return Err(SysError::from_errno("mmap", libc::EINVAL));
+    }
+    // SAFETY: MAP_FIXED_NOREPLACE never replaces a mapping; the result is checked.
+    let p = unsafe {
+        libc::mmap(
+            addr as *mut libc::c_void,
+            len as usize,
+            libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(SysError::last("mmap"));
+    }
+    if p as u64 != addr {
+        // An old kernel without MAP_FIXED_NOREPLACE took it as a hint.
+        // SAFETY: unmapping what was just mapped.
+        unsafe { libc::munmap(p, len as usize) };
+        return Err(SysError::from_errno("mmap", libc::EEXIST));
+    }
+    // SAFETY: p is a fresh writable mapping of len >= code.len() bytes.
+    unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), p.cast::<u8>(), code.len()) };
+    Ok(())
+}
+
 /// chdir(2).
 pub fn chdir(path: &str) -> SysResult<()> {
     let c = cstr("chdir", path)?;
@@ -312,4 +378,43 @@ pub fn memfd_create(name: &str) -> SysResult<std::fs::File> {
     let fd = check("memfd_create", fd as libc::c_long)? as RawFd;
     // SAFETY: the kernel returned a new fd that nobody else owns.
     Ok(unsafe { std::fs::File::from_raw_fd(fd) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_all_but_keeps_exactly_those() {
+        // In a child: the test harness's own fds must survive.
+        // SAFETY: the child only makes async-signal-safe syscalls and _exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork");
+        if pid == 0 {
+            // SAFETY: plain syscalls on integers.
+            let open = |fd: RawFd| unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0;
+            // SAFETY: dup2 of stdin onto free numbers.
+            unsafe {
+                for fd in [5, 6, 40, 41, 100] {
+                    libc::dup2(0, fd);
+                }
+            }
+            close_all_but(&[0, 6, 41, 41, -1]);
+            let want = [
+                (0, true),
+                (1, false),
+                (2, false),
+                (5, false),
+                (6, true),
+                (40, false),
+            ];
+            let ok = want.iter().all(|&(fd, o)| open(fd) == o) && open(41) && !open(100);
+            // SAFETY: leaving the forked child.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+    }
 }
