@@ -3,7 +3,7 @@
 //! (files from their paths), fill the saved pages (through [`super::fill`]), fix protections,
 //! and set the mm fields with PR_SET_MM_MAP.
 
-use super::layout::{find_hole, overlaps};
+use super::layout::find_hole;
 use super::remote_ctx::{Call, Ctx, Le, TRAMPOLINE_LEN};
 use super::{ProcessImage, RestoreError};
 use crate::proto::{Vma, VmaKind};
@@ -117,20 +117,33 @@ pub fn clear_and_move_specials(
 ) -> Result<Option<(u64, u64, u64)>, RestoreError> {
     let pid = ctx.pid();
     let tramp = (ctx.tramp, ctx.tramp + TRAMPOLINE_LEN);
+    // One munmap per gap between what stays (the trampoline, the specials) rather than one per
+    // inherited mapping: each munmap ends with a TLB flush (an IPI to every CPU that ran the
+    // process), and a copy of cryo has a few dozen mappings.
+    let mut stay: Vec<(u64, u64)> = cur
+        .iter()
+        .filter(|m| special_kind(&m.name).is_some())
+        .map(|m| (m.start, m.end))
+        .chain([tramp])
+        .collect();
+    stay.sort_unstable();
+    let top = cur
+        .iter()
+        .filter(|m| m.start < 0xffff_ffff_ff60_0000)
+        .map(|m| m.end)
+        .max()
+        .unwrap_or(0);
     let mut unmaps = Vec::new();
-    for m in cur {
-        if m.start >= 0xffff_ffff_ff60_0000 || special_kind(&m.name).is_some() {
-            continue;
+    let mut from = 0u64;
+    for (s, e) in stay.into_iter().chain([(top.max(from), top.max(from))]) {
+        if s > from {
+            unmaps.push(Call::new(
+                format!("munmap({from:#x}-{s:#x}) of inherited mappings"),
+                libc::SYS_munmap,
+                [from, s - from, 0, 0, 0, 0],
+            ));
         }
-        if overlaps((m.start, m.end), tramp) {
-            continue;
-        }
-        let (s, e) = (m.start, m.end);
-        unmaps.push(Call::new(
-            format!("munmap({s:#x}-{e:#x}) of an inherited mapping"),
-            libc::SYS_munmap,
-            [s, e - s, 0, 0, 0, 0],
-        ));
+        from = from.max(e);
     }
     ctx.defer(unmaps)?;
 
