@@ -400,3 +400,32 @@ fn tree_memory_dumped_in_parallel() {
     let result = restore_and_check(&w, images.path());
     assert_eq!(result, "PASS", "{}", w.logs());
 }
+
+/// Processes and threads are born and die while the tree is being frozen: each dump must
+/// catch a tree it can restore (a child or thread half-way through fork or exit is either in
+/// it, whole, or not), and the restored workers go on forking, threading and reaping, every
+/// child's exit status intact.
+#[test]
+fn tree_forking_and_threading_while_dumped() {
+    let _serial = serial();
+    let Some(bin) = prepare("tree_forking_and_threading_while_dumped", "forker") else {
+        return;
+    };
+    for round in 0..4u64 {
+        let mut w = Workload::start(&bin, &[]);
+        std::thread::sleep(std::time::Duration::from_millis(7 * round));
+        let images = images_dir();
+        dump_ok(&w, images.path(), &[]);
+        w.wait_killed_by_dump();
+        // The checkpoint's processes, whatever was alive at the freeze.
+        let pids = cryo::image::ImageReader::open(images.path())
+            .expect("read the checkpoint")
+            .inventory()
+            .pids
+            .clone();
+        assert!(pids.len() >= 3, "round {round}: only {pids:?} dumped");
+        reap_tree(&pids);
+        let result = restore_and_check(&w, images.path());
+        assert_eq!(result, "PASS", "round {round}: {}", w.logs());
+    }
+}

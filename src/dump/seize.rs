@@ -147,10 +147,13 @@ impl<'t, 'scope> SeizedTree<'t, 'scope> {
         };
         let mut todo = vec![root];
         // Processes whose every thread was seized (stopped) when their threads were last
-        // listed: they can make no new thread or child, so they are not listed again.
+        // listed: they can make no new thread or child, so they are not listed again until
+        // the final pass.
         let mut settled: BTreeSet<i32> = BTreeSet::new();
         loop {
             let mut changed = false;
+            // Whether this pass left out a settled process.
+            let mut skipped = false;
             while let Some(pid) = todo.pop() {
                 if t.procs.contains_key(&pid) {
                     continue;
@@ -169,7 +172,11 @@ impl<'t, 'scope> SeizedTree<'t, 'scope> {
             // New threads, and children of every thread.
             let pids: Vec<i32> = t.procs.keys().copied().collect();
             for pid in pids {
-                if t.procs[&pid].zombie.is_some() || settled.contains(&pid) {
+                if t.procs[&pid].zombie.is_some() {
+                    continue;
+                }
+                if settled.contains(&pid) {
+                    skipped = true;
                     continue;
                 }
                 let threads = match proc::list_threads(pid) {
@@ -205,7 +212,13 @@ impl<'t, 'scope> SeizedTree<'t, 'scope> {
                 }
             }
             if !changed && todo.is_empty() {
-                break;
+                if !skipped {
+                    break;
+                }
+                // Done only after a pass over every process, settled or not, that finds
+                // nothing new (an orphan reparented to a subreaper of the tree after that
+                // subreaper was listed, say).
+                settled.clear();
             }
         }
         Ok(t)
@@ -271,6 +284,23 @@ impl<'t, 'scope> SeizedTree<'t, 'scope> {
             p.tids.extend_from_slice(&seized.0);
         }
         seized.1?;
+        if self.procs[&pid].tids.is_empty() {
+            // It exited between its listing and its seizing (a short-lived child): its parent
+            // is frozen or about to be, so it stays a zombie, and is dumped as one.
+            return match settle_exit(pid) {
+                Some(code) => {
+                    if let Some(p) = self.procs.get_mut(&pid) {
+                        p.zombie = Some(code);
+                        p.stopped = false;
+                    }
+                    Ok(())
+                }
+                None => {
+                    self.procs.remove(&pid);
+                    Err(DumpError::Gone { pid })
+                }
+            };
+        }
         if self.procs[&pid].tids.first() != Some(&pid) {
             return Err(DumpError::Unsupported {
                 pid,
@@ -397,11 +427,34 @@ impl Drop for SeizedTree<'_, '_> {
     }
 }
 
-/// Seizes and stops one thread. Ok(false) if it vanished first.
+/// Waits (up to 100 ms) for a process that could not be seized because it is exiting to be a
+/// zombie; returns its exit status, or None if it is gone (reaped) or does not turn into one.
+fn settle_exit(pid: i32) -> Option<i32> {
+    let deadline = Instant::now() + Duration::from_millis(100);
+    loop {
+        match proc::read_stat(pid) {
+            Ok(st) if st.state == 'Z' => return Some(st.exit_code),
+            Ok(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_micros(200)),
+            _ => return None,
+        }
+    }
+}
+
+/// Whether task `tid` is exiting (a zombie or dead thread, or already gone).
+fn exiting(tid: i32) -> bool {
+    match proc::read_stat(tid) {
+        Ok(st) => matches!(st.state, 'Z' | 'X'),
+        Err(e) => e.is_gone(),
+    }
+}
+
+/// Seizes and stops one thread. Ok(false) if it vanished or was already exiting (ptrace
+/// refuses a task that has exited: EPERM).
 fn seize_one(tid: i32) -> Result<bool, DumpError> {
     match ptrace::seize(tid, 0) {
         Ok(()) => {}
         Err(e) if e.errno == libc::ESRCH => return Ok(false),
+        Err(e) if e.errno == libc::EPERM && exiting(tid) => return Ok(false),
         Err(source) => return Err(DumpError::Seize { pid: tid, source }),
     }
     ptrace::interrupt(tid).map_err(|source| DumpError::Seize { pid: tid, source })?;

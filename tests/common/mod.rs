@@ -33,6 +33,7 @@ pub const TIMEOUT: Duration = Duration::from_secs(120);
 /// The workloads compiled for the tests, by file stem.
 pub const WORKLOADS: &[&str] = &[
     "clone_files",
+    "forker",
     "clone_fs",
     "clone_share",
     "tty_job",
