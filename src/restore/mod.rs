@@ -525,6 +525,18 @@ pub fn restore(opts: &RestoreOpts) -> Result<RestoreOutcome, RestoreError> {
         tramps.insert(img.pid(), tramp);
         images.insert(img.pid(), img);
     }
+    // New PIDs (cryo's threads, anyone's processes) from above the checkpoint's from now on,
+    // where the allocator was below them: fewer chances for one of them to take a PID the
+    // restore is about to create.
+    let top = plan
+        .entries()
+        .flat_map(|e| std::iter::once(e.pid).chain(e.threads.iter().copied()))
+        .max()
+        .unwrap_or(0);
+    match proc_ctl::advance_last_pid(top) {
+        Ok(moved) => tracing::debug!(top, moved, "PID allocator past the checkpoint's PIDs"),
+        Err(e) => tracing::debug!(error = %e, "could not move the PID allocator"),
+    }
     for e in plan.entries() {
         for id in std::iter::once(e.pid).chain(e.threads.iter().copied()) {
             if std::path::Path::new(&format!("/proc/{id}")).exists() {

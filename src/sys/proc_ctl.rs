@@ -144,6 +144,33 @@ pub fn fork_with_pid_fallback(pid: i32, flags: u64) -> SysResult<i32> {
     Ok(ret)
 }
 
+/// Moves the PID allocator of this PID namespace past `pid` (writes /proc/sys/kernel/ns_last_pid)
+/// when it is below: PIDs handed out meanwhile, to threads and processes of anyone, cryo's own
+/// included, then come from above `pid` instead of sweeping through the PIDs a restore is about
+/// to take (on a machine whose pid_max is 32768 the allocator wraps every few minutes of
+/// tests). Returns whether it moved it.
+pub fn advance_last_pid(pid: i32) -> SysResult<bool> {
+    use std::io::Write;
+    let path = "/proc/sys/kernel/ns_last_pid";
+    let err = |call: &'static str| {
+        move |e: std::io::Error| SysError::from_errno(call, e.raw_os_error().unwrap_or(0))
+    };
+    let now: i32 = std::fs::read_to_string(path)
+        .map_err(err("read(ns_last_pid)"))?
+        .trim()
+        .parse()
+        .map_err(|_| SysError::from_errno("read(ns_last_pid)", libc::EINVAL))?;
+    if now >= pid {
+        return Ok(false);
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(err("open(ns_last_pid)"))?;
+    write!(f, "{pid}").map_err(err("write(ns_last_pid)"))?;
+    Ok(true)
+}
+
 /// kcmp(2) types.
 pub const KCMP_VM: i32 = 1;
 /// Shared fd table.
