@@ -560,8 +560,14 @@ fn infect_query_dump_cure() {
     std::io::Write::write_all(&mut store, &[0xee; 100]).expect("header");
     // Streamed by the blob through pipes, whatever the size.
     p.set_direct_read_max(0);
+    let before_pages = p.remote_calls();
     let runs = p.dump_pages(&reqs, &mut store).expect("dump_pages");
     assert!(runs.len() > 100);
+    // Once infected, remote syscalls (the pipes' setup and closes here) take the blob's
+    // one-stop gadget, not the two-stop path.
+    let calls = p.remote_calls();
+    assert!(calls.gadget > before_pages.gadget, "{calls:?}");
+    assert_eq!(calls.direct, before_pages.direct, "{calls:?}");
     verify_dump(pid, &reqs, &runs, &store_path, 4096);
     let total: u64 = runs.iter().map(|r| r.nr_pages).sum();
     // A second dump appends after the first.

@@ -387,6 +387,17 @@ pub struct Parasite {
     /// The task is gone: nothing remote can be done any more.
     gone: bool,
     cured: bool,
+    /// Remote syscalls run so far: through the gadget (one stop), and directly (two stops).
+    calls: RemoteCalls,
+}
+
+/// How many remote syscalls a [`Parasite`] ran each way ([`Parasite::remote_calls`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RemoteCalls {
+    /// Through the blob's `syscall; int3` gadget: one stop each.
+    pub gadget: u64,
+    /// At the task's own syscall instruction: two stops each.
+    pub direct: u64,
 }
 
 impl Parasite {
@@ -439,6 +450,7 @@ impl Parasite {
                 / std::mem::size_of::<abi::PageOut>() as u64,
             gone: false,
             cured: false,
+            calls: RemoteCalls::default(),
         };
         match p.setup(empty_name, ignored) {
             Ok(()) => {
@@ -1190,6 +1202,7 @@ impl Parasite {
             };
             let mut regs = remote.call_regs(gadget, nr, args);
             regs.rsp = (region.base + region.len - 64) & !15;
+            self.calls.gadget += 1;
             self.run_regs(regs, step)?;
             let out = ptrace::get_regs(pid).map_err(|source| InfectError::Sys {
                 pid,
@@ -1214,9 +1227,15 @@ impl Parasite {
     ) -> Result<u64, InfectError> {
         let pid = self.pid;
         let remote = self.remote.as_mut().ok_or(InfectError::Cured { pid })?;
+        self.calls.direct += 1;
         remote
             .syscall(|| format!("{step} {args:#x?}"), nr, args)
             .map_err(|source| InfectError::Remote { pid, step, source })
+    }
+
+    /// How many remote syscalls ran so far, through the gadget and directly.
+    pub fn remote_calls(&self) -> RemoteCalls {
+        self.calls
     }
 
     fn check_usable(&self) -> Result<(), InfectError> {
