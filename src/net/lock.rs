@@ -491,4 +491,56 @@ mod tests {
     fn names_fit_an_iptables_chain() {
         assert!(NetLock::fresh_name(4_194_304).len() <= 28);
     }
+
+    /// Against the kernel: the `nft` tool's script, the fallback when nfnetlink fails, adds a
+    /// lock that nfnetlink then finds, holding the connection's key, and removes.
+    #[test]
+    fn tool_fallback_adds_a_lock_netlink_finds_and_removes() {
+        const TEST: &str = "tool_fallback_adds_a_lock_netlink_finds_and_removes";
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIP {TEST}: needs root");
+            return;
+        }
+        if !tool_exists("nft") {
+            eprintln!("SKIP {TEST}: no nft tool");
+            return;
+        }
+        let conns = [Conn {
+            local: a4([10, 1, 2, 3], 4321),
+            peer: a4([10, 9, 8, 7], 80),
+        }];
+        let lock = NetLock {
+            backend: Backend::Nftables,
+            name: format!("cryo-tool-{}", std::process::id()),
+            ns: Netns::current().unwrap(),
+            armed: true,
+            nl: None,
+        };
+        lock.nft(&lock.nft_script(&conns), "adding the rules")
+            .unwrap();
+        let out = std::process::Command::new("nft")
+            .args(["list", "table", "inet", &lock.name])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        let found = NetLock::find(Netns::current().unwrap(), &lock.id()).unwrap();
+        assert!(found.is_some(), "nfnetlink does not see {}", lock.id());
+        drop(found.map(NetLock::keep));
+        let id = lock.id();
+        lock.unlock().unwrap();
+        assert!(NetLock::find(Netns::current().unwrap(), &id)
+            .unwrap()
+            .is_none());
+        for want in [
+            "ip saddr . tcp sport . ip daddr . tcp dport @conns4 drop",
+            "10.1.2.3 . 4321 . 10.9.8.7 . 80",
+            "10.9.8.7 . 80 . 10.1.2.3 . 4321",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in:\n{text}");
+        }
+    }
 }
