@@ -220,8 +220,9 @@ impl Client {
                 &port.to_string(),
                 &conns.to_string(),
                 &bytes.to_string(),
-                // Reading starts this many seconds after the client does: well after the
-                // dump, so the server's send queues are still full when it is frozen.
+                // Reading starts this many seconds after each connection is made: well
+                // after the dump, so the server's send queues are still full when it is
+                // frozen.
                 "6",
             ],
         )

@@ -13,6 +13,7 @@
  */
 #include "protocol.c"
 #include "netstream.h"
+#include <linux/sockios.h>
 #include <sys/wait.h>
 
 static int v6;
@@ -105,10 +106,14 @@ int main(int argc, char **argv)
 		int full = 1;
 		for (int i = 0; i < n; i++) {
 			conn_step(&cs[i], 0, 1);
-			int inq = 0, outq = 0;
+			/* Unsent bytes, not just unacknowledged ones: they stay only once the peer's
+			 * window is full, while a few bytes in flight are acknowledged within
+			 * microseconds (a dump that froze the server right then found an empty send
+			 * queue). */
+			int inq = 0, unsent = 0;
 			ioctl(cs[i].fd, SIOCINQ, &inq);
-			ioctl(cs[i].fd, SIOCOUTQ, &outq);
-			if (inq == 0 || outq == 0)
+			ioctl(cs[i].fd, SIOCOUTQNSD, &unsent);
+			if (inq == 0 || unsent == 0)
 				full = 0;
 		}
 		if (full)
