@@ -403,8 +403,8 @@ fn tree_memory_dumped_in_parallel() {
 
 /// Processes and threads are born and die while the tree is being frozen: each dump must
 /// catch a tree it can restore (a child or thread half-way through fork or exit is either in
-/// it, whole, or not), and the restored workers go on forking, threading and reaping, every
-/// child's exit status intact.
+/// it, whole, or not), a `--leave-running` dump must leave it going, and the restored workers
+/// go on forking, threading and reaping, every child's exit status intact.
 #[test]
 fn tree_forking_and_threading_while_dumped() {
     let _serial = serial();
@@ -414,6 +414,14 @@ fn tree_forking_and_threading_while_dumped() {
     for round in 0..4u64 {
         let mut w = Workload::start(&bin, &[]);
         std::thread::sleep(std::time::Duration::from_millis(7 * round));
+        // First a dump that leaves the tree running: it must go on, untraced.
+        let kept = images_dir();
+        dump_ok(&w, kept.path(), &["--leave-running"]);
+        assert_eq!(
+            tracer_pid(w.pid),
+            Some(0),
+            "round {round}: still traced after -R"
+        );
         let images = images_dir();
         dump_ok(&w, images.path(), &[]);
         w.wait_killed_by_dump();
