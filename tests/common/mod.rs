@@ -572,20 +572,37 @@ impl Workload {
 
 impl Drop for Workload {
     fn drop(&mut self) {
+        // The workload's descendants go too: after a failed test they would otherwise wait
+        // forever for a check whose directory is gone (they are the workload's own children,
+        // started by this test). Listed before the root dies (then they are no longer its).
+        let kids: Vec<i32> = if self.original.is_some() || self.is_ours() {
+            descendants(self.pid).into_iter().skip(1).collect()
+        } else {
+            Vec::new()
+        };
         if let Some(mut child) = self.original.take() {
             let _ = child.kill();
             let _ = child.wait();
-            return;
+        } else {
+            if self.is_ours() {
+                let _ = proc_ctl::kill(self.pid, libc::SIGKILL);
+            }
+            // A restored process may be our child (adopted after restore -d): reap it if so.
+            // ECHILD means it belongs to a cryo process, which its own guard waits for.
+            let pid = self.pid;
+            wait_until(Duration::from_secs(5), || {
+                !matches!(ptrace::wait(pid, libc::WNOHANG), Ok(None))
+            });
         }
-        if self.is_ours() {
-            let _ = proc_ctl::kill(self.pid, libc::SIGKILL);
+        for &p in &kids {
+            let _ = proc_ctl::kill(p, libc::SIGKILL);
         }
-        // A restored process may be our child (adopted after restore -d): reap it if so.
-        // ECHILD means it belongs to a cryo process, which its own guard waits for.
-        let pid = self.pid;
-        wait_until(Duration::from_secs(5), || {
-            !matches!(ptrace::wait(pid, libc::WNOHANG), Ok(None))
-        });
+        // Those adopted by this (subreaper) process are reaped here.
+        for &p in &kids {
+            wait_until(Duration::from_secs(1), || {
+                !matches!(ptrace::wait(p, libc::WNOHANG), Ok(None))
+            });
+        }
     }
 }
 
