@@ -624,9 +624,9 @@ fn collect(
         leader.altstack_flags = ss_flags;
         leader.clear_tid_addr = tid_addr;
     }
-    let personality = proc::read_whole(std::path::Path::new(&format!("/proc/{pid}/personality")))
+    let personality = proc::read_lossy(std::path::Path::new(&format!("/proc/{pid}/personality")))
         .ok()
-        .and_then(|b| u32::from_str_radix(String::from_utf8_lossy(&b).trim(), 16).ok())
+        .and_then(|s| u32::from_str_radix(s.trim(), 16).ok())
         .unwrap_or(0);
     let exe = proc::read_link(pid, "exe")?;
     let core = ProcessCore {

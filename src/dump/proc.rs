@@ -214,6 +214,11 @@ pub fn read_whole(path: &Path) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// [`read_whole`], decoded lossily (for files whose only non-ASCII content can be a name).
+pub fn read_lossy(path: &Path) -> io::Result<String> {
+    read_whole(path).map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
 /// Builds a parse error for line `line` (1-based) of the file labelled `file`.
 fn bad(file: &str, line: usize, text: &str, what: impl Into<String>) -> ProcError {
     ProcError::Parse {
@@ -278,8 +283,8 @@ pub struct MapEntry {
     pub inode: u64,
     /// The pathname column as printed (`""` if none, `[heap]`, `[vdso]`, `/SYSV00000000`, ...),
     /// with a trailing ` (deleted)` removed. The kernel prints a newline in a file name as `\012`
-    /// and does not escape backslashes, so for odd names the exact path comes from
-    /// [`map_file_stat`].
+    /// and does not escape backslashes, so for odd names the exact path is the link
+    /// `/proc/PID/map_files/START-END` (see [`map_file_metadata`]).
     pub path: String,
     /// The path carried the ` (deleted)` suffix: the file is unlinked (this is also how the kernel
     /// shows anonymous shared memory: `/dev/zero (deleted)`, `/SYSV... (deleted)`, and memfds:
@@ -413,17 +418,9 @@ fn file_stat(path: String, m: &Metadata) -> FileStat {
     }
 }
 
-/// For a file-backed mapping (including anonymous shared memory and memfds), the identity of the
+/// For a file-backed mapping (including anonymous shared memory and memfds), stat() of the
 /// mapped file through `/proc/PID/map_files/START-END` (which needs CAP_SYS_ADMIN). `start` and
 /// `end` must be exactly the bounds of one mapping from [`read_maps`].
-pub fn map_file_stat(pid: i32, start: u64, end: u64) -> Result<FileStat, ProcError> {
-    let meta = map_file_metadata(pid, start, end)?;
-    let target = Task::process(pid).read_link(&format!("map_files/{start:x}-{end:x}"))?;
-    Ok(file_stat(target, &meta))
-}
-
-/// stat() of the file mapped at exactly `start`-`end`, through `/proc/PID/map_files` (no
-/// readlink: for when the path from maps will do).
 pub fn map_file_metadata(pid: i32, start: u64, end: u64) -> Result<Metadata, ProcError> {
     let task = Task::process(pid);
     let path = task.file(&format!("map_files/{start:x}-{end:x}"));
@@ -1137,15 +1134,9 @@ pub fn read_timers(pid: i32) -> Result<Vec<ProcTimer>, ProcError> {
 /// Resident memory of a process in bytes (`/proc/PID/statm`), 0 if unreadable: only a hint
 /// for spreading processes over tracer threads.
 pub fn resident_bytes(pid: i32) -> u64 {
-    read_whole(Path::new(&format!("/proc/{pid}/statm")))
+    read_lossy(Path::new(&format!("/proc/{pid}/statm")))
         .ok()
-        .and_then(|b| {
-            String::from_utf8_lossy(&b)
-                .split_whitespace()
-                .nth(1)?
-                .parse::<u64>()
-                .ok()
-        })
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
         .map_or(0, |pages| pages * crate::sys::PAGE_SIZE)
 }
 
@@ -1800,18 +1791,19 @@ mod tests {
             .iter()
             .find(|m| m.path == exe && m.prot & libc::PROT_EXEC as u32 != 0)
             .expect("the test binary's text mapping");
-        let st = map_file_stat(pid, text.start, text.end).unwrap();
-        assert_eq!(st.path, exe);
-        assert_eq!(st.ino, text.inode);
-        assert_eq!(st.mode & libc::S_IFMT, libc::S_IFREG);
+        let st = map_file_metadata(pid, text.start, text.end).unwrap();
+        let link = read_link(pid, &format!("map_files/{:x}-{:x}", text.start, text.end));
+        assert_eq!(link.unwrap(), exe);
+        assert_eq!(st.ino(), text.inode);
+        assert_eq!(st.mode() & libc::S_IFMT, libc::S_IFREG);
         let meta = fs::metadata(&exe).unwrap();
-        assert_eq!((st.dev, st.size), (meta.dev(), meta.size()));
-        assert!(st.mtime_ns > 0);
+        assert_eq!((st.dev(), st.size()), (meta.dev(), meta.size()));
+        assert!(st.mtime() > 0);
 
         // An anonymous mapping has no map_files entry.
         let anon = maps.iter().find(|m| m.path == "[stack]").unwrap();
         assert!(matches!(
-            map_file_stat(pid, anon.start, anon.end),
+            map_file_metadata(pid, anon.start, anon.end),
             Err(ProcError::Io { .. })
         ));
     }

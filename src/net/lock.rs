@@ -15,9 +15,9 @@
 //! it and 20 ms to delete it here, most of it its own start-up and ruleset cache; the kernel
 //! answers in a fraction of a millisecond (closing the socket of a delete waits 5-15 ms for
 //! the kernel to release it: a short-lived child does that close, see `nft_ffi`). Should
-//! nfnetlink fail, the tool
-//! does the same (`nft SCRIPT`, run from a thread inside the namespace). iptables locks are
-//! always made with the tools (`iptables -w`); their error output is part of the error.
+//! nfnetlink fail, the tool does the same (`nft SCRIPT`, run from a thread inside the
+//! namespace). iptables locks are always made with the tools (`iptables -w`); their error
+//! output is part of the error.
 
 use super::Netns;
 use crate::sys::net_ffi::InetAddr;
@@ -117,17 +117,27 @@ pub struct Conn {
     pub peer: InetAddr,
 }
 
-/// The addresses of a connection in the family the firewall sees: an IPv4-mapped IPv6 pair is
-/// IPv4 on the wire.
-fn wire(a: &InetAddr) -> (bool, String) {
-    let v4 = |b: &[u8]| std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]).to_string();
+/// The bytes of an address as the firewall sees it: an IPv4-mapped IPv6 address is IPv4 on
+/// the wire (4 bytes).
+fn wire_bytes(a: &InetAddr) -> &[u8] {
     match a.addr.len() {
-        4 => (true, v4(&a.addr)),
         16 if a.addr[..10].iter().all(|&b| b == 0) && a.addr[10..12] == [0xff, 0xff] => {
-            (true, v4(&a.addr[12..]))
+            &a.addr[12..]
         }
-        _ => {
-            let b: [u8; 16] = a.addr.as_slice().try_into().unwrap_or([0; 16]);
+        _ => &a.addr,
+    }
+}
+
+/// The addresses of a connection in the family the firewall sees ([`wire_bytes`]): whether it
+/// is IPv4, and its text.
+fn wire(a: &InetAddr) -> (bool, String) {
+    match wire_bytes(a) {
+        b if b.len() == 4 => (
+            true,
+            std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]).to_string(),
+        ),
+        b => {
+            let b: [u8; 16] = b.try_into().unwrap_or([0; 16]);
             (false, std::net::Ipv6Addr::from(b).to_string())
         }
     }
@@ -135,20 +145,12 @@ fn wire(a: &InetAddr) -> (bool, String) {
 
 /// The keys of `conns` in the lock's sets (IPv4, IPv6), both directions of each.
 fn lock_keys(conns: &[Conn]) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
-    let bytes = |a: &InetAddr| -> Vec<u8> {
-        match a.addr.len() {
-            16 if a.addr[..10].iter().all(|&b| b == 0) && a.addr[10..12] == [0xff, 0xff] => {
-                a.addr[12..].to_vec()
-            }
-            _ => a.addr.clone(),
-        }
-    };
     let (mut v4, mut v6) = (Vec::new(), Vec::new());
     for c in conns {
-        let (l, p) = (bytes(&c.local), bytes(&c.peer));
+        let (l, p) = (wire_bytes(&c.local), wire_bytes(&c.peer));
         let keys = [
-            nft_ffi::lock_key(&l, c.local.port, &p, c.peer.port),
-            nft_ffi::lock_key(&p, c.peer.port, &l, c.local.port),
+            nft_ffi::lock_key(l, c.local.port, p, c.peer.port),
+            nft_ffi::lock_key(p, c.peer.port, l, c.local.port),
         ];
         if l.len() == 4 {
             v4.extend(keys);

@@ -26,14 +26,14 @@ pub fn find_hole(busy: &[(u64, u64)], len: u64) -> Option<u64> {
     (cand + len <= TASK_SIZE).then_some(cand)
 }
 
-/// True when [a0, a1) and [b0, b1) share a byte.
-pub fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
-    a.0 < b.1 && b.0 < a.1
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// True when [a0, a1) and [b0, b1) share a byte.
+    fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
+        a.0 < b.1 && b.0 < a.1
+    }
 
     #[test]
     fn hole_skips_busy_ranges() {

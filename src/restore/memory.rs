@@ -25,8 +25,7 @@ pub struct CurMap {
 /// The text of /proc/PID/maps.
 pub fn maps_text(pid: i32) -> Result<String, RestoreError> {
     let path = format!("/proc/{pid}/maps");
-    crate::dump::proc::read_whole(std::path::Path::new(&path))
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
+    crate::dump::proc::read_lossy(std::path::Path::new(&path))
         .map_err(|source| RestoreError::Io { path, source })
 }
 
@@ -135,7 +134,8 @@ pub fn clear_and_move_specials(
         .unwrap_or(0);
     let mut unmaps = Vec::new();
     let mut from = 0u64;
-    for (s, e) in stay.into_iter().chain([(top.max(from), top.max(from))]) {
+    // The last gap ends at the top of what is mapped.
+    for (s, e) in stay.into_iter().chain([(top, top)]) {
         if s > from {
             unmaps.push(Call::new(
                 format!("munmap({from:#x}-{s:#x}) of inherited mappings"),

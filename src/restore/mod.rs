@@ -920,12 +920,12 @@ fn wait_in_pause(pid: i32) -> Result<(), RestoreError> {
     let path = format!("/proc/{pid}/syscall");
     let start = std::time::Instant::now();
     for round in 0u32.. {
-        let now = crate::dump::proc::read_whole(std::path::Path::new(&path))
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .map_err(|source| RestoreError::Io {
+        let now = crate::dump::proc::read_lossy(std::path::Path::new(&path)).map_err(|source| {
+            RestoreError::Io {
                 path: path.clone(),
                 source,
-            })?;
+            }
+        })?;
         if now.split_whitespace().next() == Some(&libc::SYS_pause.to_string()) {
             return Ok(());
         }
@@ -1200,13 +1200,13 @@ fn set_final_thread_state(mut th: Ctx, t: &TaskCore) -> Result<(), RestoreError>
     Ok(())
 }
 
-/// A syscall instruction in the restored image (anywhere but the trampoline).
 /// Whether task `pid` has a `syscall` instruction at `addr`.
 fn is_syscall_at(pid: i32, addr: u64) -> bool {
     let mut b = [0u8; 2];
     crate::sys::mem::read_force(pid, addr, &mut b).is_ok() && b == [0x0f, 0x05]
 }
 
+/// A syscall instruction in the restored image (anywhere but the trampoline).
 fn find_syscall_insn_outside(pid: i32, maps: &str, skip: (u64, u64)) -> Result<u64, RestoreError> {
     let filtered: String = maps
         .lines()

@@ -253,13 +253,7 @@ impl Ctx {
                 if let Some((i, bytes)) = &c.data {
                     args[*i] = self.put(0, bytes)?;
                 }
-                let r = match self.rt.syscall(|| c.what.clone(), c.nr, args) {
-                    Ok(r) => r,
-                    Err(crate::infect::remote::RemoteError::Syscall { errno, .. }) => {
-                        (-(errno as i64)) as u64
-                    }
-                    Err(e) => return Err(e.into()),
-                };
+                let r = self.rt.syscall_raw(c.nr, args)? as u64;
                 out.push(check(k, c, r)?);
             }
             return Ok(out);

@@ -112,13 +112,7 @@ pub fn fork_with_pid(pid: i32, flags: u64) -> SysResult<i32> {
 /// Forks with the ns_last_pid fallback: writes `pid - 1` to /proc/sys/kernel/ns_last_pid and
 /// forks; fails with EEXIST if the kernel handed out a different PID.
 pub fn fork_with_pid_fallback(pid: i32, flags: u64) -> SysResult<i32> {
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .open("/proc/sys/kernel/ns_last_pid")
-        .map_err(|e| SysError::from_errno("open(ns_last_pid)", e.raw_os_error().unwrap_or(0)))?;
-    write!(f, "{}", pid - 1)
-        .map_err(|e| SysError::from_errno("write(ns_last_pid)", e.raw_os_error().unwrap_or(0)))?;
+    write_last_pid(pid - 1)?;
     // SAFETY: clone without CLONE_VM and with a null stack is fork (plus `flags`, e.g.
     // CLONE_FS), in a single-threaded caller.
     let ret = unsafe {
@@ -150,25 +144,32 @@ pub fn fork_with_pid_fallback(pid: i32, flags: u64) -> SysResult<i32> {
 /// to take (on a machine whose pid_max is 32768 the allocator wraps every few minutes of
 /// tests). Returns whether it moved it.
 pub fn advance_last_pid(pid: i32) -> SysResult<bool> {
-    use std::io::Write;
-    let path = "/proc/sys/kernel/ns_last_pid";
-    let err = |call: &'static str| {
-        move |e: std::io::Error| SysError::from_errno(call, e.raw_os_error().unwrap_or(0))
-    };
-    let now: i32 = std::fs::read_to_string(path)
-        .map_err(err("read(ns_last_pid)"))?
+    let now: i32 = std::fs::read_to_string(NS_LAST_PID)
+        .map_err(|e| SysError::from_errno("read(ns_last_pid)", e.raw_os_error().unwrap_or(0)))?
         .trim()
         .parse()
         .map_err(|_| SysError::from_errno("read(ns_last_pid)", libc::EINVAL))?;
     if now >= pid {
         return Ok(false);
     }
+    write_last_pid(pid)?;
+    Ok(true)
+}
+
+/// The last PID handed out in this PID namespace (the next one goes above it).
+const NS_LAST_PID: &str = "/proc/sys/kernel/ns_last_pid";
+
+/// Sets the last PID handed out in this PID namespace.
+fn write_last_pid(pid: i32) -> SysResult<()> {
+    use std::io::Write;
+    let err = |call: &'static str| {
+        move |e: std::io::Error| SysError::from_errno(call, e.raw_os_error().unwrap_or(0))
+    };
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .open(path)
+        .open(NS_LAST_PID)
         .map_err(err("open(ns_last_pid)"))?;
-    write!(f, "{pid}").map_err(err("write(ns_last_pid)"))?;
-    Ok(true)
+    write!(f, "{pid}").map_err(err("write(ns_last_pid)"))
 }
 
 /// kcmp(2) types.
