@@ -401,6 +401,51 @@ fn tree_memory_dumped_in_parallel() {
     assert_eq!(result, "PASS", "{}", w.logs());
 }
 
+/// A tree whose PIDs wrap around pid_max (some just below it, some just above the 300 the
+/// kernel wraps to): neither the dump nor the restore may leave the PID allocator where the
+/// next process, `cryo restore` itself or one of its threads, takes one of the tree's PIDs.
+#[test]
+fn tree_whose_pids_wrap_around_pid_max() {
+    let _serial = serial();
+    let test = "tree_whose_pids_wrap_around_pid_max";
+    let Some(bin) = prepare(test, "memtree") else {
+        return;
+    };
+    let read = |path: &str| -> i32 {
+        std::fs::read_to_string(path)
+            .expect(path)
+            .trim()
+            .parse()
+            .expect(path)
+    };
+    let pid_max = read("/proc/sys/kernel/pid_max");
+    // Anything else forking on the machine may shift the tree: a few tries.
+    let (mut w, tree) = (0..5)
+        .find_map(|_| {
+            std::fs::write("/proc/sys/kernel/ns_last_pid", (pid_max - 6).to_string())
+                .expect("write ns_last_pid");
+            let w = Workload::start(&bin, &["3", "2", "1"]);
+            let tree = descendants(w.pid);
+            let high = tree.iter().any(|&p| p > pid_max - 10);
+            let low = tree.iter().any(|&p| p < pid_max / 2);
+            if high && low {
+                Some((w, tree))
+            } else {
+                drop(w);
+                reap_gone(&tree);
+                None
+            }
+        })
+        .expect("could not get a tree whose PIDs wrap");
+    let images = images_dir();
+    dump_ok(&w, images.path(), &[]);
+    w.wait_killed_by_dump();
+    reap_tree(&tree);
+    let result = restore_and_check(&w, images.path());
+    assert_eq!(result, "PASS", "{}", w.logs());
+    drop(w);
+}
+
 /// Processes and threads are born and die while the tree is being frozen: each dump must
 /// catch a tree it can restore (a child or thread half-way through fork or exit is either in
 /// it, whole, or not), a `--leave-running` dump must leave it going, and the restored workers

@@ -361,15 +361,13 @@ fn dump_tree<'scope>(
     } else {
         tree.kill()?;
         // Keep the freed PIDs free for the restore as long as the allocator allows: where it
-        // had wrapped around below them, it goes on above them.
-        if let Some(top) = procs
+        // was about to sweep through them, it goes on past them.
+        let pids: Vec<i32> = procs
             .iter()
             .flat_map(|p| std::iter::once(p.pid).chain(p.tids.iter().copied()))
-            .max()
-        {
-            if let Err(e) = crate::sys::proc_ctl::advance_last_pid(top) {
-                tracing::debug!(error = %e, "could not move the PID allocator");
-            }
+            .collect();
+        if let Err(e) = crate::sys::proc_ctl::advance_last_pid(&pids) {
+            tracing::debug!(error = %e, "could not move the PID allocator");
         }
         // The connections die with their last reference, still in repair mode: no packet.
         // The lock stays until restore has them back.

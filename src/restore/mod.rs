@@ -525,16 +525,15 @@ pub fn restore(opts: &RestoreOpts) -> Result<RestoreOutcome, RestoreError> {
         tramps.insert(img.pid(), tramp);
         images.insert(img.pid(), img);
     }
-    // New PIDs (cryo's threads, anyone's processes) from above the checkpoint's from now on,
-    // where the allocator was below them: fewer chances for one of them to take a PID the
-    // restore is about to create.
-    let top = plan
+    // New PIDs (cryo's threads, anyone's processes) from the widest stretch clear of the
+    // checkpoint's from now on, where the allocator was about to sweep through them: fewer
+    // chances for one of them to take a PID the restore is about to create.
+    let pids: Vec<i32> = plan
         .entries()
         .flat_map(|e| std::iter::once(e.pid).chain(e.threads.iter().copied()))
-        .max()
-        .unwrap_or(0);
-    match proc_ctl::advance_last_pid(top) {
-        Ok(moved) => tracing::debug!(top, moved, "PID allocator past the checkpoint's PIDs"),
+        .collect();
+    match proc_ctl::advance_last_pid(&pids) {
+        Ok(moved) => tracing::debug!(moved, "PID allocator clear of the checkpoint's PIDs"),
         Err(e) => tracing::debug!(error = %e, "could not move the PID allocator"),
     }
     for e in plan.entries() {

@@ -138,22 +138,52 @@ pub fn fork_with_pid_fallback(pid: i32, flags: u64) -> SysResult<i32> {
     Ok(ret)
 }
 
-/// Moves the PID allocator of this PID namespace past `pid` (writes /proc/sys/kernel/ns_last_pid)
-/// when it is below: PIDs handed out meanwhile, to threads and processes of anyone, cryo's own
-/// included, then come from above `pid` instead of sweeping through the PIDs a restore is about
-/// to take (on a machine whose pid_max is 32768 the allocator wraps every few minutes of
-/// tests). Returns whether it moved it.
-pub fn advance_last_pid(pid: i32) -> SysResult<bool> {
-    let now: i32 = std::fs::read_to_string(NS_LAST_PID)
-        .map_err(|e| SysError::from_errno("read(ns_last_pid)", e.raw_os_error().unwrap_or(0)))?
-        .trim()
-        .parse()
-        .map_err(|_| SysError::from_errno("read(ns_last_pid)", libc::EINVAL))?;
-    if now >= pid {
-        return Ok(false);
+/// Moves the PID allocator of this PID namespace (/proc/sys/kernel/ns_last_pid) so that the
+/// PIDs it hands out meanwhile, to threads and processes of anyone, cryo's own included, come
+/// from the widest stretch free of `pids` instead of sweeping through the PIDs a restore is
+/// about to take (on a machine whose pid_max is 32768 the allocator wraps every few minutes of
+/// tests). Moves it only when that leaves more room than where it is. Returns whether it moved.
+pub fn advance_last_pid(pids: &[i32]) -> SysResult<bool> {
+    let read = |path: &str, call: &'static str| -> SysResult<i32> {
+        std::fs::read_to_string(path)
+            .map_err(|e| SysError::from_errno(call, e.raw_os_error().unwrap_or(0)))?
+            .trim()
+            .parse()
+            .map_err(|_| SysError::from_errno(call, libc::EINVAL))
+    };
+    let now = read(NS_LAST_PID, "read(ns_last_pid)")?;
+    let pid_max = read("/proc/sys/kernel/pid_max", "read(pid_max)")?;
+    match last_pid_target(pids, now, pid_max) {
+        Some(to) => write_last_pid(to).map(|()| true),
+        None => Ok(false),
     }
-    write_last_pid(pid)?;
-    Ok(true)
+}
+
+/// Where to put the PID allocator, which hands out PIDs upwards from the last one and wraps at
+/// `pid_max`, so that the most PIDs go by before it reaches one of `pids`: on the member of
+/// `pids` that opens the widest (cyclic) gap. None when there is nothing to keep free or `now`
+/// already has at least half that room ahead of it (moving it back only makes PIDs come round
+/// again sooner).
+fn last_pid_target(pids: &[i32], now: i32, pid_max: i32) -> Option<i32> {
+    let mut sorted: Vec<i32> = pids.iter().copied().filter(|&p| p > 0).collect();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let first = *sorted.first()?;
+    let span = i64::from(pid_max.max(1));
+    // PIDs handed out from `from` on before the next member strictly after it, wrapping; a
+    // lone member has the whole turn.
+    let gap = |from: i32| -> i64 {
+        let next = sorted.iter().copied().find(|&p| p > from).unwrap_or(first);
+        match (i64::from(next) - i64::from(from)).rem_euclid(span) {
+            0 => span,
+            g => g,
+        }
+    };
+    let best = sorted
+        .iter()
+        .copied()
+        .max_by_key(|&p| (gap(p), std::cmp::Reverse(p)))?;
+    (gap(now) * 2 < gap(best)).then_some(best)
 }
 
 /// The last PID handed out in this PID namespace (the next one goes above it).
@@ -249,4 +279,27 @@ pub fn close_in_child(fd: OwnedFd) -> SysResult<()> {
     super::task::close(w);
     super::task::close(r);
     forked.map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::last_pid_target;
+
+    #[test]
+    fn allocator_goes_after_the_widest_gap() {
+        // Below the checkpoint's PIDs: on past them (the room after the last one wraps).
+        assert_eq!(last_pid_target(&[1000, 1001, 1002], 990, 32768), Some(1002));
+        // Already well clear of them: left alone.
+        assert_eq!(last_pid_target(&[1000, 1001, 1002], 5000, 32768), None);
+        assert_eq!(last_pid_target(&[1000, 1001, 1002], 1002, 32768), None);
+        // PIDs that wrapped past pid_max: after the low ones, not after the top one (from
+        // which the allocator would wrap straight onto 300).
+        let wrapped = [32760, 32761, 32767, 300, 301, 32762];
+        assert_eq!(last_pid_target(&wrapped, 32767, 32768), Some(301));
+        assert_eq!(last_pid_target(&wrapped, 32750, 32768), Some(301));
+        assert_eq!(last_pid_target(&wrapped, 2000, 32768), None);
+        // A lone PID: the allocator just before it moves onto it.
+        assert_eq!(last_pid_target(&[500], 499, 32768), Some(500));
+        assert_eq!(last_pid_target(&[], 499, 32768), None);
+    }
 }
