@@ -326,7 +326,6 @@ pub fn collect_fds(pid: i32, opts: FdOpts) -> Result<Vec<FdEntry>, DumpError> {
         pid,
         what: format!("cannot inspect its fds: {e}"),
     })?;
-    let pgid = proc::read_stat(pid)?.pgrp;
     let mut out: Vec<FdEntry> = Vec::with_capacity(links.len());
     let (mut next_desc, mut next_inode) = (1u32, 1u32);
     for link in &links {
@@ -386,7 +385,7 @@ pub fn collect_fds(pid: i32, opts: FdOpts) -> Result<Vec<FdEntry>, DumpError> {
         }
         if same_desc.is_none() {
             e.locks = fd_locks::locks(&r, &info, opts.file_locks)?;
-            e.owner = owner(&r, &e, pgid)?;
+            e.owner = owner(&r, &e)?;
             e.state = desc_state(&r, &e, &info, opts)?;
         }
         tracing::debug!(pid, fd = e.fd, kind = ?kind, desc = e.desc_id, inode = e.inode_id, "fd");
@@ -448,7 +447,7 @@ fn desc_state(
 
 /// The SIGIO owner of a description, when one is set. Only the process itself or its own
 /// process group can be given back at restore.
-fn owner(r: &FdRef, e: &FdEntry, pgid: i32) -> Result<Option<FileOwner>, DumpError> {
+fn owner(r: &FdRef, e: &FdEntry) -> Result<Option<FileOwner>, DumpError> {
     if e.flags as i32 & libc::O_PATH != 0 {
         return Ok(None);
     }
@@ -466,7 +465,8 @@ fn owner(r: &FdRef, e: &FdEntry, pgid: i32) -> Result<Option<FileOwner>, DumpErr
     }
     let ours = match kind {
         ffi::F_OWNER_TID | ffi::F_OWNER_PID => who == r.pid,
-        ffi::F_OWNER_PGRP => who == pgid,
+        // Its group, read only here: few descriptions have a group as owner.
+        ffi::F_OWNER_PGRP => who == proc::read_stat(r.pid)?.pgrp,
         _ => false,
     };
     if !ours {

@@ -266,15 +266,38 @@ fn dump_tree<'scope>(
         tcp_established: opts.tcp_established,
         skip_in_flight: opts.skip_in_flight,
     };
-    let mut all_fds: Vec<(i32, Vec<crate::proto::FdEntry>)> = Vec::new();
-    for p in procs.iter().filter(|p| p.zombie.is_none()) {
-        // A process sharing its parent's fd table has the parent's fds: saved once, there.
-        let fds = if shares(p.pid, true) {
-            Vec::new()
-        } else {
-            files::collect_fds(p.pid, fd_opts)?
-        };
-        all_fds.push((p.pid, fds));
+    // Each process's fds are read by its tracer (the tracers are idle until the processes
+    // are collected, and the reads are /proc and pidfd work, a few system calls per fd); the
+    // first error in process order is the one reported.
+    let reads: Vec<_> = procs
+        .iter()
+        .filter(|p| p.zombie.is_none())
+        .map(|p| {
+            // A process sharing its parent's fd table has the parent's fds: saved once, there.
+            let own = !shares(p.pid, true);
+            let pid = p.pid;
+            let job = tracers.run(p.tracer, move || {
+                if own {
+                    files::collect_fds(pid, fd_opts)
+                } else {
+                    Ok(Vec::new())
+                }
+            });
+            (pid, job)
+        })
+        .collect();
+    let mut all_fds: Vec<(i32, Vec<crate::proto::FdEntry>)> = Vec::with_capacity(reads.len());
+    let mut first_err = None;
+    for (pid, job) in reads {
+        match job.wait().and_then(|r| r) {
+            Ok(fds) => all_fds.push((pid, fds)),
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_err {
+        return Err(e);
     }
     files::number_across_processes(&mut all_fds)?;
     fd_unix::pair_across_processes(&mut all_fds, opts.ext_unix_sk)?;
@@ -310,13 +333,12 @@ fn dump_tree<'scope>(
             },
             None => {
                 let fds = fds_of(&all_fds, p.pid);
-                let mut entry = collected
+                let (mut entry, tty_nr) = collected
                     .remove(&p.pid)
                     .ok_or(DumpError::Gone { pid: p.pid })?;
                 // A sharer's parent is in its group (share.rs): it shares its parent's.
                 entry.fs_shared = shares(p.pid, false);
                 entry.files_shared = shares(p.pid, true);
-                let tty_nr = proc::read_stat(p.pid)?.tty_nr;
                 fd_tty::controlling_terminal(&mut entry, tty_nr, fds, &pty_pairs, opts.shell_job)?;
                 if entry.ctty_inode_id != 0 {
                     entry.tty_fg_pgrp = fd_tty::foreground_group(&all_fds, entry.ctty_inode_id)?;
@@ -406,7 +428,7 @@ fn collect_all<'scope>(
     files: &'scope mm::MappedFiles,
     stats: &mut DumpStats,
     meanwhile: impl FnOnce() -> Result<(), DumpError>,
-) -> Result<std::collections::BTreeMap<i32, PstreeEntry>, DumpError> {
+) -> Result<std::collections::BTreeMap<i32, (PstreeEntry, i32)>, DumpError> {
     let failed = std::sync::Arc::new(AtomicBool::new(false));
     let running = std::sync::Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
     let pending: Vec<_> = procs
@@ -438,9 +460,9 @@ fn collect_all<'scope>(
     }
     for job in pending {
         match job.wait() {
-            Ok(Some(Ok((entry, s)))) => {
+            Ok(Some(Ok((entry, s, tty_nr)))) => {
                 stats.add_pages(&s);
-                out.insert(entry.pid, entry);
+                out.insert(entry.pid, (entry, tty_nr));
             }
             Ok(Some(Err(e))) | Err(e) => {
                 first_err.get_or_insert(e);
@@ -527,13 +549,14 @@ fn ptrace_err(pid: i32, what: &'static str) -> impl FnOnce(SysError) -> DumpErro
     move |source| DumpError::Ptrace { pid, what, source }
 }
 
-/// Collects one live process and writes its images; returns its tree entry.
+/// Collects one live process and writes its images; returns its tree entry, its page
+/// figures and its controlling terminal (`tty_nr` of /proc/PID/stat, read frozen).
 fn collect(
     p: &SeizedProc,
     writer: &SharedWriter,
     progress: &Progress,
     files: &mm::MappedFiles,
-) -> Result<(PstreeEntry, DumpStats), DumpError> {
+) -> Result<(PstreeEntry, DumpStats, i32), DumpError> {
     let mut stats = DumpStats::default();
     let pid = p.pid;
     let stat = proc::read_stat(pid)?;
@@ -671,7 +694,7 @@ fn collect(
         stopped: p.stopped,
         ..PstreeEntry::default()
     };
-    Ok((entry, stats))
+    Ok((entry, stats, stat.tty_nr))
 }
 
 /// Registers, xsave, signal mask, private pending signals, rseq, robust list and name of one
