@@ -72,10 +72,12 @@ pub fn run(
         fd_base,
         tramps,
     };
-    run_proc(&env, pid, &[])
+    run_proc(&env, pid, &[], false)
 }
 
-fn run_proc(env: &Env, pid: i32, pipes: &[OwnerPipe]) -> ! {
+/// Runs restore process `pid`; `execs`: it was created sharing its parent's memory (see
+/// [`creates_by_exec`]) and ends its part by exec'ing its stub instead of waiting here.
+fn run_proc(env: &Env, pid: i32, pipes: &[OwnerPipe], execs: bool) -> ! {
     let entry = env.plan.entry(pid);
     let owner_if = |shared: bool, files: bool| {
         if shared {
@@ -100,6 +102,10 @@ fn run_proc(env: &Env, pid: i32, pipes: &[OwnerPipe]) -> ! {
             "the sync pipe of {o}, whose state it shares, is missing"
         )),
         None => run_inner(env, pid, pipes, &owed).and_then(|report| {
+            if execs {
+                // The stub maps the trampoline once it runs.
+                return Ok(report);
+            }
             // The trampoline cryo drives the process from, mapped here (its own children are
             // forked by now, so they do not inherit it): two stops fewer than a remote mmap.
             let tramp = env.tramps.get(&pid).copied().unwrap_or(0);
@@ -113,6 +119,7 @@ fn run_proc(env: &Env, pid: i32, pipes: &[OwnerPipe]) -> ! {
         }),
     };
     match res {
+        Ok(report) if execs => exec_stub(env, pid, report),
         Ok(report) => {
             task::write_all(report, format!("R {pid}\n").as_bytes());
             for &w in &owed {
@@ -164,9 +171,18 @@ fn run_inner(env: &Env, pid: i32, pipes: &[OwnerPipe], owed: &[RawFd]) -> Result
             .entry(kid)
             .ok_or_else(|| format!("child {kid} missing from the plan"))?;
         let flags = plan.clone_flags(kid);
-        match super::fork_at(kid, flags).map_err(|e| format!("forking child {kid}: {e}"))? {
+        let execed = if creates_by_exec(plan, kid) {
+            create_by_exec(env, kid, &pipes)?
+        } else {
+            None
+        };
+        let made = match execed {
+            Some(child) => child,
+            None => super::fork_at(kid, flags).map_err(|e| format!("forking child {kid}: {e}"))?,
+        };
+        match made {
             0 if entry.zombie => task::die_with_status(entry.exit_status),
-            0 => run_proc(env, kid, &pipes),
+            0 => run_proc(env, kid, &pipes, false),
             _ => {
                 // Both parent and child set the child's group (as shells do), so a sibling
                 // forked next can join it whichever of the two runs first.
@@ -204,6 +220,101 @@ fn run_inner(env: &Env, pid: i32, pipes: &[OwnerPipe], owed: &[RawFd]) -> Result
     let own_files = entry.is_none_or(|e| !e.files_shared);
     let own_fs = entry.is_none_or(|e| !e.fs_shared);
     prepare(img, env.report, &keep, env.shared, own_files, own_fs)
+}
+
+/// Whether restore process `pid` is created sharing its parent's memory and then execs the
+/// stub ([`super::stub`]), rather than forked as a copy of its parent: every live process but
+/// the root (a copy of cryo, which its children share) and those that share an fd table or
+/// fs info (execve would unshare the fd table).
+pub(super) fn creates_by_exec(plan: &Plan, pid: i32) -> bool {
+    pid != plan.root()
+        && plan
+            .entry(pid)
+            .is_some_and(|e| !e.zombie && !e.files_shared && !e.fs_shared)
+        && plan.sharers(pid) == 0
+}
+
+/// Stack of a process created sharing its parent's memory, until it execs.
+const EXEC_STACK_LEN: usize = 1 << 20;
+
+/// What a process created by [`create_by_exec`] starts from (on its creator's stack, which
+/// stays put while the creator is suspended).
+struct ExecStart<'a, 'e> {
+    env: &'a Env<'e>,
+    pid: i32,
+    pipes: &'a [OwnerPipe],
+}
+
+extern "C" fn exec_start(arg: *mut libc::c_void) -> ! {
+    // SAFETY: `arg` is the ExecStart that create_by_exec passed, alive on the stack of the
+    // creator, which is suspended (CLONE_VFORK) until this process execs or exits.
+    let start = unsafe { &*(arg as *const ExecStart) };
+    run_proc(start.env, start.pid, start.pipes, true)
+}
+
+/// Creates restore process `pid` sharing this process's memory (no copy of it): it sets itself
+/// up and execs its stub before this returns. Ok(None) when the kernel refuses that way of
+/// creating it (the caller forks it instead).
+fn create_by_exec(env: &Env, pid: i32, pipes: &[OwnerPipe]) -> Result<Option<i32>, String> {
+    let mut stack = task::Mapping::anon(EXEC_STACK_LEN)
+        .map_err(|e| format!("mapping a stack for child {pid}: {e}"))?;
+    let start = ExecStart { env, pid, pipes };
+    // SAFETY: exec_start never returns (run_proc ends in execve or _exit); the stack and
+    // `start` outlive the call, which returns only once the child has exec'd or exited.
+    let r = unsafe {
+        crate::sys::proc_ctl::vfork_with_pid(
+            pid,
+            stack.bytes_mut(),
+            exec_start,
+            &start as *const ExecStart as *mut libc::c_void,
+        )
+    };
+    match r {
+        Ok(child) => Ok(Some(child)),
+        Err(e) if e.errno == libc::EEXIST => {
+            Err(format!("forking child {pid}: pid {pid} is already in use"))
+        }
+        Err(_) => Ok(None),
+    }
+}
+
+/// The end of a process created by [`create_by_exec`]: every fd it keeps survives execve (cryo
+/// puts the saved close-on-exec flags back), it reports ready (`X`: after exec) and execs its
+/// stub, which maps the trampoline and waits for cryo; the report fd closes with the execve.
+fn exec_stub(env: &Env, pid: i32, report: RawFd) -> ! {
+    let res = (|| -> Result<(), String> {
+        let img = env
+            .images
+            .get(&pid)
+            .ok_or_else(|| format!("no images for pid {pid}"))?;
+        for fd in img.fds.iter().map(|f| f.fd) {
+            task::set_cloexec(fd, false).map_err(|e| format!("fd {fd}: {e}"))?;
+        }
+        // What cryo gave it and it still holds (shared memory it has yet to map); the shared
+        // descriptions it does not use are closed already.
+        for &fd in env.keep {
+            match task::set_cloexec(fd, false) {
+                Err(e) if e.errno != libc::EBADF => return Err(format!("fd {fd}: {e}")),
+                _ => {}
+            }
+        }
+        task::set_cloexec(report, true).map_err(|e| format!("report fd: {e}"))?;
+        let tramp = env.tramps.get(&pid).copied().unwrap_or(0);
+        let len = super::remote_ctx::TRAMPOLINE_LEN;
+        let elf = super::stub::elf(
+            tramp + len + 0x1000,
+            tramp,
+            len as u32,
+            &super::remote_ctx::TRAMPOLINE_CODE,
+        );
+        let memfd = task::exec_memfd(&elf).map_err(|e| format!("writing the stub: {e}"))?;
+        task::write_all(report, format!("X {pid}\n").as_bytes());
+        let e = task::exec_fd(memfd);
+        Err(format!("exec of the stub: {e}"))
+    })();
+    let msg = res.err().unwrap_or_default().replace('\n', " ");
+    task::write_all(report, format!("E {pid} {msg}\n").as_bytes());
+    task::exit_now(1)
 }
 
 /// A session leader whose controlling terminal was a pseudo-terminal of the checkpoint takes

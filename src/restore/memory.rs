@@ -22,6 +22,14 @@ pub struct CurMap {
     name: String,
 }
 
+/// Where `addr` lies in the vdso of `maps`, as an offset, if it is there.
+pub fn vdso_offset(maps: &str, addr: u64) -> Option<u64> {
+    parse_maps(maps)
+        .iter()
+        .find(|m| m.name == "[vdso]" && (m.start..m.end).contains(&addr))
+        .map(|m| addr - m.start)
+}
+
 /// The text of /proc/PID/maps.
 pub fn maps_text(pid: i32) -> Result<String, RestoreError> {
     let path = format!("/proc/{pid}/maps");

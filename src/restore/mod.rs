@@ -26,6 +26,7 @@ pub mod layout;
 mod memory;
 mod remote_ctx;
 mod shmem;
+mod stub;
 mod task_state;
 pub mod tree;
 
@@ -490,7 +491,10 @@ pub fn restore(opts: &RestoreOpts) -> Result<RestoreOutcome, RestoreError> {
     // where it has nothing, and remote calls start at a syscall instruction found in it.
     let own_maps = memory::maps_text(std::process::id() as i32)?;
     let ours = memory::ranges(&own_maps);
+    // Where in the vdso (which every restore process has, and which moves to where the
+    // checkpoint had it) a syscall instruction is: remote calls leave through it at the end.
     let insn = find_syscall_insn(std::process::id() as i32, &own_maps)?;
+    let insn_vdso_off = memory::vdso_offset(&own_maps, insn);
     let live: Vec<&PstreeEntry> = plan.entries().filter(|e| !e.zombie).collect();
     let load = |e: &&PstreeEntry| -> Result<(ProcessImage, Option<PagesLoc>, u64), RestoreError> {
         let img = ProcessImage::load(&reader, (*e).clone())?;
@@ -609,7 +613,15 @@ pub fn restore(opts: &RestoreOpts) -> Result<RestoreOutcome, RestoreError> {
                 .map_err(|what| RestoreError::Invalid { pid: root, what })
         }),
     };
-    let built = build_all(&plan, &images, &tramps, insn, &pages_locs, &shared, feed);
+    let built = build_all(
+        &plan,
+        &images,
+        &tramps,
+        insn_vdso_off,
+        &pages_locs,
+        &shared,
+        feed,
+    );
     task::close(rd);
     built?;
     net_lock.release(root)?;
@@ -696,7 +708,7 @@ fn build_all(
     plan: &tree::Plan,
     images: &BTreeMap<i32, ProcessImage>,
     tramps: &BTreeMap<i32, u64>,
-    insn: u64,
+    insn_vdso_off: Option<u64>,
     pages_locs: &BTreeMap<i32, PagesLoc>,
     shared: &shmem::SharedMem,
     feed: ReportFeed<'_>,
@@ -739,6 +751,8 @@ fn build_all(
     #[derive(Default)]
     struct Ready {
         pids: std::collections::BTreeSet<i32>,
+        /// Those that exec'd their stub (see child.rs).
+        execed: std::collections::BTreeSet<i32>,
         queue: std::collections::VecDeque<usize>,
         over: bool,
     }
@@ -762,7 +776,7 @@ fn build_all(
     std::thread::scope(|sc| {
         for _ in 0..workers {
             let (barrier, failed, fail, stopped) = (&barrier, &failed, &fail, &stopped);
-            let (next_unit, units) = (&next_unit, &units);
+            let (next_unit, units, ready) = (&next_unit, &units, &ready);
             sc.spawn(move || {
                 let mut held: Vec<(i32, i32)> = Vec::new(); // (tid, its process)
                 'units: while let Some(u) = next_unit() {
@@ -770,6 +784,11 @@ fn build_all(
                     for (k, &img) in units[u].iter().enumerate() {
                         let close_shared_mem = k == last;
                         let pid = img.pid();
+                        let execed = ready
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .execed
+                            .contains(&pid);
                         let r = wait_in_pause(pid)
                             .and_then(|()| seize_ready(pid))
                             .and_then(|()| {
@@ -778,7 +797,8 @@ fn build_all(
                                 build(
                                     img,
                                     tramps[&pid],
-                                    insn,
+                                    insn_vdso_off,
+                                    execed,
                                     pages_locs.get(&pid),
                                     shared,
                                     close_shared_mem,
@@ -827,9 +847,16 @@ fn build_all(
         task::read_lines(feed.fd, |line| {
             text.push_str(line);
             text.push('\n');
-            if let Some(pid) = line.strip_prefix("R ").and_then(|p| p.trim().parse().ok()) {
+            let (execed, rest) = match line.strip_prefix("X ") {
+                Some(rest) => (true, Some(rest)),
+                None => (false, line.strip_prefix("R ")),
+            };
+            if let Some(pid) = rest.and_then(|p| p.trim().parse().ok()) {
                 let mut g = ready.lock().unwrap_or_else(|p| p.into_inner());
                 g.pids.insert(pid);
+                if execed {
+                    g.execed.insert(pid);
+                }
                 let whole = units.iter().position(|u| {
                     u.iter().any(|i| i.pid() == pid) && u.iter().all(|i| g.pids.contains(&i.pid()))
                 });
@@ -889,7 +916,7 @@ fn check_reports(plan: &tree::Plan, report: &str) -> Result<(), RestoreError> {
     for line in report.lines() {
         let mut it = line.splitn(3, ' ');
         match (it.next(), it.next().and_then(|p| p.parse::<i32>().ok())) {
-            (Some("R"), Some(pid)) => {
+            (Some("R" | "X"), Some(pid)) => {
                 ready.insert(pid);
             }
             (Some("E"), Some(pid)) => {
@@ -1001,17 +1028,19 @@ pub(crate) fn fork_at(pid: i32, flags: u64) -> Result<i32, RestoreError> {
 /// inherited shared memory fds once mapped (false while another process sharing this fd
 /// table has yet to map from them). `insn` is a syscall instruction of cryo's layout, which
 /// the process still has (a vdso one, found where the vdso went after it moved).
+#[allow(clippy::too_many_arguments)]
 fn build(
     img: &ProcessImage,
     tramp: u64,
-    insn: u64,
+    insn_vdso_off: Option<u64>,
+    execed: bool,
     pages: Option<&PagesLoc>,
     shared: &shmem::SharedMem,
     close_shared_mem: bool,
 ) -> Result<Vec<i32>, RestoreError> {
     let pid = img.pid();
-    // The maps of the copy of cryo the process still is, its trampoline included (mapped by
-    // the process itself, see child.rs).
+    // The maps of what the process still is (a copy of cryo, or its stub), its trampoline
+    // included (mapped by the process itself, see child.rs).
     let maps = memory::maps_text(pid)?;
     let mut ctx = Ctx::new(RemoteTask::new(pid, tramp)?, tramp);
     // One stop per remote syscall, one per batch, until signals are queued (see below).
@@ -1019,6 +1048,10 @@ fn build(
 
     memory::drop_inherited_rseq(&mut ctx)?;
     let vdso_moved = memory::clear_and_move_specials(&mut ctx, img, &memory::parse_maps(&maps))?;
+    if execed {
+        // What execve reset: the name, and the close-on-exec flags the fds kept through it.
+        task_state::after_exec(&mut ctx, img)?;
+    }
     memory::map_vmas(&mut ctx, img, shared)?;
     let closes = shared
         .fds()
@@ -1078,12 +1111,8 @@ fn build(
 
     // Leave through a syscall instruction of the restored image, then drop the trampoline:
     // the one found first if it was in the vdso (which moved with it), else one looked for.
-    let own = match vdso_moved {
-        Some((from, len, to))
-            if (from..from + len).contains(&insn) && is_syscall_at(pid, insn - from + to) =>
-        {
-            insn - from + to
-        }
+    let own = match (vdso_moved, insn_vdso_off) {
+        (Some((_, len, to)), Some(off)) if off < len && is_syscall_at(pid, to + off) => to + off,
         _ => {
             let maps = memory::maps_text(pid)?;
             find_syscall_insn_outside(pid, &maps, (tramp, tramp + TRAMPOLINE_LEN))?

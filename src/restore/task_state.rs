@@ -348,6 +348,48 @@ pub fn final_regs(r: &UserRegs) -> libc::user_regs_struct {
     k
 }
 
+/// What a restore process that exec'd its stub (see child.rs) gets back of what execve reset:
+/// its name, and the close-on-exec flag of the fds that had it (all of them went through the
+/// execve open). Deferred to the next stop.
+pub fn after_exec(ctx: &mut Ctx, img: &ProcessImage) -> Result<(), RestoreError> {
+    let mut calls: Vec<Call> = img
+        .fds
+        .iter()
+        .filter(|f| f.cloexec)
+        .map(|f| {
+            Call::new(
+                format!("fcntl({}, F_SETFD, FD_CLOEXEC)", f.fd),
+                libc::SYS_fcntl,
+                [
+                    f.fd as u64,
+                    libc::F_SETFD as u64,
+                    libc::FD_CLOEXEC as u64,
+                    0,
+                    0,
+                    0,
+                ],
+            )
+        })
+        .collect();
+    if let Some(comm) = img
+        .tasks
+        .first()
+        .map(|t| t.comm.as_bytes())
+        .filter(|c| !c.is_empty())
+    {
+        let mut name = comm[..comm.len().min(15)].to_vec();
+        name.push(0);
+        calls.push(Call::with_data(
+            "prctl(PR_SET_NAME)".into(),
+            libc::SYS_prctl,
+            [libc::PR_SET_NAME as u64, 0, 0, 0, 0, 0],
+            1,
+            name,
+        ));
+    }
+    ctx.defer(calls)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -109,6 +109,61 @@ pub fn fork_with_pid(pid: i32, flags: u64) -> SysResult<i32> {
     check("clone3(set_tid)", ret).map(|r| r as i32)
 }
 
+/// Creates a child at exactly PID `pid` that shares the caller's memory (clone3 with
+/// `CLONE_VM | CLONE_VFORK` and `set_tid`) and runs `f(arg)` on `stack`; the caller is
+/// suspended until the child calls execve or exits, then gets the child's PID. Nothing of the
+/// caller's memory is copied: the child starts as cheaply as a thread.
+///
+/// # Safety
+/// The child runs in the caller's memory, with the calling thread's thread-local state (the
+/// calling thread is suspended meanwhile, as with vfork(2)): `f` must not return (it ends in
+/// execve or _exit), and must not take a lock other threads of the caller could hold forever.
+/// `stack` must stay mapped until this returns, and must not be used by anything else.
+/// A core-dumping signal in the child would take down every process sharing the memory.
+pub unsafe fn vfork_with_pid(
+    pid: i32,
+    stack: &mut [u8],
+    f: extern "C" fn(*mut libc::c_void) -> !,
+    arg: *mut libc::c_void,
+) -> SysResult<i32> {
+    let tid = [pid];
+    let args = CloneArgs {
+        flags: (libc::CLONE_VM | libc::CLONE_VFORK) as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: stack.as_mut_ptr() as u64,
+        stack_size: stack.len() as u64,
+        set_tid: tid.as_ptr() as u64,
+        set_tid_size: 1,
+        ..Default::default()
+    };
+    let ret: i64;
+    // SAFETY: clone3 returns twice. In the parent it falls through with the result in rax;
+    // `args` and `tid` outlive the call. In the child (rax == 0) the kernel has switched rsp
+    // to the top of `stack`; the child aligns it, calls `f(arg)` (r12, r13 survive the
+    // syscall) and never comes back (ud2 if it did). rcx and r11 are clobbered by syscall.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "xor ebp, ebp",
+            "and rsp, -16",
+            "mov rdi, r12",
+            "call r13",
+            "ud2",
+            "2:",
+            inlateout("rax") libc::SYS_clone3 => ret,
+            in("rdi") &args as *const CloneArgs,
+            in("rsi") std::mem::size_of::<CloneArgs>(),
+            in("r12") arg,
+            in("r13") f,
+            lateout("rcx") _,
+            lateout("r11") _,
+        );
+    }
+    check("clone3(CLONE_VM|CLONE_VFORK, set_tid)", ret as libc::c_long).map(|r| r as i32)
+}
+
 /// Forks with the ns_last_pid fallback: writes `pid - 1` to /proc/sys/kernel/ns_last_pid and
 /// forks; fails with EEXIST if the kernel handed out a different PID.
 pub fn fork_with_pid_fallback(pid: i32, flags: u64) -> SysResult<i32> {

@@ -380,6 +380,88 @@ pub fn memfd_create(name: &str) -> SysResult<std::fs::File> {
     Ok(unsafe { std::fs::File::from_raw_fd(fd) })
 }
 
+/// An executable memory file holding `bytes` (close-on-exec), for [`exec_fd`]. Asks for
+/// MFD_EXEC where the kernel knows it (it may refuse to execute memory files otherwise).
+pub fn exec_memfd(bytes: &[u8]) -> SysResult<RawFd> {
+    const MFD_EXEC: libc::c_uint = 0x10;
+    let name = c"cryo-stub";
+    // SAFETY: name is a valid C string.
+    let mut fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | MFD_EXEC) };
+    if fd < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+        // SAFETY: as above (a kernel before MFD_EXEC).
+        fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    }
+    let fd = check("memfd_create", fd as libc::c_long)? as RawFd;
+    write_all(fd, bytes);
+    // SAFETY: fstat into a zeroed stat of our own.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fd is ours, st a valid out-pointer.
+    let r = unsafe { libc::fstat(fd, &mut st) };
+    if r != 0 || st.st_size != bytes.len() as i64 {
+        close(fd);
+        return Err(SysError::from_errno("write(memfd)", libc::EIO));
+    }
+    Ok(fd)
+}
+
+/// execveat(fd, "", AT_EMPTY_PATH) with no arguments or environment. Returns only on failure.
+pub fn exec_fd(fd: RawFd) -> SysError {
+    let argv: [*const libc::c_char; 2] = [c"cryo-stub".as_ptr(), std::ptr::null()];
+    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+    // SAFETY: the path, argv and envp are valid NUL-terminated arrays for the call.
+    unsafe {
+        libc::syscall(
+            libc::SYS_execveat,
+            fd,
+            c"".as_ptr(),
+            argv.as_ptr(),
+            envp.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    SysError::last("execveat")
+}
+
+/// A private anonymous mapping, unmapped on drop.
+pub struct Mapping {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl Mapping {
+    /// `len` bytes of fresh anonymous memory (reserved, not populated).
+    pub fn anon(len: usize) -> SysResult<Self> {
+        // SAFETY: a fresh mapping chosen by the kernel; it aliases nothing.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(SysError::last("mmap"));
+        }
+        Ok(Self { ptr: p.cast(), len })
+    }
+
+    /// The mapping's bytes.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: ptr..ptr+len is our own live mapping, borrowed mutably through self.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: the mapping is ours and nothing borrows it any more.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
