@@ -25,6 +25,10 @@ pub struct RestoreStats {
     pub pages_read: u64,
     /// Of which filled with userfaultfd (`UFFDIO_COPY`).
     pub pages_uffd: u64,
+    /// Processes restored.
+    pub processes: u64,
+    /// Of which started from the stub (created without a copy of cryo's memory).
+    pub from_stub: u64,
 }
 
 static RESTORE: Mutex<RestoreStats> = Mutex::new(RestoreStats {
@@ -33,6 +37,8 @@ static RESTORE: Mutex<RestoreStats> = Mutex::new(RestoreStats {
     fill_s: 0.0,
     pages_read: 0,
     pages_uffd: 0,
+    processes: 0,
+    from_stub: 0,
 });
 
 /// Updates the restore figures.
@@ -97,8 +103,10 @@ pub fn render_restore(s: &RestoreStats) -> String {
          \x20 build time             {:>10.3} s\n\
          \x20   of which pages       {:>10.3} s\n\
          \x20 pages read             {:>10} ({mib:.1} MiB{rate})\n\
-         \x20   with userfaultfd     {:>10}\n",
-        s.validate_s, s.build_s, s.fill_s, s.pages_read, s.pages_uffd,
+         \x20   with userfaultfd     {:>10}\n\
+         \x20 processes              {:>10}\n\
+         \x20   started from the stub {:>9}\n",
+        s.validate_s, s.build_s, s.fill_s, s.pages_read, s.pages_uffd, s.processes, s.from_stub,
     )
 }
 

@@ -333,7 +333,8 @@ fn failed_restore_of_sharing_processes_leaves_nothing_behind() {
 /// A 10-process tree, each with 8 MiB of its own data and pages still mapped to the zero page,
 /// is dumped by several tracer threads at once. A failure in the fifth process's page dump
 /// (while others are being dumped) leaves the whole tree running, untraced, and passing its
-/// check; the good dump stores every page and restores, with every process checking its memory.
+/// check; the good dump stores every page and restores, with every process checking its memory
+/// (every one but the root created without a copy of cryo's memory, from the stub).
 #[test]
 fn tree_memory_dumped_in_parallel() {
     let _serial = serial();
@@ -397,8 +398,20 @@ fn tree_memory_dumped_in_parallel() {
     );
     w.wait_killed_by_dump();
     reap_tree(&tree);
-    let result = restore_and_check(&w, images.path());
-    assert_eq!(result, "PASS", "{}", w.logs());
+    let mut restore = restore_spawn(images.path(), &["--print-stats"]);
+    let result = w.check_with(|| {
+        restore
+            .try_wait()
+            .map(|s| format!("cryo restore exited ({s})\n{}", restore.describe()))
+    });
+    let out = restore.finish(TIMEOUT);
+    let stats = show_output("restore", &out);
+    assert_eq!(result, "PASS", "{stats}\n{}", w.logs());
+    assert!(out.status.success(), "{stats}");
+    // Every process but the root is created without a copy of cryo's memory (the root is
+    // that copy, which its children share until they exec the stub).
+    assert_eq!(stat_figure(&out, "processes"), 10, "{stats}");
+    assert_eq!(stat_figure(&out, "started from the stub"), 9, "{stats}");
 }
 
 /// A tree whose PIDs wrap around pid_max (some just below it, some just above the 300 the

@@ -4,6 +4,15 @@
 //! rlimits and name, map the trampoline cryo will drive it from, report `R <pid>` on the shared
 //! report pipe and wait in pause() until cryo seizes it. On failure it reports `E <pid> <message>` and exits.
 //!
+//! Only the root is forked as a copy of cryo. Every other process that shares neither an fd
+//! table nor fs info ([`creates_by_exec`]) is created sharing its parent's memory (clone3 with
+//! `CLONE_VM | CLONE_VFORK` at its PID: nothing is copied, and its parent waits), does the same
+//! setup, leaves every fd it keeps open across execve, reports `X <pid>` and execs its stub
+//! ([`super::stub`]), which maps the trampoline and waits in pause(). cryo then gives it back
+//! what execve reset (its name, the close-on-exec flags). A copy of cryo costs its fork, the
+//! page faults of the copy while it runs, and tearing the copy down when cryo replaces it with
+//! the checkpoint's memory; for a tree that was a third of the restore's CPU time.
+//!
 //! Shared fd tables and fs infos (see [`super::tree::Plan::clone_flags`]): a process that
 //! shares its parent's fd table (CLONE_FILES) or cwd/root/umask (CLONE_FS) is created with that
 //! flag and leaves the shared thing alone; its owner (the top of the sharing group) restores

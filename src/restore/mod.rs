@@ -869,6 +869,11 @@ fn build_all(
         // A process that could not get ready says why: that is the error to report, whatever
         // a worker met meanwhile.
         let verdict = check_reports(plan, &text).and_then(|()| (feed.after)());
+        let from_stub = ready.lock().map_or(0, |g| g.execed.len() as u64);
+        crate::stats::note_restore(|s| {
+            s.processes = images.len() as u64;
+            s.from_stub = from_stub;
+        });
         if let Err(e) = verdict {
             failed.store(true, Ordering::SeqCst);
             if let Ok(mut slot) = first_error.lock() {
@@ -947,9 +952,19 @@ fn wait_in_pause(pid: i32) -> Result<(), RestoreError> {
     let start = std::time::Instant::now();
     for round in 0u32.. {
         let now = crate::dump::proc::read_lossy(std::path::Path::new(&path)).map_err(|source| {
-            RestoreError::Io {
-                path: path.clone(),
-                source,
+            if source.raw_os_error() == Some(libc::ENOENT)
+                || source.raw_os_error() == Some(libc::ESRCH)
+            {
+                RestoreError::Child(format!(
+                    "pid {pid}: the restore process ended before cryo took it over (one started \
+                     from the stub exits with status {} when it cannot map its trampoline)",
+                    stub::MAP_FAILED_STATUS
+                ))
+            } else {
+                RestoreError::Io {
+                    path: path.clone(),
+                    source,
+                }
             }
         })?;
         if now.split_whitespace().next() == Some(&libc::SYS_pause.to_string()) {

@@ -8,7 +8,8 @@
  *   +- c (new group) -- c1, c2 (in c's group)
  *   +- d (joins c's group)
  *
- * Every process remembers its pid, ppid, pgid and sid and, after the check request, compares
+ * Every process remembers its pid, ppid, pgid and sid (and every non-root one its name, its
+ * executable and the FD_CLOEXEC flag of two fds) and, after the check request, compares
  * them and writes res.<pid>. The root collects 12 of them, and b reaps its zombie expecting
  * status 42. Each parent reaps its children before exiting.
  */
@@ -16,6 +17,8 @@
 #include <signal.h>
 #include <dirent.h>
 #include <sys/wait.h>
+#include <sys/prctl.h>
+#include <fcntl.h>
 
 static pid_t kids[8];
 static int nkids;
@@ -45,13 +48,57 @@ static void reap_kids(void)
 		waitpid(kids[i], NULL, 0);
 }
 
+/*
+ * What else a member checks of itself: its name, its executable, and an fd with and one
+ * without FD_CLOEXEC (a restore process may go through an execve on its way, which resets
+ * names and closes close-on-exec fds).
+ */
+struct self {
+	char name[16], exe[256];
+	int cloexec_fd, plain_fd;
+};
+
+static void note_self(struct self *s)
+{
+	snprintf(s->name, sizeof(s->name), "m%d", (int)(getpid() % 100000));
+	if (prctl(PR_SET_NAME, s->name) < 0)
+		wl_die("PR_SET_NAME");
+	ssize_t n = readlink("/proc/self/exe", s->exe, sizeof(s->exe) - 1);
+	s->exe[n > 0 ? n : 0] = 0;
+	s->cloexec_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	s->plain_fd = open("/dev/null", O_RDONLY);
+	if (s->cloexec_fd < 0 || s->plain_fd < 0)
+		wl_die("open /dev/null");
+}
+
+static void check_self(const struct self *s, char *out, size_t len)
+{
+	char name[16] = "", exe[256];
+	ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+	exe[n > 0 ? n : 0] = 0;
+	prctl(PR_GET_NAME, name);
+	int ce = fcntl(s->cloexec_fd, F_GETFD), plain = fcntl(s->plain_fd, F_GETFD);
+	if (strcmp(name, s->name))
+		snprintf(out, len, "pid %d: name %s, was %s", (int)getpid(), name, s->name);
+	else if (strcmp(exe, s->exe))
+		snprintf(out, len, "pid %d: exe %.100s, was %.100s", (int)getpid(), exe, s->exe);
+	else if (ce < 0 || !(ce & FD_CLOEXEC))
+		snprintf(out, len, "pid %d: fd %d flags %d, FD_CLOEXEC expected", (int)getpid(), s->cloexec_fd, ce);
+	else if (plain != 0)
+		snprintf(out, len, "pid %d: fd %d flags %d, 0 expected", (int)getpid(), s->plain_fd, plain);
+}
+
 /* The life of every non-root process after its own children are forked. */
 static void member(void)
 {
 	pid_t pid = getpid(), ppid = getppid(), pgid = getpgid(0), sid = getsid(0);
+	struct self self;
+	note_self(&self);
 	wl_wait_check(NULL);
 	char verdict[256];
 	check_ids(pid, ppid, pgid, sid, verdict, sizeof(verdict));
+	if (!strcmp(verdict, "PASS"))
+		check_self(&self, verdict, sizeof(verdict));
 	if (zombie && !strcmp(verdict, "PASS")) {
 		int status;
 		if (waitpid(zombie, &status, WNOHANG) != zombie)
