@@ -65,23 +65,71 @@ pub fn run(
     shared: &[(u64, RawFd)],
     tramps: &BTreeMap<i32, u64>,
 ) -> ! {
-    let fd_base = images
-        .values()
-        .flat_map(|i| i.fds.iter().map(|f| f.fd))
-        .max()
-        .unwrap_or(2)
-        .max(2)
-        + 1;
-    let env = Env {
-        plan,
-        images,
-        report,
-        keep,
-        shared,
-        fd_base,
-        tramps,
-    };
+    let env = Env::new(plan, images, report, keep, shared, tramps);
     run_proc(&env, pid, &[], false)
+}
+
+/// Creates the root, restore process `pid`, the way [`create_by_exec`] creates the others:
+/// sharing cryo's memory until it execs its stub (it closes `report_r`, cryo's end of the
+/// report pipe, first). Returns once the root has exec'd (its whole tree created by then) or
+/// failed. Only for a tree that [`whole_tree_by_exec`] accepts, from a thread of cryo that
+/// stays alive until the restore is over (the tree's `PR_SET_PDEATHSIG` follows the thread
+/// that created the root).
+#[allow(clippy::too_many_arguments)]
+pub fn start_root_by_exec(
+    plan: &Plan,
+    images: &BTreeMap<i32, ProcessImage>,
+    pid: i32,
+    report: RawFd,
+    report_r: RawFd,
+    keep: &[RawFd],
+    shared: &[(u64, RawFd)],
+    tramps: &BTreeMap<i32, u64>,
+) -> Result<i32, String> {
+    let env = Env::new(plan, images, report, keep, shared, tramps);
+    match create_by_exec(&env, pid, &[], Some(report_r))? {
+        Some(child) => Ok(child),
+        None => Err(format!(
+            "creating process {pid} at its PID: clone3 with set_tid refused"
+        )),
+    }
+}
+
+/// Whether the whole tree can be created from the stub, the root included: then the root is
+/// created sharing cryo's own memory, while cryo's threads run. Any process it or its
+/// descendants forked instead would be a fork of that memory taken while other threads may
+/// hold its locks: only zombies are (they exit at once, with plain system calls).
+pub fn whole_tree_by_exec(plan: &Plan) -> bool {
+    plan.entries()
+        .all(|e| e.zombie || creates_by_exec(plan, e.pid))
+}
+
+impl<'a> Env<'a> {
+    fn new(
+        plan: &'a Plan,
+        images: &'a BTreeMap<i32, ProcessImage>,
+        report: RawFd,
+        keep: &'a [RawFd],
+        shared: &'a [(u64, RawFd)],
+        tramps: &'a BTreeMap<i32, u64>,
+    ) -> Self {
+        let fd_base = images
+            .values()
+            .flat_map(|i| i.fds.iter().map(|f| f.fd))
+            .max()
+            .unwrap_or(2)
+            .max(2)
+            + 1;
+        Env {
+            plan,
+            images,
+            report,
+            keep,
+            shared,
+            fd_base,
+            tramps,
+        }
+    }
 }
 
 /// Runs restore process `pid`; `execs`: it was created sharing its parent's memory (see
@@ -181,7 +229,7 @@ fn run_inner(env: &Env, pid: i32, pipes: &[OwnerPipe], owed: &[RawFd]) -> Result
             .ok_or_else(|| format!("child {kid} missing from the plan"))?;
         let flags = plan.clone_flags(kid);
         let execed = if creates_by_exec(plan, kid) {
-            create_by_exec(env, kid, &pipes)?
+            create_by_exec(env, kid, &pipes, None)?
         } else {
             None
         };
@@ -233,13 +281,11 @@ fn run_inner(env: &Env, pid: i32, pipes: &[OwnerPipe], owed: &[RawFd]) -> Result
 
 /// Whether restore process `pid` is created sharing its parent's memory and then execs the
 /// stub ([`super::stub`]), rather than forked as a copy of its parent: every live process but
-/// the root (a copy of cryo, which its children share) and those that share an fd table or
-/// fs info (execve would unshare the fd table).
+/// those that share an fd table or fs info (execve would unshare the fd table). (The root is
+/// created so only when [`whole_tree_by_exec`].)
 pub(super) fn creates_by_exec(plan: &Plan, pid: i32) -> bool {
-    pid != plan.root()
-        && plan
-            .entry(pid)
-            .is_some_and(|e| !e.zombie && !e.files_shared && !e.fs_shared)
+    plan.entry(pid)
+        .is_some_and(|e| !e.zombie && !e.files_shared && !e.fs_shared)
         && plan.sharers(pid) == 0
 }
 
@@ -252,22 +298,37 @@ struct ExecStart<'a, 'e> {
     env: &'a Env<'e>,
     pid: i32,
     pipes: &'a [OwnerPipe],
+    /// An fd of the creator's this process closes first.
+    close_first: Option<RawFd>,
 }
 
 extern "C" fn exec_start(arg: *mut libc::c_void) -> ! {
     // SAFETY: `arg` is the ExecStart that create_by_exec passed, alive on the stack of the
     // creator, which is suspended (CLONE_VFORK) until this process execs or exits.
     let start = unsafe { &*(arg as *const ExecStart) };
+    if let Some(fd) = start.close_first {
+        task::close(fd);
+    }
     run_proc(start.env, start.pid, start.pipes, true)
 }
 
 /// Creates restore process `pid` sharing this process's memory (no copy of it): it sets itself
 /// up and execs its stub before this returns. Ok(None) when the kernel refuses that way of
 /// creating it (the caller forks it instead).
-fn create_by_exec(env: &Env, pid: i32, pipes: &[OwnerPipe]) -> Result<Option<i32>, String> {
+fn create_by_exec(
+    env: &Env,
+    pid: i32,
+    pipes: &[OwnerPipe],
+    close_first: Option<RawFd>,
+) -> Result<Option<i32>, String> {
     let mut stack = task::Mapping::anon(EXEC_STACK_LEN)
         .map_err(|e| format!("mapping a stack for child {pid}: {e}"))?;
-    let start = ExecStart { env, pid, pipes };
+    let start = ExecStart {
+        env,
+        pid,
+        pipes,
+        close_first,
+    };
     // SAFETY: exec_start never returns (run_proc ends in execve or _exit); the stack and
     // `start` outlive the call, which returns only once the child has exec'd or exited.
     let r = unsafe {

@@ -594,35 +594,73 @@ pub fn restore(opts: &RestoreOpts) -> Result<RestoreOutcome, RestoreError> {
         .into_iter()
         .chain(seeds.iter().map(|s| s.1))
         .collect();
-    let child = fork_at(root, 0)?;
-    if child == 0 {
-        task::close(rd);
-        child::run(&plan, &images, root, wr, &keep, &seeds, &tramps);
+    // The root is a fork of cryo, unless every process can start from the stub (see
+    // child.rs): then a thread of cryo creates it sharing cryo's memory (it waits there until
+    // the root execs, and stays until the restore is over: the tree's PR_SET_PDEATHSIG
+    // follows the thread that created the root), while this thread reads the reports.
+    let by_exec = child::whole_tree_by_exec(&plan);
+    if !by_exec {
+        let child = fork_at(root, 0)?;
+        if child == 0 {
+            task::close(rd);
+            child::run(&plan, &images, root, wr, &keep, &seeds, &tramps);
+        }
+        task::close(wr);
+        guard.pids = plan.entries().map(|e| e.pid).collect();
     }
-    task::close(wr);
-    guard.pids = plan.entries().map(|e| e.pid).collect();
-    // Each process is built as soon as it reports ready, while the rest of the tree is still
-    // being forked.
-    let feed = ReportFeed {
-        fd: rd,
-        after: Box::new(|| {
-            // Every process holds its sockets now; the connections leave repair mode before
-            // any process can run (the lock still holds packets off).
-            shared_fds
-                .finish_repair()
-                .map_err(|what| RestoreError::Invalid { pid: root, what })
-        }),
-    };
-    let built = build_all(
-        &plan,
-        &images,
-        &tramps,
-        insn_vdso_off,
-        &pages_locs,
-        &shared,
-        feed,
-    );
+    let root_made: std::sync::Mutex<Option<Result<i32, String>>> = std::sync::Mutex::new(None);
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let built = std::thread::scope(|sc| {
+        if by_exec {
+            let (plan, images, keep, seeds, tramps) = (&plan, &images, &keep, &seeds, &tramps);
+            let root_made = &root_made;
+            sc.spawn(move || {
+                let made =
+                    child::start_root_by_exec(plan, images, root, wr, rd, keep, seeds, tramps);
+                task::close(wr);
+                if let Ok(mut slot) = root_made.lock() {
+                    *slot = Some(made);
+                }
+                let _ = done_rx.recv();
+            });
+        }
+        // Each process is built as soon as it reports ready, while the rest of the tree is
+        // still being created.
+        let feed = ReportFeed {
+            fd: rd,
+            after: Box::new(|| {
+                // Every process holds its sockets now; the connections leave repair mode
+                // before any process can run (the lock still holds packets off).
+                shared_fds
+                    .finish_repair()
+                    .map_err(|what| RestoreError::Invalid { pid: root, what })
+            }),
+        };
+        let built = build_all(
+            &plan,
+            &images,
+            &tramps,
+            insn_vdso_off,
+            &pages_locs,
+            &shared,
+            feed,
+        );
+        drop(done_tx);
+        built
+    });
     task::close(rd);
+    if by_exec {
+        match root_made.into_inner().ok().flatten() {
+            Some(Ok(_)) => guard.pids = plan.entries().map(|e| e.pid).collect(),
+            // Nothing was created.
+            Some(Err(what)) => return Err(RestoreError::Child(format!("pid {root}: {what}"))),
+            None => {
+                return Err(RestoreError::Child(format!(
+                    "pid {root}: the thread creating it ended without a word"
+                )))
+            }
+        }
+    }
     built?;
     net_lock.release(root)?;
     guard.armed = false;
