@@ -45,6 +45,9 @@ struct Env<'a> {
     fd_base: RawFd,
     /// Where each process maps its trampoline ([`super::remote_ctx::TRAMPOLINE_CODE`]).
     tramps: &'a BTreeMap<i32, u64>,
+    /// Whether a process the kernel refuses to create sharing memory may be forked instead:
+    /// not in a tree created in cryo's own memory (see [`whole_tree_by_exec`]).
+    may_fork: bool,
 }
 
 /// The write end of an owner's sync pipe, as inherited by the processes forked after it.
@@ -65,7 +68,7 @@ pub fn run(
     shared: &[(u64, RawFd)],
     tramps: &BTreeMap<i32, u64>,
 ) -> ! {
-    let env = Env::new(plan, images, report, keep, shared, tramps);
+    let env = Env::new(plan, images, report, keep, shared, tramps, true);
     run_proc(&env, pid, &[], false)
 }
 
@@ -86,7 +89,7 @@ pub fn start_root_by_exec(
     shared: &[(u64, RawFd)],
     tramps: &BTreeMap<i32, u64>,
 ) -> Result<i32, String> {
-    let env = Env::new(plan, images, report, keep, shared, tramps);
+    let env = Env::new(plan, images, report, keep, shared, tramps, false);
     match create_by_exec(&env, pid, &[], Some(report_r))? {
         Some(child) => Ok(child),
         None => Err(format!(
@@ -112,6 +115,7 @@ impl<'a> Env<'a> {
         keep: &'a [RawFd],
         shared: &'a [(u64, RawFd)],
         tramps: &'a BTreeMap<i32, u64>,
+        may_fork: bool,
     ) -> Self {
         let fd_base = images
             .values()
@@ -128,6 +132,7 @@ impl<'a> Env<'a> {
             shared,
             fd_base,
             tramps,
+            may_fork,
         }
     }
 }
@@ -314,7 +319,7 @@ extern "C" fn exec_start(arg: *mut libc::c_void) -> ! {
 
 /// Creates restore process `pid` sharing this process's memory (no copy of it): it sets itself
 /// up and execs its stub before this returns. Ok(None) when the kernel refuses that way of
-/// creating it (the caller forks it instead).
+/// creating it and the caller may fork it instead ([`Env::may_fork`]).
 fn create_by_exec(
     env: &Env,
     pid: i32,
@@ -344,7 +349,8 @@ fn create_by_exec(
         Err(e) if e.errno == libc::EEXIST => {
             Err(format!("forking child {pid}: pid {pid} is already in use"))
         }
-        Err(_) => Ok(None),
+        Err(_) if env.may_fork => Ok(None),
+        Err(e) => Err(format!("creating child {pid} at its PID: {e}")),
     }
 }
 
