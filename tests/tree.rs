@@ -414,6 +414,38 @@ fn tree_memory_dumped_in_parallel() {
     assert_eq!(stat_figure(&out, "started from the stub"), 10, "{stats}");
 }
 
+/// Where no executable memory file can be made (the stub's probe fails: injected), every
+/// process of a tree is forked as a copy of cryo, as before the stub, and the tree still
+/// checks its ids, names, executables and FD_CLOEXEC flags.
+#[test]
+fn tree_restored_without_the_stub() {
+    let _serial = serial();
+    let test = "tree_restored_without_the_stub";
+    let Some(bin) = prepare(test, "tree") else {
+        return;
+    };
+    let mut w = Workload::start(&bin, &[]);
+    let tree = descendants(w.pid);
+    let images = images_dir();
+    dump_ok(&w, images.path(), &[]);
+    w.wait_killed_by_dump();
+    reap_tree(&tree);
+    let dir = images.path().to_str().expect("utf-8 path");
+    let mut restore = CryoProcess::spawn_with_env(
+        &["restore", "-D", dir, "--print-stats"],
+        &[("CRYO_FAULT", "restore:stub-probe")],
+    );
+    let result = w.check_with(|| {
+        restore
+            .try_wait()
+            .map(|s| format!("cryo restore exited ({s})\n{}", restore.describe()))
+    });
+    let out = restore.finish(TIMEOUT);
+    let stats = show_output("restore", &out);
+    assert_eq!(result, "PASS", "{stats}\n{}", w.logs());
+    assert_eq!(stat_figure(&out, "started from the stub"), 0, "{stats}");
+}
+
 /// A tree whose PIDs wrap around pid_max (some just below it, some just above the 300 the
 /// kernel wraps to): neither the dump nor the restore may leave the PID allocator where the
 /// next process, `cryo restore` itself or one of its threads, takes one of the tree's PIDs.

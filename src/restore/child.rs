@@ -289,9 +289,26 @@ fn run_inner(env: &Env, pid: i32, pipes: &[OwnerPipe], owed: &[RawFd]) -> Result
 /// those that share an fd table or fs info (execve would unshare the fd table). (The root is
 /// created so only when [`whole_tree_by_exec`].)
 pub(super) fn creates_by_exec(plan: &Plan, pid: i32) -> bool {
-    plan.entry(pid)
-        .is_some_and(|e| !e.zombie && !e.files_shared && !e.fs_shared)
+    STUB_OK.load(std::sync::atomic::Ordering::Relaxed)
+        && plan
+            .entry(pid)
+            .is_some_and(|e| !e.zombie && !e.files_shared && !e.fs_shared)
         && plan.sharers(pid) == 0
+}
+
+/// Whether this restore may start processes from the stub ([`probe_stub`]); copied into every
+/// restore process with the rest of cryo's memory.
+static STUB_OK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Checks once, before anything is created, that an executable memory file can be made here
+/// (a system with `vm.memfd_noexec = 2` refuses): if not, every process is forked as a copy
+/// of cryo, as before the stub. Returns whether the stub will be used.
+pub fn probe_stub() -> bool {
+    // (A test makes the probe fail to cover the forks.)
+    let ok = crate::fault::point("restore:stub-probe").is_ok()
+        && task::exec_memfd(&[]).map(task::close).is_ok();
+    STUB_OK.store(ok, std::sync::atomic::Ordering::Relaxed);
+    ok
 }
 
 /// Stack of a process created sharing its parent's memory, until it execs.

@@ -598,7 +598,7 @@ pub fn restore(opts: &RestoreOpts) -> Result<RestoreOutcome, RestoreError> {
     // child.rs): then a thread of cryo creates it sharing cryo's memory (it waits there until
     // the root execs, and stays until the restore is over: the tree's PR_SET_PDEATHSIG
     // follows the thread that created the root), while this thread reads the reports.
-    let by_exec = child::whole_tree_by_exec(&plan);
+    let by_exec = child::probe_stub() && child::whole_tree_by_exec(&plan);
     if !by_exec {
         let child = fork_at(root, 0)?;
         if child == 0 {

@@ -247,11 +247,17 @@ pub struct CryoProcess {
 impl CryoProcess {
     /// Starts `cryo ARGS`.
     pub fn spawn(args: &[&str]) -> Self {
+        Self::spawn_with_env(args, &[])
+    }
+
+    /// Starts `cryo ARGS` with `env` added to its environment.
+    pub fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         init();
         let out = TempDir::new().expect("tempdir for cryo output");
         let stdout = fs::File::create(out.path().join("stdout")).expect("stdout file");
         let stderr = fs::File::create(out.path().join("stderr")).expect("stderr file");
         let child = cryo_command(args)
+            .envs(env.iter().copied())
             .stdout(stdout)
             .stderr(stderr)
             .spawn()
