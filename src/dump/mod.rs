@@ -308,9 +308,12 @@ fn dump_tree<'scope>(
     let net = lock_and_repair(opts, &procs, &mut all_fds)?;
     // The fds images are written here while the tracers collect the processes (they hold
     // the TCP queues, megabytes to encode).
+    // Each is encoded without holding the writer, which the tracers need meanwhile.
     let write_fds = || -> Result<(), DumpError> {
+        let dir = with_writer(writer, |w| Ok(w.dir().to_path_buf()))?;
         for (pid, fds) in &all_fds {
-            with_writer(writer, |w| w.write(ImageType::Fds, Some(*pid), fds))?;
+            let encoded = ImageWriter::encode(&dir, ImageType::Fds, Some(*pid), fds)?;
+            with_writer(writer, |w| w.write_encoded(encoded))?;
         }
         Ok(())
     };

@@ -64,6 +64,16 @@ pub struct ImageWriter {
     committed: bool,
 }
 
+/// A metadata file encoded by [`ImageWriter::encode`], waiting for
+/// [`ImageWriter::write_encoded`].
+pub struct Encoded {
+    ty: ImageType,
+    pid: Option<i32>,
+    records: usize,
+    crc: u32,
+    bytes: Vec<u8>,
+}
+
 /// A page store being written: `pages-PID.img`, open for writing and positioned after its
 /// header block. The dumper appends page data at the end (write, or splice into `file`), notes
 /// each run's offset and crc32c in a `PageRun`, and hands the file back with
@@ -312,7 +322,20 @@ impl ImageWriter {
         pid: Option<i32>,
         records: &[M],
     ) -> Result<(), ImageError> {
-        let (name, path) = self.claim_name(ty, pid)?;
+        let encoded = Self::encode(&self.dir, ty, pid, records)?;
+        self.write_encoded(encoded)
+    }
+
+    /// Encodes the metadata file [`ImageWriter::write`] would write for `records` into the
+    /// checkpoint at `dir`, without the writer: a big one (TCP queues, megabytes) can be
+    /// encoded while the writer is free for others; [`ImageWriter::write_encoded`] writes it.
+    pub fn encode<M: prost::Message>(
+        dir: &Path,
+        ty: ImageType,
+        pid: Option<i32>,
+        records: &[M],
+    ) -> Result<Encoded, ImageError> {
+        let path = dir.join(checked_name(dir, ty, pid)?);
         let reason = match ty {
             ImageType::Inventory => Some("the inventory is written by commit"),
             ImageType::Pages => Some("page stores are written through create_pages"),
@@ -323,7 +346,26 @@ impl ImageWriter {
             return Err(ImageError::BadRequest { path, reason });
         }
         let bytes = encode_records(&path, ty, records)?;
-        let crc = crc32c::crc32c(&bytes);
+        Ok(Encoded {
+            ty,
+            pid,
+            records: records.len(),
+            crc: crc32c::crc32c(&bytes),
+            bytes,
+        })
+    }
+
+    /// Writes a metadata file encoded by [`ImageWriter::encode`] (for this writer's directory)
+    /// and remembers it for the manifest.
+    pub fn write_encoded(&mut self, encoded: Encoded) -> Result<(), ImageError> {
+        let Encoded {
+            ty,
+            pid,
+            records,
+            crc,
+            bytes,
+        } = encoded;
+        let (name, path) = self.claim_name(ty, pid)?;
         let size = bytes.len() as u64;
         let mut offset = 0;
         if self.pack {
@@ -336,7 +378,7 @@ impl ImageWriter {
             file.write_all(&bytes)
                 .map_err(|e| ImageError::io(&path, "write", e))?;
         }
-        tracing::debug!(path = %path.display(), records = records.len(), bytes = size, crc, packed = self.pack, "wrote image");
+        tracing::debug!(path = %path.display(), records, bytes = size, crc, packed = self.pack, "wrote image");
         self.manifest.push(ManifestEntry {
             name,
             size,
