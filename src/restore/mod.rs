@@ -812,10 +812,19 @@ fn build_all(
         }
     };
     std::thread::scope(|sc| {
-        for _ in 0..workers {
+        let our_cpus = proc_ctl::get_affinity(0)
+            .map(|m| proc_ctl::cpus_of(&m))
+            .unwrap_or_default();
+        for w in 0..workers {
             let (barrier, failed, fail, stopped) = (&barrier, &failed, &fail, &stopped);
             let (next_unit, units, ready) = (&next_unit, &units, &ready);
+            let pin = (our_cpus.len() > 1 && std::env::var_os("CRYO_NOPIN").is_none())
+                .then(|| proc_ctl::one_cpu(our_cpus[w % our_cpus.len()]));
             sc.spawn(move || {
+                if let Some(m) = &pin {
+                    let _ = proc_ctl::set_affinity(0, m);
+                }
+                let mut saved_masks: Vec<(i32, proc_ctl::CpuMask)> = Vec::new();
                 let mut held: Vec<(i32, i32)> = Vec::new(); // (tid, its process)
                 'units: while let Some(u) = next_unit() {
                     let last = units[u].len().saturating_sub(1);
@@ -830,6 +839,12 @@ fn build_all(
                         let r = wait_in_pause(pid)
                             .and_then(|()| seize_ready(pid))
                             .and_then(|()| {
+                                if let Some(m) = &pin {
+                                    if let Ok(orig) = proc_ctl::get_affinity(pid) {
+                                        saved_masks.push((pid, orig));
+                                        let _ = proc_ctl::set_affinity(pid, m);
+                                    }
+                                }
                                 held.push((pid, pid));
                                 crate::fault::point("restore:seized")?;
                                 build(
@@ -855,6 +870,11 @@ fn build_all(
                 barrier.wait(); // the main thread's verdict
                 if failed.load(Ordering::SeqCst) {
                     return;
+                }
+                for &(tid, pid) in &held {
+                    if let Some((_, m)) = saved_masks.iter().find(|s| s.0 == pid) {
+                        let _ = proc_ctl::set_affinity(tid, m);
+                    }
                 }
                 let detach = |tid: i32| {
                     if let Err(source) = ptrace::detach(tid, 0) {

@@ -257,6 +257,47 @@ fn write_last_pid(pid: i32) -> SysResult<()> {
     write!(f, "{pid}").map_err(err("write(ns_last_pid)"))
 }
 
+/// A CPU affinity mask (sched_getaffinity(2)).
+#[derive(Clone, Copy)]
+pub struct CpuMask(libc::cpu_set_t);
+
+/// The CPU affinity of task `tid` (0: the calling thread).
+pub fn get_affinity(tid: i32) -> SysResult<CpuMask> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty mask; the kernel fills it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: set is a valid out-pointer of the size given.
+    let r =
+        unsafe { libc::sched_getaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    check("sched_getaffinity", r as libc::c_long).map(|_| CpuMask(set))
+}
+
+/// Sets the CPU affinity of task `tid` (0: the calling thread).
+pub fn set_affinity(tid: i32, mask: &CpuMask) -> SysResult<()> {
+    // SAFETY: mask is a valid cpu_set_t of the size given.
+    let r =
+        unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &mask.0) };
+    check("sched_setaffinity", r as libc::c_long).map(drop)
+}
+
+/// The mask of the one CPU `cpu`.
+pub fn one_cpu(cpu: usize) -> CpuMask {
+    // SAFETY: a zeroed cpu_set_t is a valid empty mask.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    if cpu < libc::CPU_SETSIZE as usize {
+        // SAFETY: cpu is within the set, which is ours.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    CpuMask(set)
+}
+
+/// The CPUs of `mask`, in order.
+pub fn cpus_of(mask: &CpuMask) -> Vec<usize> {
+    (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: c is within the set.
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &mask.0) })
+        .collect()
+}
+
 /// kcmp(2) types.
 pub const KCMP_VM: i32 = 1;
 /// Shared fd table.

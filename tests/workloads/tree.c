@@ -9,7 +9,7 @@
  *   +- d (joins c's group)
  *
  * Every process remembers its pid, ppid, pgid and sid (and every non-root one its name, its
- * executable and the FD_CLOEXEC flag of two fds) and, after the check request, compares
+ * executable, the FD_CLOEXEC flag of two fds and its CPU count) and, after the check request, compares
  * them and writes res.<pid>. The root collects 12 of them, and b reaps its zombie expecting
  * status 42. Each parent reaps its children before exiting.
  */
@@ -18,6 +18,7 @@
 #include <dirent.h>
 #include <sys/wait.h>
 #include <sys/prctl.h>
+#include <sched.h>
 #include <fcntl.h>
 
 static pid_t kids[8];
@@ -49,14 +50,24 @@ static void reap_kids(void)
 }
 
 /*
- * What else a member checks of itself: its name, its executable, and an fd with and one
- * without FD_CLOEXEC (a restore process may go through an execve on its way, which resets
- * names and closes close-on-exec fds).
+ * What else a member checks of itself: its name, its executable, an fd with and one without
+ * FD_CLOEXEC (a restore process may go through an execve on its way, which resets names and
+ * closes close-on-exec fds), and how many CPUs it may run on (restore pins each process to
+ * its worker's CPU while it builds it).
  */
 struct self {
 	char name[16], exe[256];
-	int cloexec_fd, plain_fd;
+	int cloexec_fd, plain_fd, cpus;
 };
+
+/* How many CPUs it may run on. */
+static int cpu_count(void)
+{
+	cpu_set_t set;
+	if (sched_getaffinity(0, sizeof(set), &set) < 0)
+		return -1;
+	return CPU_COUNT(&set);
+}
 
 static void note_self(struct self *s)
 {
@@ -65,6 +76,7 @@ static void note_self(struct self *s)
 		wl_die("PR_SET_NAME");
 	ssize_t n = readlink("/proc/self/exe", s->exe, sizeof(s->exe) - 1);
 	s->exe[n > 0 ? n : 0] = 0;
+	s->cpus = cpu_count();
 	s->cloexec_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	s->plain_fd = open("/dev/null", O_RDONLY);
 	if (s->cloexec_fd < 0 || s->plain_fd < 0)
@@ -86,6 +98,8 @@ static void check_self(const struct self *s, char *out, size_t len)
 		snprintf(out, len, "pid %d: fd %d flags %d, FD_CLOEXEC expected", (int)getpid(), s->cloexec_fd, ce);
 	else if (plain != 0)
 		snprintf(out, len, "pid %d: fd %d flags %d, 0 expected", (int)getpid(), s->plain_fd, plain);
+	else if (cpu_count() != s->cpus)
+		snprintf(out, len, "pid %d: may run on %d CPUs, %d before", (int)getpid(), cpu_count(), s->cpus);
 }
 
 /* The life of every non-root process after its own children are forked. */
