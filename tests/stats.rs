@@ -35,13 +35,7 @@ fn print_stats_figures_add_up() {
         show_output("dump", &dump)
     );
 
-    let mut restore = restore_spawn(images.path(), &["--print-stats"]);
-    let result = w.check_with(|| {
-        restore
-            .try_wait()
-            .map(|s| format!("cryo restore exited ({s})\n{}", restore.describe()))
-    });
-    let out = restore.finish(TIMEOUT);
+    let (result, out) = check_restore(&w, restore_spawn(images.path(), &["--print-stats"]));
     assert_eq!(
         result,
         "PASS",

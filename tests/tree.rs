@@ -398,13 +398,7 @@ fn tree_memory_dumped_in_parallel() {
     );
     w.wait_killed_by_dump();
     reap_tree(&tree);
-    let mut restore = restore_spawn(images.path(), &["--print-stats"]);
-    let result = w.check_with(|| {
-        restore
-            .try_wait()
-            .map(|s| format!("cryo restore exited ({s})\n{}", restore.describe()))
-    });
-    let out = restore.finish(TIMEOUT);
+    let (result, out) = check_restore(&w, restore_spawn(images.path(), &["--print-stats"]));
     let stats = show_output("restore", &out);
     assert_eq!(result, "PASS", "{stats}\n{}", w.logs());
     assert!(out.status.success(), "{stats}");
@@ -431,16 +425,11 @@ fn tree_restored_without_the_stub() {
     w.wait_killed_by_dump();
     reap_tree(&tree);
     let dir = images.path().to_str().expect("utf-8 path");
-    let mut restore = CryoProcess::spawn_with_env(
+    let restore = CryoProcess::spawn_with_env(
         &["restore", "-D", dir, "--print-stats"],
         &[("CRYO_FAULT", "restore:stub-probe")],
     );
-    let result = w.check_with(|| {
-        restore
-            .try_wait()
-            .map(|s| format!("cryo restore exited ({s})\n{}", restore.describe()))
-    });
-    let out = restore.finish(TIMEOUT);
+    let (result, out) = check_restore(&w, restore);
     let stats = show_output("restore", &out);
     assert_eq!(result, "PASS", "{stats}\n{}", w.logs());
     assert_eq!(stat_figure(&out, "started from the stub"), 0, "{stats}");

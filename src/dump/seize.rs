@@ -72,13 +72,9 @@ impl<'scope> Tracers<'scope> {
     pub fn start<'env>(scope: &'scope std::thread::Scope<'scope, 'env>, n: usize) -> Self {
         let n = n.max(1);
         let mut queues = Vec::with_capacity(n);
-        let cpus = crate::sys::proc_ctl::get_affinity(0)
-            .map(|m| crate::sys::proc_ctl::cpus_of(&m))
-            .unwrap_or_default();
-        for i in 0..n {
+        // Each tracer on a CPU of its own (the dumped processes are left where they are).
+        for pin in crate::sys::proc_ctl::worker_cpus(n) {
             let (tx, rx) = mpsc::channel::<Job<'scope>>();
-            let pin = (cpus.len() > 1 && std::env::var_os("CRYO_NOPIN").is_none())
-                .then(|| crate::sys::proc_ctl::one_cpu(cpus[i % cpus.len()]));
             scope.spawn(move || {
                 if let Some(m) = &pin {
                     let _ = crate::sys::proc_ctl::set_affinity(0, m);

@@ -812,14 +812,11 @@ fn build_all(
         }
     };
     std::thread::scope(|sc| {
-        let our_cpus = proc_ctl::get_affinity(0)
-            .map(|m| proc_ctl::cpus_of(&m))
-            .unwrap_or_default();
-        for w in 0..workers {
+        // Each worker on a CPU of its own, and each process on its worker's while it is built
+        // (it gets its own affinity back before it is detached).
+        for pin in proc_ctl::worker_cpus(workers) {
             let (barrier, failed, fail, stopped) = (&barrier, &failed, &fail, &stopped);
             let (next_unit, units, ready) = (&next_unit, &units, &ready);
-            let pin = (our_cpus.len() > 1 && std::env::var_os("CRYO_NOPIN").is_none())
-                .then(|| proc_ctl::one_cpu(our_cpus[w % our_cpus.len()]));
             sc.spawn(move || {
                 if let Some(m) = &pin {
                     let _ = proc_ctl::set_affinity(0, m);
@@ -1099,8 +1096,10 @@ pub(crate) fn fork_at(pid: i32, flags: u64) -> Result<i32, RestoreError> {
 /// Builds the seized restore process into the saved process, threads included. Returns the
 /// thread ids it created (all stopped, ready to be detached). `close_shared_mem`: close the
 /// inherited shared memory fds once mapped (false while another process sharing this fd
-/// table has yet to map from them). `insn` is a syscall instruction of cryo's layout, which
-/// the process still has (a vdso one, found where the vdso went after it moved).
+/// table has yet to map from them). `insn_vdso_off` is where a syscall instruction lies in the
+/// vdso (every restore process has one, which moves to where the checkpoint had it); `execed`:
+/// the process exec'd the stub (see child.rs), whose name and close-on-exec flags cryo puts
+/// back.
 #[allow(clippy::too_many_arguments)]
 fn build(
     img: &ProcessImage,

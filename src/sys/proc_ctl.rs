@@ -279,8 +279,21 @@ pub fn set_affinity(tid: i32, mask: &CpuMask) -> SysResult<()> {
     check("sched_setaffinity", r as libc::c_long).map(drop)
 }
 
+/// One CPU each for `n` worker threads, spread over the CPUs the caller may run on, so that a
+/// worker and the task it drives through ptrace stops share a CPU (a stop then wakes a thread
+/// where it runs instead of an idle vCPU, which on a virtual machine can take milliseconds).
+/// None for each when the caller may use only one CPU, or `CRYO_NOPIN` is set (for A/B
+/// measurements).
+pub fn worker_cpus(n: usize) -> Vec<Option<CpuMask>> {
+    let cpus = get_affinity(0).map(|m| cpus_of(&m)).unwrap_or_default();
+    let pin = cpus.len() > 1 && std::env::var_os("CRYO_NOPIN").is_none();
+    (0..n)
+        .map(|i| pin.then(|| one_cpu(cpus[i % cpus.len()])))
+        .collect()
+}
+
 /// The mask of the one CPU `cpu`.
-pub fn one_cpu(cpu: usize) -> CpuMask {
+fn one_cpu(cpu: usize) -> CpuMask {
     // SAFETY: a zeroed cpu_set_t is a valid empty mask.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     if cpu < libc::CPU_SETSIZE as usize {
@@ -291,7 +304,7 @@ pub fn one_cpu(cpu: usize) -> CpuMask {
 }
 
 /// The CPUs of `mask`, in order.
-pub fn cpus_of(mask: &CpuMask) -> Vec<usize> {
+fn cpus_of(mask: &CpuMask) -> Vec<usize> {
     (0..libc::CPU_SETSIZE as usize)
         // SAFETY: c is within the set.
         .filter(|&c| unsafe { libc::CPU_ISSET(c, &mask.0) })

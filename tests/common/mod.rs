@@ -670,21 +670,7 @@ pub fn restore_spawn(dir: &Path, extra: &[&str]) -> CryoProcess {
 /// Restores (attached) and runs the workload's check: returns the result line, and asserts
 /// that `cryo restore` then exits with the workload's own status (0 on PASS).
 pub fn restore_and_check(w: &Workload, dir: &Path) -> String {
-    let mut restore = restore_spawn(dir, &[]);
-    let result = w.check_with(|| {
-        restore
-            .try_wait()
-            .map(|s| format!("cryo restore exited ({s})\n{}", restore.describe()))
-    });
-    let out = restore.finish(TIMEOUT);
-    let want_ok = result == "PASS";
-    assert_eq!(
-        out.status.success(),
-        want_ok,
-        "restore exit status does not match the workload's result {result:?}\n{}",
-        show_output("cryo restore", &out)
-    );
-    result
+    restore_and_check_with(w, dir, &[])
 }
 
 /// Copies a checkpoint directory (flat) into a new temp dir.
@@ -735,7 +721,12 @@ impl Drop for Tmpfs {
 
 /// `restore_and_check` with extra `cryo restore` arguments (e.g. `--sign-key FILE`).
 pub fn restore_and_check_with(w: &Workload, dir: &Path, extra: &[&str]) -> String {
-    let mut restore = restore_spawn(dir, extra);
+    check_restore(w, restore_spawn(dir, extra)).0
+}
+
+/// Has `w` check itself while `restore` (a `cryo restore` already started) runs; returns the
+/// workload's result and cryo's output, asserting that cryo's exit status matches the result.
+pub fn check_restore(w: &Workload, mut restore: CryoProcess) -> (String, Output) {
     let result = w.check_with(|| {
         restore
             .try_wait()
@@ -748,7 +739,7 @@ pub fn restore_and_check_with(w: &Workload, dir: &Path, extra: &[&str]) -> Strin
         "restore exit status does not match the workload's result {result:?}\n{}",
         show_output("cryo restore", &out)
     );
-    result
+    (result, out)
 }
 
 /// The fd table of PID: (fd, what it points to), in fd order. Empty if the process is gone.
