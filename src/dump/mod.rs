@@ -307,13 +307,13 @@ fn dump_tree<'scope>(
     // and are read. On failure the guard takes them out of repair mode, then unlocks.
     let net = lock_and_repair(opts, &procs, &mut all_fds)?;
     // The fds images are written here while the tracers collect the processes (they hold
-    // the TCP queues, megabytes to encode).
-    // Each is encoded without holding the writer, which the tracers need meanwhile.
+    // the TCP queues, megabytes). Each is written without holding the writer, which the
+    // tracers need meanwhile, and its queues go to the file without a copy.
     let write_fds = || -> Result<(), DumpError> {
-        let dir = with_writer(writer, |w| Ok(w.dir().to_path_buf()))?;
         for (pid, fds) in &all_fds {
-            let encoded = ImageWriter::encode(&dir, ImageType::Fds, Some(*pid), fds)?;
-            with_writer(writer, |w| w.write_encoded(encoded))?;
+            let mut place = with_writer(writer, |w| w.reserve(ImageType::Fds, Some(*pid), fds))?;
+            place.fill(ImageType::Fds, fds)?;
+            with_writer(writer, |w| w.finish_reserved(place))?;
         }
         Ok(())
     };

@@ -5,6 +5,8 @@
 use std::io::{self, Read};
 use std::path::Path;
 
+use bytes::BufMut;
+
 use super::{ImageError, ImageType, FORMAT_MAJOR, FORMAT_MINOR};
 
 /// The magic every image file starts with.
@@ -106,27 +108,12 @@ pub fn encode_records<M: prost::Message>(
     ty: ImageType,
     records: &[M],
 ) -> Result<Vec<u8>, ImageError> {
-    let count = u32::try_from(records.len())
-        .ok()
-        .filter(|&n| n != END_MARKER)
-        .ok_or_else(|| ImageError::BadRequest {
-            path: path.to_owned(),
-            reason: "too many records for one image file",
-        })?;
-    let payload_len: usize = records.iter().map(|r| r.encoded_len() + 8).sum();
-    let mut out = Vec::with_capacity(HEADER_LEN + payload_len + 8);
+    let count = record_count(path, records)?;
+    let mut out = Vec::with_capacity(records_len(records) as usize);
     out.extend_from_slice(&encode_header(ty));
     for record in records {
         let offset = out.len() as u64;
-        let len = record.encoded_len();
-        let len32 = u32::try_from(len)
-            .ok()
-            .filter(|&l| l <= MAX_RECORD_LEN)
-            .ok_or_else(|| ImageError::RecordTooLarge {
-                path: path.to_owned(),
-                offset,
-                len: len as u64,
-            })?;
+        let len32 = record_len(path, offset, record)?;
         out.extend_from_slice(&len32.to_le_bytes());
         out.extend_from_slice(&[0; 4]);
         let start = out.len();
@@ -136,7 +123,7 @@ pub fn encode_records<M: prost::Message>(
             .map_err(|_| ImageError::RecordTooLarge {
                 path: path.to_owned(),
                 offset,
-                len: len as u64,
+                len: u64::from(len32),
             })?;
         let crc = crc32c::crc32c(&out[start..]);
         out[start - 4..start].copy_from_slice(&crc.to_le_bytes());
@@ -144,6 +131,194 @@ pub fn encode_records<M: prost::Message>(
     out.extend_from_slice(&END_MARKER.to_le_bytes());
     out.extend_from_slice(&count.to_le_bytes());
     Ok(out)
+}
+
+/// The length of the metadata file [`encode_records`] makes of `records`.
+pub fn records_len<M: prost::Message>(records: &[M]) -> u64 {
+    let payload: usize = records.iter().map(|r| r.encoded_len()).sum();
+    (HEADER_LEN + payload) as u64 + RECORD_PREFIX_LEN * (records.len() as u64 + 1)
+}
+
+/// The number of records, as the end record states it.
+fn record_count<M>(path: &Path, records: &[M]) -> Result<u32, ImageError> {
+    u32::try_from(records.len())
+        .ok()
+        .filter(|&n| n != END_MARKER)
+        .ok_or_else(|| ImageError::BadRequest {
+            path: path.to_owned(),
+            reason: "too many records for one image file",
+        })
+}
+
+/// The encoded length of `record` (at `offset` of the file), within the limit.
+fn record_len<M: prost::Message>(path: &Path, offset: u64, record: &M) -> Result<u32, ImageError> {
+    let len = record.encoded_len();
+    u32::try_from(len)
+        .ok()
+        .filter(|&l| l <= MAX_RECORD_LEN)
+        .ok_or_else(|| ImageError::RecordTooLarge {
+            path: path.to_owned(),
+            offset,
+            len: len as u64,
+        })
+}
+
+/// Byte fields at least this long go from the record to the sink as they are (not copied).
+const PASS_THROUGH_FROM: usize = 16 << 10;
+/// The buffer that gathers the small pieces of a streamed record.
+const STREAM_BUF: usize = 64 << 10;
+
+/// Produces the bytes [`encode_records`] would, in order, handing them to `sink` instead of
+/// building the file in memory: the small pieces of each record gathered in a buffer, its
+/// large byte fields (socket queues, megabytes) passed through straight from the record. Each
+/// record is encoded twice (once for the checksum that precedes it, once for its bytes); no
+/// copy of it is made. Returns the file's length and crc32c. `path` names the file in errors.
+pub fn stream_records<M: prost::Message>(
+    path: &Path,
+    ty: ImageType,
+    records: &[M],
+    sink: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+) -> Result<(u64, u32), ImageError> {
+    let count = record_count(path, records)?;
+    let mut file_crc = 0u32;
+    let mut written = 0u64;
+    let mut to_sink = |d: &[u8]| -> io::Result<()> {
+        file_crc = crc32c::crc32c_append(file_crc, d);
+        written += d.len() as u64;
+        sink(d)
+    };
+    let (mut buf, mut crc_buf) = (
+        Vec::with_capacity(STREAM_BUF),
+        Vec::with_capacity(STREAM_BUF),
+    );
+    let mut out = Streamer::new(&mut buf, &mut to_sink);
+    out.put_slice(&encode_header(ty));
+    let mut offset = HEADER_LEN as u64;
+    for record in records {
+        let len32 = record_len(path, offset, record)?;
+        let too_large = |_| ImageError::RecordTooLarge {
+            path: path.to_owned(),
+            offset,
+            len: u64::from(len32),
+        };
+        // The checksum first: it precedes the record.
+        let mut crc = 0u32;
+        let mut add = |d: &[u8]| -> io::Result<()> {
+            crc = crc32c::crc32c_append(crc, d);
+            Ok(())
+        };
+        let mut pass = Streamer::new(&mut crc_buf, &mut add);
+        record.encode(&mut pass).map_err(too_large)?;
+        pass.finish()
+            .map_err(|e| ImageError::io(path, "checksum", e))?;
+        out.put_slice(&len32.to_le_bytes());
+        out.put_slice(&crc.to_le_bytes());
+        record.encode(&mut out).map_err(too_large)?;
+        offset += RECORD_PREFIX_LEN + u64::from(len32);
+    }
+    out.put_slice(&END_MARKER.to_le_bytes());
+    out.put_slice(&count.to_le_bytes());
+    out.finish().map_err(|e| ImageError::io(path, "write", e))?;
+    Ok((written, file_crc))
+}
+
+/// A `BufMut` that hands what is put into it to a sink (see [`stream_records`]). Sink errors
+/// cannot be returned through `BufMut`: the first is kept (later output dropped) and returned
+/// by [`Streamer::finish`].
+struct Streamer<'a, 'b> {
+    buf: &'a mut Vec<u8>,
+    sink: &'a mut (dyn FnMut(&[u8]) -> io::Result<()> + 'b),
+    err: Option<io::Error>,
+}
+
+impl<'a, 'b> Streamer<'a, 'b> {
+    fn new(buf: &'a mut Vec<u8>, sink: &'a mut (dyn FnMut(&[u8]) -> io::Result<()> + 'b)) -> Self {
+        buf.clear();
+        Self {
+            buf,
+            sink,
+            err: None,
+        }
+    }
+
+    fn emit(&mut self, data: &[u8]) {
+        if self.err.is_none() && !data.is_empty() {
+            if let Err(e) = (self.sink)(data) {
+                self.err = Some(e);
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        let pending = std::mem::take(self.buf);
+        self.emit(&pending);
+        *self.buf = pending;
+        self.buf.clear();
+    }
+
+    /// Hands over what is still gathered; the first sink error, if any.
+    fn finish(mut self) -> io::Result<()> {
+        self.flush();
+        self.err.map_or(Ok(()), Err)
+    }
+}
+
+// SAFETY: `chunk_mut` hands out the buffer's spare capacity, and `advance_mut` (whose caller
+// promises to have initialized that many bytes of it) only extends the buffer's length over
+// them.
+unsafe impl BufMut for Streamer<'_, '_> {
+    fn remaining_mut(&self) -> usize {
+        usize::MAX / 2
+    }
+
+    unsafe fn advance_mut(&mut self, cnt: usize) {
+        let len = self.buf.len() + cnt;
+        assert!(
+            len <= self.buf.capacity(),
+            "advance past the chunk handed out"
+        );
+        // SAFETY: within capacity (checked), and the caller initialized these bytes.
+        unsafe { self.buf.set_len(len) };
+    }
+
+    fn chunk_mut(&mut self) -> &mut bytes::buf::UninitSlice {
+        if self.buf.len() == self.buf.capacity() {
+            self.flush();
+            if self.buf.capacity() == 0 {
+                self.buf.reserve(STREAM_BUF);
+            }
+        }
+        bytes::buf::UninitSlice::uninit(self.buf.spare_capacity_mut())
+    }
+
+    fn put_slice(&mut self, src: &[u8]) {
+        if src.len() >= PASS_THROUGH_FROM {
+            self.flush();
+            self.emit(src);
+            return;
+        }
+        let mut rest = src;
+        while !rest.is_empty() {
+            if self.buf.len() == self.buf.capacity() {
+                self.chunk_mut();
+            }
+            let n = rest.len().min(self.buf.capacity() - self.buf.len());
+            self.buf.extend_from_slice(&rest[..n]);
+            rest = &rest[n..];
+        }
+    }
+
+    fn put<T: bytes::Buf>(&mut self, mut src: T)
+    where
+        Self: Sized,
+    {
+        while src.has_remaining() {
+            let chunk = src.chunk();
+            let n = chunk.len();
+            self.put_slice(chunk);
+            src.advance(n);
+        }
+    }
 }
 
 /// What a full scan of a metadata file found.

@@ -155,7 +155,7 @@ use std::path::PathBuf;
 pub use format::{decode_records, encode_records, HEADER_LEN, MAGIC, MAX_RECORD_LEN, PAGE_SIZE};
 pub use reader::{check_page_store, ImageReader, PageStore, PagesLoc};
 pub use sign::{is_signed, SignKey, MAX_KEY_LEN, MIN_KEY_LEN, SIGNATURE_ALGORITHM, SIGNATURE_FILE};
-pub use writer::{Encoded, ImageWriter, PagesFile, PACK_PAGES_BUDGET, PACK_PAGES_MAX};
+pub use writer::{ImageWriter, PagesFile, Reserved, PACK_PAGES_BUDGET, PACK_PAGES_MAX};
 
 /// Major version of the image format written by this cryo; the only one it reads.
 pub const FORMAT_MAJOR: u32 = 2;

@@ -1818,3 +1818,114 @@ fn packing_stays_within_its_budget() {
     assert!(own(200));
     drop((big, held, over, plain));
 }
+
+/// fds records holding TCP queues (byte fields big enough to pass through unbuffered) between
+/// small ones.
+fn fds_with_queues() -> Vec<FdEntry> {
+    use crate::proto::{fd_entry::State, InetSocketState, TcpConnection};
+    let queue = |n: usize, k: u8| {
+        (0..n)
+            .map(|i| (i as u8).wrapping_mul(k))
+            .collect::<Vec<_>>()
+    };
+    let mut all = fds();
+    for (fd, inq, outq) in [(4, 100_000, 70_001), (5, 0, 20_000), (6, 3, 5)] {
+        all.push(FdEntry {
+            fd,
+            kind: FdKind::FdInet as i32,
+            state: Some(State::Inet(InetSocketState {
+                tcp: Some(TcpConnection {
+                    inq: queue(inq, 7),
+                    outq: queue(outq, 13),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })),
+            ..Default::default()
+        });
+    }
+    all.extend(fds());
+    all
+}
+
+/// Streaming a metadata file gives exactly the bytes of encoding it in memory, with its
+/// length and checksum; a failing sink's error is returned.
+#[test]
+fn streamed_records_are_the_encoded_bytes() {
+    let path = Path::new("/x/fds-1.img");
+    for records in [fds_with_queues(), fds(), Vec::new()] {
+        let want = encode_records(path, ImageType::Fds, &records).unwrap();
+        let mut got = Vec::new();
+        let mut calls = 0;
+        let (len, crc) = super::format::stream_records(path, ImageType::Fds, &records, &mut |d| {
+            calls += 1;
+            got.extend_from_slice(d);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(got, want);
+        assert_eq!(len, want.len() as u64);
+        assert_eq!(super::format::records_len(&records), len);
+        assert_eq!(crc, crc32c::crc32c(&want));
+        assert!(calls <= 7, "{calls} pieces: small ones are gathered");
+    }
+    let err = super::format::stream_records(path, ImageType::Fds, &fds_with_queues(), &mut |_| {
+        Err(std::io::Error::from_raw_os_error(libc::ENOSPC))
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("/x/fds-1.img"), "{err}");
+}
+
+/// A file reserved in pack.img and filled later, with other files written in between, reads
+/// back like the others; one reserved but never filled is refused at finish.
+#[test]
+fn reserved_files_are_filled_in_place() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ckpt");
+    let mut w = ImageWriter::create(&dir, false).unwrap();
+    let big = fds_with_queues();
+    let mut place = w.reserve(ImageType::Fds, Some(ROOT), &big).unwrap();
+    w.write(ImageType::Fds, Some(ROOT + 1), &fds()).unwrap();
+    let unfilled = w.reserve(ImageType::Fds, Some(ROOT + 2), &fds()).unwrap();
+    assert!(matches!(
+        w.reserve(ImageType::Fds, Some(ROOT), &big).unwrap_err(),
+        ImageError::AlreadyWritten { .. }
+    ));
+    place.fill(ImageType::Fds, &big).unwrap();
+    w.finish_reserved(place).unwrap();
+    let err = w.finish_reserved(unfilled).unwrap_err();
+    assert!(err.to_string().contains("fds-102.img"), "{err}");
+    let err = w
+        .commit(Inventory {
+            root_pid: ROOT,
+            ..Default::default()
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("fds-102.img"), "{err}");
+    assert!(!dir.exists(), "a refused commit leaves nothing behind");
+
+    // Again, every reserved file filled.
+    let mut w = ImageWriter::create(&dir, false).unwrap();
+    let mut place = w.reserve(ImageType::Fds, Some(ROOT), &big).unwrap();
+    w.write(ImageType::Fds, Some(ROOT + 1), &fds()).unwrap();
+    let mut other = w.reserve(ImageType::Fds, Some(ROOT + 3), &fds()).unwrap();
+    other.fill(ImageType::Fds, &fds()).unwrap();
+    w.finish_reserved(other).unwrap();
+    place.fill(ImageType::Fds, &big).unwrap();
+    w.finish_reserved(place).unwrap();
+    w.commit(Inventory {
+        root_pid: ROOT,
+        ..Default::default()
+    })
+    .unwrap();
+    let r = ImageReader::open(&dir).unwrap();
+    assert_eq!(r.read::<FdEntry>(ImageType::Fds, Some(ROOT)).unwrap(), big);
+    assert_eq!(
+        r.read::<FdEntry>(ImageType::Fds, Some(ROOT + 1)).unwrap(),
+        fds()
+    );
+    assert_eq!(
+        r.read::<FdEntry>(ImageType::Fds, Some(ROOT + 3)).unwrap(),
+        fds()
+    );
+}

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use crate::proto::{FileDigest, Inventory, ManifestEntry, PageRun};
 
-use super::format::{encode_header, encode_records, PAGE_SIZE};
+use super::format::{encode_header, encode_records, records_len, stream_records, PAGE_SIZE};
 use super::reader::{check_size, open_image};
 use super::sign::{self, SignKey, SIGNATURE_FILE};
 use super::{ImageError, ImageType, FORMAT_MAJOR, FORMAT_MINOR, INVENTORY_FILE};
@@ -49,6 +49,8 @@ pub struct ImageWriter {
     names: BTreeSet<String>,
     /// Page stores created but not yet handed back with `finish_pages`.
     open_pages: BTreeSet<String>,
+    /// Metadata files reserved but not yet recorded with `finish_reserved`.
+    reserved: BTreeSet<String>,
     manifest: Vec<ManifestEntry>,
     /// Gather metadata files (and small page stores) into `pack.img` (the default).
     pack: bool,
@@ -64,14 +66,57 @@ pub struct ImageWriter {
     committed: bool,
 }
 
-/// A metadata file encoded by [`ImageWriter::encode`], waiting for
-/// [`ImageWriter::write_encoded`].
-pub struct Encoded {
-    ty: ImageType,
-    pid: Option<i32>,
-    records: usize,
-    crc: u32,
-    bytes: Vec<u8>,
+/// The place of a metadata file, set aside by [`ImageWriter::reserve`]: its bytes are written
+/// by [`Reserved::fill`], which needs no writer (a big file, megabytes of socket queues, is
+/// written while the writer is free for others), and it is recorded by
+/// [`ImageWriter::finish_reserved`].
+#[derive(Debug)]
+pub struct Reserved {
+    name: String,
+    path: PathBuf,
+    /// `pack.img` (a handle of its own) or the file of its own.
+    file: File,
+    offset: u64,
+    len: u64,
+    packed: bool,
+    /// Records and crc32c, once filled.
+    filled: Option<(usize, u32)>,
+}
+
+impl Reserved {
+    /// Writes the file for `records` (the ones it was reserved for) in its place, streamed
+    /// ([`stream_records`]: byte fields of the records go to the file without a copy), and
+    /// starts the writeback of a big one.
+    pub fn fill<M: prost::Message>(
+        &mut self,
+        ty: ImageType,
+        records: &[M],
+    ) -> Result<(), ImageError> {
+        let mut pos = self.offset;
+        let end = self.offset + self.len;
+        let file = &self.file;
+        let mut sink = |d: &[u8]| -> io::Result<()> {
+            if pos + d.len() as u64 > end {
+                return Err(io::Error::other("records longer than reserved"));
+            }
+            file.write_all_at(d, pos)?;
+            pos += d.len() as u64;
+            Ok(())
+        };
+        let (len, crc) = stream_records(&self.path, ty, records, &mut sink)?;
+        if len != self.len {
+            return Err(ImageError::BadRequest {
+                path: self.path.clone(),
+                reason: "records changed between reserve and fill",
+            });
+        }
+        if len >= WRITEBACK_FROM {
+            use std::os::fd::AsFd;
+            let _ = crate::sys::parasite_ffi::start_writeback(self.file.as_fd(), self.offset, len);
+        }
+        self.filled = Some((records.len(), crc));
+        Ok(())
+    }
 }
 
 /// A page store being written: `pages-PID.img`, open for writing and positioned after its
@@ -220,6 +265,7 @@ impl ImageWriter {
             created_dirs: missing,
             names: BTreeSet::new(),
             open_pages: BTreeSet::new(),
+            reserved: BTreeSet::new(),
             manifest: Vec::new(),
             pack: true,
             pack_file: None,
@@ -322,20 +368,22 @@ impl ImageWriter {
         pid: Option<i32>,
         records: &[M],
     ) -> Result<(), ImageError> {
-        let encoded = Self::encode(&self.dir, ty, pid, records)?;
-        self.write_encoded(encoded)
+        let mut place = self.reserve(ty, pid, records)?;
+        place.fill(ty, records)?;
+        self.finish_reserved(place)
     }
 
-    /// Encodes the metadata file [`ImageWriter::write`] would write for `records` into the
-    /// checkpoint at `dir`, without the writer: a big one (TCP queues, megabytes) can be
-    /// encoded while the writer is free for others; [`ImageWriter::write_encoded`] writes it.
-    pub fn encode<M: prost::Message>(
-        dir: &Path,
+    /// Sets aside the place of the metadata file [`ImageWriter::write`] would write for
+    /// `records` (its name claimed; its bytes in `pack.img`, or a file of its own created):
+    /// [`Reserved::fill`] writes it without the writer, [`ImageWriter::finish_reserved`]
+    /// records it.
+    pub fn reserve<M: prost::Message>(
+        &mut self,
         ty: ImageType,
         pid: Option<i32>,
         records: &[M],
-    ) -> Result<Encoded, ImageError> {
-        let path = dir.join(checked_name(dir, ty, pid)?);
+    ) -> Result<Reserved, ImageError> {
+        let (name, path) = self.claim_name(ty, pid)?;
         let reason = match ty {
             ImageType::Inventory => Some("the inventory is written by commit"),
             ImageType::Pages => Some("page stores are written through create_pages"),
@@ -345,54 +393,70 @@ impl ImageWriter {
         if let Some(reason) = reason {
             return Err(ImageError::BadRequest { path, reason });
         }
-        let bytes = encode_records(&path, ty, records)?;
-        Ok(Encoded {
-            ty,
-            pid,
-            records: records.len(),
-            crc: crc32c::crc32c(&bytes),
-            bytes,
+        let len = records_len(records);
+        let (file, offset) = if self.pack {
+            let pack = self.dir.join(ImageType::Pack.file_name(None));
+            let (file, end) = self.open_pack()?;
+            let offset = *end;
+            *end += len;
+            // Later appends go after this place (it is filled with pwrite).
+            file.seek(io::SeekFrom::Start(*end))
+                .map_err(|e| ImageError::io(&pack, "seek", e))?;
+            let handle = file
+                .try_clone()
+                .map_err(|e| ImageError::io(&pack, "dup", e))?;
+            (handle, offset)
+        } else {
+            let file = create_file(&path)?;
+            self.created.push(path.clone());
+            (file, 0)
+        };
+        self.names.insert(name.clone());
+        self.reserved.insert(name.clone());
+        Ok(Reserved {
+            name,
+            path,
+            file,
+            offset,
+            len,
+            packed: self.pack,
+            filled: None,
         })
     }
 
-    /// Writes a metadata file encoded by [`ImageWriter::encode`] (for this writer's directory)
-    /// and remembers it for the manifest.
-    pub fn write_encoded(&mut self, encoded: Encoded) -> Result<(), ImageError> {
-        let Encoded {
-            ty,
-            pid,
-            records,
-            crc,
-            bytes,
-        } = encoded;
-        let (name, path) = self.claim_name(ty, pid)?;
-        let size = bytes.len() as u64;
-        let mut offset = 0;
-        if self.pack {
-            offset = self.pack_append(&bytes)?;
-            self.names.insert(name.clone());
-        } else {
-            let mut file = create_file(&path)?;
-            self.created.push(path.clone());
-            self.names.insert(name.clone());
-            file.write_all(&bytes)
-                .map_err(|e| ImageError::io(&path, "write", e))?;
-        }
-        tracing::debug!(path = %path.display(), records, bytes = size, crc, packed = self.pack, "wrote image");
+    /// Records a metadata file written by [`Reserved::fill`] for the manifest.
+    pub fn finish_reserved(&mut self, place: Reserved) -> Result<(), ImageError> {
+        let Reserved {
+            name,
+            path,
+            offset,
+            len,
+            packed,
+            filled,
+            ..
+        } = place;
+        let Some((records, crc)) = filled else {
+            return Err(ImageError::BadRequest {
+                path,
+                reason: "metadata file reserved but not written",
+            });
+        };
+        self.reserved.remove(&name);
+        tracing::debug!(path = %path.display(), records, bytes = len, crc, packed, "wrote image");
         self.manifest.push(ManifestEntry {
             name,
-            size,
+            size: len,
             crc32c: crc,
             pages: false,
-            packed: self.pack,
-            offset,
+            packed,
+            offset: if packed { offset } else { 0 },
         });
         Ok(())
     }
 
-    /// Appends a packed metadata file to `pack.img` (created, with its header block, on first
-    /// use); returns the offset it starts at.
-    fn pack_append(&mut self, bytes: &[u8]) -> Result<u64, ImageError> {
+    /// `pack.img` (created, with its header block, on first use) and the length of what it
+    /// holds so far.
+    fn open_pack(&mut self) -> Result<(&mut File, &mut u64), ImageError> {
         let path = self.dir.join(ImageType::Pack.file_name(None));
         if self.pack_file.is_none() {
             let mut file = create_file(&path)?;
@@ -404,22 +468,13 @@ impl ImageWriter {
                 .map_err(|e| ImageError::io(&path, "write", e))?;
             self.pack_file = Some((file, PAGE_SIZE));
         }
-        let Some((file, len)) = self.pack_file.as_mut() else {
-            return Err(ImageError::PagesState {
+        match self.pack_file.as_mut() {
+            Some((file, len)) => Ok((file, len)),
+            None => Err(ImageError::PagesState {
                 path,
                 reason: "pack.img not open",
-            });
-        };
-        let offset = *len;
-        file.write_all(bytes)
-            .map_err(|e| ImageError::io(&path, "write", e))?;
-        *len += bytes.len() as u64;
-        if bytes.len() as u64 >= WRITEBACK_FROM {
-            use std::os::fd::AsFd;
-            let _ =
-                crate::sys::parasite_ffi::start_writeback(file.as_fd(), offset, bytes.len() as u64);
+            }),
         }
-        Ok(offset)
     }
 
     /// Creates `pages-PID.img` with its header block; the returned file is positioned at
@@ -532,16 +587,10 @@ impl ImageWriter {
         let path = self.dir.join(ImageType::Pack.file_name(None));
         let mut stores = std::mem::take(&mut self.packed);
         stores.sort_by(|a, b| a.0.cmp(&b.0));
-        if self.pack_file.is_none() {
-            self.pack_append(&[])?;
-        }
-        let Some((file, len)) = self.pack_file.as_mut() else {
-            return Err(ImageError::PagesState {
-                path,
-                reason: "pack.img not open",
-            });
-        };
+        let (file, len) = self.open_pack()?;
         let mut pos = *len;
+        file.seek(io::SeekFrom::Start(pos))
+            .map_err(|e| ImageError::io(&path, "seek", e))?;
         if !stores.is_empty() {
             let pad = pos.next_multiple_of(PAGE_SIZE) - pos;
             file.write_all(&vec![0u8; pad as usize])
@@ -583,6 +632,12 @@ impl ImageWriter {
             return Err(ImageError::PagesState {
                 path: self.dir.join(name),
                 reason: "page store created but not finished before commit",
+            });
+        }
+        if let Some(name) = self.reserved.iter().next() {
+            return Err(ImageError::BadRequest {
+                path: self.dir.join(name),
+                reason: "metadata file reserved but not written before commit",
             });
         }
         inventory.pack_size = if self.packed.is_empty() && self.pack_file.is_none() {
