@@ -27,25 +27,43 @@ pub struct Tracers<'scope> {
     queues: Vec<mpsc::Sender<Job<'scope>>>,
     /// Resident bytes of the processes given to each tracer so far.
     load: Mutex<Vec<u64>>,
+    /// How long a thread waiting for a job or an answer looks before it sleeps.
+    linger: Duration,
 }
 
-/// How long an idle tracer keeps looking for its next job before it sleeps. Jobs come in
-/// bursts (a dump hands each tracer a process every few tens of microseconds while it
-/// seizes, then the processes to collect); a thread that sleeps in between lets its CPU go
-/// idle, and on a virtual machine waking an idle CPU took up to several milliseconds
-/// (measured: a seize job waited 3.7 ms for its thread while the other tracer ran at once).
+/// How long an idle tracer keeps looking for its next job before it sleeps, when a CPU is
+/// free. Jobs come in bursts (a dump hands each tracer a process every few tens of
+/// microseconds while it seizes, then the processes to collect); a thread that sleeps in
+/// between lets its CPU go idle, and on a virtual machine waking an idle CPU took up to several
+/// milliseconds (measured: a seize job waited 3.7 ms for its thread while the other tracer ran
+/// at once). When other tasks keep every CPU busy, no CPU goes idle, and a thread looking
+/// (yielding) hands its CPU to them for a time slice where a sleeping one would be woken at
+/// once: then there is no linger (tcp bench, whose peer and dumped child spin: dump 37.0 ->
+/// 33.4 ms without it; tree bench, idle CPUs: 30.3 -> 25.7 ms with it).
 const TRACER_LINGER: Duration = Duration::from_micros(300);
 
-/// The next job of a tracer's queue: looked for (yielding the CPU to anyone who needs it) for
-/// up to [`TRACER_LINGER`], then waited for. None once the pool is gone. (The dumper waits for
-/// a job's answer the same way.)
-fn next_job<'scope>(rx: &mpsc::Receiver<Job<'scope>>) -> Option<Job<'scope>> {
-    linger_recv(rx)
+/// The linger for a pool started now (see [`TRACER_LINGER`]). `CRYO_LINGER_US` overrides it
+/// (for A/B measurements).
+fn linger_now() -> Duration {
+    if let Some(us) = std::env::var("CRYO_LINGER_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return Duration::from_micros(us);
+    }
+    match crate::sys::proc_ctl::cpus_busy_with_others() {
+        Some(true) => Duration::ZERO,
+        _ => TRACER_LINGER,
+    }
 }
 
-/// Receives from `rx`, looking for up to [`TRACER_LINGER`] before sleeping (see there).
-fn linger_recv<T>(rx: &mpsc::Receiver<T>) -> Option<T> {
-    let until = Instant::now() + TRACER_LINGER;
+/// Receives from `rx`, looking for up to `linger` (yielding the CPU to anyone who needs it)
+/// before sleeping (see [`TRACER_LINGER`]). None once the sender is gone.
+fn linger_recv<T>(rx: &mpsc::Receiver<T>, linger: Duration) -> Option<T> {
+    if linger.is_zero() {
+        return rx.recv().ok();
+    }
+    let until = Instant::now() + linger;
     loop {
         match rx.try_recv() {
             Ok(job) => return Some(job),
@@ -58,12 +76,13 @@ fn linger_recv<T>(rx: &mpsc::Receiver<T>) -> Option<T> {
 
 /// The answer of a job queued with [`Tracers::run`].
 #[must_use = "a job's result must be waited for"]
-pub struct Pending<T>(mpsc::Receiver<T>);
+pub struct Pending<T>(mpsc::Receiver<T>, Duration);
 
 impl<T> Pending<T> {
-    /// Waits for the job. Fails only if its tracer thread is gone (it panicked).
+    /// Waits for the job (lingering like the tracers). Fails only if its tracer thread is gone
+    /// (it panicked).
     pub fn wait(self) -> Result<T, DumpError> {
-        linger_recv(&self.0).ok_or(DumpError::TracerGone)
+        linger_recv(&self.0, self.1).ok_or(DumpError::TracerGone)
     }
 }
 
@@ -71,6 +90,7 @@ impl<'scope> Tracers<'scope> {
     /// Starts `n` (at least one) tracer threads in `scope`.
     pub fn start<'env>(scope: &'scope std::thread::Scope<'scope, 'env>, n: usize) -> Self {
         let n = n.max(1);
+        let linger = linger_now();
         let mut queues = Vec::with_capacity(n);
         // Each tracer on a CPU of its own (the dumped processes are left where they are).
         for pin in crate::sys::proc_ctl::worker_cpus(n) {
@@ -79,7 +99,7 @@ impl<'scope> Tracers<'scope> {
                 if let Some(m) = &pin {
                     let _ = crate::sys::proc_ctl::set_affinity(0, m);
                 }
-                while let Some(job) = next_job(&rx) {
+                while let Some(job) = linger_recv(&rx, linger) {
                     job();
                 }
             });
@@ -88,6 +108,7 @@ impl<'scope> Tracers<'scope> {
         Self {
             queues,
             load: Mutex::new(vec![0; n]),
+            linger,
         }
     }
 
@@ -115,7 +136,7 @@ impl<'scope> Tracers<'scope> {
             // A send fails only if the thread is gone; then the Pending reports it.
             let _ = q.send(job);
         }
-        Pending(rx)
+        Pending(rx, self.linger)
     }
 
     /// Runs `f` on tracer `idx` and waits for it.

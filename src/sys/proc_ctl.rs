@@ -292,6 +292,21 @@ pub fn worker_cpus(n: usize) -> Vec<Option<CpuMask>> {
         .collect()
 }
 
+/// Whether other runnable tasks already fill every CPU the caller may use: the running count
+/// of /proc/loadavg (which includes the caller) against the caller's CPUs. None if unreadable.
+pub fn cpus_busy_with_others() -> Option<bool> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    let running: usize = text
+        .split_whitespace()
+        .nth(3)?
+        .split('/')
+        .next()?
+        .parse()
+        .ok()?;
+    let cpus = get_affinity(0).map(|m| cpus_of(&m).len()).ok()?;
+    Some(running.saturating_sub(1) >= cpus.max(1))
+}
+
 /// The mask of the one CPU `cpu`.
 fn one_cpu(cpu: usize) -> CpuMask {
     // SAFETY: a zeroed cpu_set_t is a valid empty mask.
