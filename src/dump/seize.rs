@@ -112,6 +112,11 @@ impl<'scope> Tracers<'scope> {
         }
     }
 
+    /// Whether other tasks kept every CPU busy when the pool started (then nobody lingers).
+    pub fn cpus_busy(&self) -> bool {
+        self.linger.is_zero()
+    }
+
     /// How many tracer threads there are.
     pub fn len(&self) -> usize {
         self.queues.len()
@@ -241,7 +246,8 @@ impl<'t, 'scope> SeizedTree<'t, 'scope> {
                 for tid in threads {
                     if !t.procs[&pid].tids.contains(&tid) {
                         all_held = false;
-                        if t.tracers.call(tracer, move || seize_one(tid))?? {
+                        let busy = t.tracers.cpus_busy();
+                        if t.tracers.call(tracer, move || seize_one(tid, busy))?? {
                             if let Some(p) = t.procs.get_mut(&pid) {
                                 p.tids.push(tid);
                             }
@@ -321,10 +327,11 @@ impl<'t, 'scope> SeizedTree<'t, 'scope> {
         let tracer = p.tracer;
         // Insert first so that a failure half-way still detaches what was seized.
         self.procs.insert(pid, p);
+        let busy = self.tracers.cpus_busy();
         let seized = self.tracers.call(tracer, move || {
             let mut seized = Vec::with_capacity(threads.len());
             for tid in threads {
-                match seize_one(tid) {
+                match seize_one(tid, busy) {
                     Ok(true) => seized.push(tid),
                     Ok(false) => {}
                     Err(e) => return (seized, Err(e)),
@@ -501,8 +508,9 @@ fn exiting(tid: i32) -> bool {
 }
 
 /// Seizes and stops one thread. Ok(false) if it vanished or was already exiting (ptrace
-/// refuses a task that has exited: EPERM).
-fn seize_one(tid: i32) -> Result<bool, DumpError> {
+/// refuses a task that has exited: EPERM). `busy`: other tasks keep every CPU busy (see
+/// [`wait_interrupted`]).
+fn seize_one(tid: i32, busy: bool) -> Result<bool, DumpError> {
     match ptrace::seize(tid, 0) {
         Ok(()) => {}
         Err(e) if e.errno == libc::ESRCH => return Ok(false),
@@ -510,7 +518,7 @@ fn seize_one(tid: i32) -> Result<bool, DumpError> {
         Err(source) => return Err(DumpError::Seize { pid: tid, source }),
     }
     ptrace::interrupt(tid).map_err(|source| DumpError::Seize { pid: tid, source })?;
-    match wait_interrupted(tid) {
+    match wait_interrupted(tid, busy) {
         Ok(()) => Ok(true),
         Err(DumpError::Gone { .. }) => Ok(false),
         Err(e) => Err(e),
@@ -519,24 +527,33 @@ fn seize_one(tid: i32) -> Result<bool, DumpError> {
 
 /// Waits for the PTRACE_EVENT_STOP that follows PTRACE_INTERRUPT. A signal that arrives first
 /// is delivered on (it would have been delivered anyway) and we keep waiting for the stop.
-fn wait_interrupted(tid: i32) -> Result<(), DumpError> {
+///
+/// A running task stops within microseconds; one asleep in the kernel may take longer. Where a
+/// CPU is free, yield first (a sleep, however short, costs the timer slack: 50 us, more than
+/// the stop takes), then nap. Where other tasks keep every CPU busy (`busy`), a yield hands
+/// the CPU to one of them for a whole time slice (measured: a single yield_now took 2-4 ms in
+/// the tcp bench, whose peer spins), so then only short naps: a timer wake-up gets the CPU
+/// back at once.
+fn wait_interrupted(tid: i32, busy: bool) -> Result<(), DumpError> {
     let deadline = Instant::now() + Duration::from_secs(10);
-    // A running task stops within microseconds; one asleep in the kernel may take longer.
-    // Yield first (a sleep, however short, costs the timer slack: 50 us, more than the stop
-    // takes), then nap.
+    let (max_yields, max_nap) = if busy {
+        (0, Duration::from_micros(100))
+    } else {
+        (32, Duration::from_millis(1))
+    };
     let mut nap = Duration::from_micros(10);
     let mut yields = 0u32;
     loop {
         let st = ptrace::wait(tid, libc::WNOHANG)
             .map_err(|source| DumpError::Seize { pid: tid, source })?;
         match st {
-            None if yields < 32 => {
+            None if yields < max_yields => {
                 yields += 1;
                 std::thread::yield_now();
             }
             None if Instant::now() < deadline => {
                 std::thread::sleep(nap);
-                nap = (nap * 2).min(Duration::from_millis(1));
+                nap = (nap * 2).min(max_nap);
             }
             None => {
                 return Err(DumpError::Unsupported {
