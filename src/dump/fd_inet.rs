@@ -651,8 +651,8 @@ fn read_connection(r: &FdRef, fd: RawFd, state: u32) -> Result<TcpConnection, Du
     Ok(TcpConnection {
         inq_seq,
         outq_seq,
-        inq,
-        outq,
+        inq: inq.into(),
+        outq: outq.into(),
         unsent: unsent as u32,
         mss: mss as u32,
         opt_mask,

@@ -332,40 +332,52 @@ pub(crate) struct ScanSummary {
     pub minor: u32,
 }
 
-/// A reader that counts the bytes it hands out and checksums them.
-struct CrcReader<R> {
-    inner: R,
-    offset: u64,
-    crc: u32,
+/// Where [`scan_records`] gets a file's bytes from: a reader (each piece read into a scratch
+/// buffer) or the bytes themselves, in memory (each piece lent as it is, no copy).
+pub(crate) trait RecordSource {
+    /// The next `n` bytes (an error of kind `UnexpectedEof` where the data ends first).
+    fn take<'s>(&'s mut self, n: usize, scratch: &'s mut Vec<u8>) -> io::Result<&'s [u8]>;
 }
 
-impl<R: Read> CrcReader<R> {
-    fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
-        self.inner.read_exact(buf)?;
-        self.offset += buf.len() as u64;
-        self.crc = crc32c::crc32c_append(self.crc, buf);
-        Ok(())
+/// A [`RecordSource`] over a reader.
+pub(crate) struct FromReader<R>(pub R);
+
+impl<R: Read> RecordSource for FromReader<R> {
+    fn take<'s>(&'s mut self, n: usize, scratch: &'s mut Vec<u8>) -> io::Result<&'s [u8]> {
+        scratch.resize(n, 0);
+        self.0.read_exact(scratch)?;
+        Ok(scratch)
     }
 }
 
-/// Reads a metadata file of `len` bytes from `reader` and checks its header (against `ty`)
+impl RecordSource for &[u8] {
+    fn take<'s>(&'s mut self, n: usize, _: &'s mut Vec<u8>) -> io::Result<&'s [u8]> {
+        if n > self.len() {
+            *self = &self[self.len()..];
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let (piece, rest) = self.split_at(n);
+        *self = rest;
+        Ok(piece)
+    }
+}
+
+/// Reads a metadata file of `len` bytes from `source` and checks its header (against `ty`)
 /// and framing: every record's length (before allocating) and checksum, the end record and
 /// its count, nothing after it. Calls `on_record(offset, payload)` for every record, in order.
+/// Each byte is checksummed once: the file's crc32c is the records' combined with the rest.
 ///
-/// `reader` must yield exactly the file from its first byte; `len` is its size. A reader that
+/// `source` must yield exactly the file from its first byte; `len` is its size. A source that
 /// ends early is reported as truncation at the offset where the data stopped.
-pub(crate) fn scan_records<R: Read>(
-    reader: R,
+pub(crate) fn scan_records<S: RecordSource>(
+    mut source: S,
     len: u64,
     path: &Path,
     ty: ImageType,
     mut on_record: impl FnMut(u64, &[u8]) -> Result<(), ImageError>,
 ) -> Result<ScanSummary, ImageError> {
-    let mut r = CrcReader {
-        inner: reader,
-        offset: 0,
-        crc: 0,
-    };
+    let (mut offset, mut file_crc) = (0u64, 0u32);
+    let mut scratch = Vec::new();
     let short = |path: &Path, offset: u64, what: &'static str| ImageError::Truncated {
         path: path.to_owned(),
         offset,
@@ -383,14 +395,17 @@ pub(crate) fn scan_records<R: Read>(
     // file is reported as foreign.
     let head_len = len.min(HEADER_LEN as u64) as usize;
     let mut head = [0u8; HEADER_LEN];
-    r.read_exact(&mut head[..head_len])
-        .map_err(|e| read_err(path, 0, "file header", e))?;
+    head[..head_len].copy_from_slice(
+        source
+            .take(head_len, &mut scratch)
+            .map_err(|e| read_err(path, 0, "file header", e))?,
+    );
+    file_crc = crc32c::crc32c_append(file_crc, &head[..head_len]);
+    offset += head_len as u64;
     check_header(path, &head[..head_len], ty)?;
 
-    let mut payload = Vec::new();
     let mut records: u64 = 0;
     loop {
-        let offset = r.offset;
         let left = len - offset;
         if left == 0 {
             return Err(short(path, offset, "end record missing"));
@@ -399,55 +414,67 @@ pub(crate) fn scan_records<R: Read>(
             return Err(short(path, offset, "record header cut short"));
         }
         let mut prefix = [0u8; RECORD_PREFIX_LEN as usize];
-        r.read_exact(&mut prefix)
-            .map_err(|e| read_err(path, offset, "record header cut short", e))?;
+        prefix.copy_from_slice(
+            source
+                .take(RECORD_PREFIX_LEN as usize, &mut scratch)
+                .map_err(|e| read_err(path, offset, "record header cut short", e))?,
+        );
+        file_crc = crc32c::crc32c_append(file_crc, &prefix);
+        let record_at = offset;
+        offset += RECORD_PREFIX_LEN;
         let rec_len = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
         let stored = u32::from_le_bytes([prefix[4], prefix[5], prefix[6], prefix[7]]);
         if rec_len == END_MARKER {
             if u64::from(stored) != records {
                 return Err(ImageError::RecordCount {
                     path: path.to_owned(),
-                    offset,
+                    offset: record_at,
                     stored,
                     found: u32::try_from(records).unwrap_or(u32::MAX),
                 });
             }
-            if r.offset < len {
+            if offset < len {
                 return Err(ImageError::TrailingData {
                     path: path.to_owned(),
-                    offset: r.offset,
-                    len: len - r.offset,
+                    offset,
+                    len: len - offset,
                 });
             }
             return Ok(ScanSummary {
                 records: stored,
-                file_crc: r.crc,
+                file_crc,
                 minor: u32::from(u16::from_le_bytes([head[10], head[11]])),
             });
         }
         if rec_len > MAX_RECORD_LEN {
             return Err(ImageError::RecordTooLarge {
                 path: path.to_owned(),
-                offset,
+                offset: record_at,
                 len: u64::from(rec_len),
             });
         }
-        if u64::from(rec_len) > len - r.offset {
-            return Err(short(path, offset, "record runs past the end of the file"));
+        if u64::from(rec_len) > len - offset {
+            return Err(short(
+                path,
+                record_at,
+                "record runs past the end of the file",
+            ));
         }
-        payload.resize(rec_len as usize, 0);
-        r.read_exact(&mut payload)
-            .map_err(|e| read_err(path, offset, "record runs past the end of the file", e))?;
-        let computed = crc32c::crc32c(&payload);
+        let payload = source
+            .take(rec_len as usize, &mut scratch)
+            .map_err(|e| read_err(path, record_at, "record runs past the end of the file", e))?;
+        let computed = crc32c::crc32c(payload);
+        file_crc = crc32c::crc32c_combine(file_crc, computed, payload.len());
+        offset += u64::from(rec_len);
         if computed != stored {
             return Err(ImageError::RecordChecksum {
                 path: path.to_owned(),
-                offset,
+                offset: record_at,
                 stored,
                 computed,
             });
         }
-        on_record(offset, &payload)?;
+        on_record(record_at, payload)?;
         records += 1;
     }
 }

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use crate::proto::{FileDigest, Inventory, ManifestEntry, PageRun, Signature};
 
 use super::format::{
-    check_header, decode_payload, scan_records, ScanSummary, HEADER_LEN, PAGE_SIZE,
+    check_header, decode_payload, scan_records, FromReader, ScanSummary, HEADER_LEN, PAGE_SIZE,
 };
 use super::sign::{self, HashingReader, SignKey, SIGNATURE_FILE};
 use super::writer::checked_name;
@@ -218,7 +218,7 @@ fn scan_file(
         hasher,
     };
     let reader = BufReader::with_capacity(META_BUF, hashing);
-    scan_records(reader, len, path, ty, on_record)
+    scan_records(FromReader(reader), len, path, ty, on_record)
 }
 
 /// Scans a metadata file held in memory, like [`scan_file`].

@@ -1835,8 +1835,8 @@ fn fds_with_queues() -> Vec<FdEntry> {
             kind: FdKind::FdInet as i32,
             state: Some(State::Inet(InetSocketState {
                 tcp: Some(TcpConnection {
-                    inq: queue(inq, 7),
-                    outq: queue(outq, 13),
+                    inq: queue(inq, 7).into(),
+                    outq: queue(outq, 13).into(),
                     ..Default::default()
                 }),
                 ..Default::default()
