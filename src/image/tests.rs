@@ -1829,7 +1829,7 @@ fn fds_with_queues() -> Vec<FdEntry> {
             .collect::<Vec<_>>()
     };
     let mut all = fds();
-    for (fd, inq, outq) in [(4, 100_000, 70_001), (5, 0, 20_000), (6, 3, 5)] {
+    for (fd, inq, outq) in [(4, 300_000, 70_001), (5, 0, 20_000), (6, 3, 5)] {
         all.push(FdEntry {
             fd,
             kind: FdKind::FdInet as i32,
@@ -1884,6 +1884,10 @@ fn reserved_files_are_filled_in_place() {
     let dir = tmp.path().join("ckpt");
     let mut w = ImageWriter::create(&dir, false).unwrap();
     let big = fds_with_queues();
+    assert!(
+        super::format::records_len(&big) >= 256 << 10,
+        "big enough to be streamed"
+    );
     let mut place = w.reserve(ImageType::Fds, Some(ROOT), &big).unwrap();
     w.write(ImageType::Fds, Some(ROOT + 1), &fds()).unwrap();
     let unfilled = w.reserve(ImageType::Fds, Some(ROOT + 2), &fds()).unwrap();

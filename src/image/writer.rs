@@ -30,6 +30,11 @@ pub const PACK_PAGES_MAX: u64 = 4 << 20;
 /// of their own, so the dumper's memory stays bounded whatever the number of processes.
 pub const PACK_PAGES_BUDGET: u64 = 32 << 20;
 
+/// Metadata files of at least this many bytes are streamed into place ([`stream_records`]:
+/// two encoding passes, no copy of their byte fields); smaller ones are encoded in memory and
+/// written at once.
+const STREAM_FROM: u64 = 256 << 10;
+
 /// Packed metadata files of at least this many bytes (socket queues) have their writeback
 /// started as soon as they are written, so the fsync at commit finds them on their way.
 const WRITEBACK_FROM: u64 = 1 << 20;
@@ -92,18 +97,33 @@ impl Reserved {
         ty: ImageType,
         records: &[M],
     ) -> Result<(), ImageError> {
-        let mut pos = self.offset;
-        let end = self.offset + self.len;
-        let file = &self.file;
-        let mut sink = |d: &[u8]| -> io::Result<()> {
-            if pos + d.len() as u64 > end {
-                return Err(io::Error::other("records longer than reserved"));
+        let (len, crc) = if self.len < STREAM_FROM {
+            // Small: encoded in memory (one pass) and written at once.
+            let bytes = encode_records(&self.path, ty, records)?;
+            if bytes.len() as u64 != self.len {
+                return Err(ImageError::BadRequest {
+                    path: self.path.clone(),
+                    reason: "records changed between reserve and fill",
+                });
             }
-            file.write_all_at(d, pos)?;
-            pos += d.len() as u64;
-            Ok(())
+            self.file
+                .write_all_at(&bytes, self.offset)
+                .map_err(|e| ImageError::io(&self.path, "write", e))?;
+            (self.len, crc32c::crc32c(&bytes))
+        } else {
+            let mut pos = self.offset;
+            let end = self.offset + self.len;
+            let file = &self.file;
+            let mut sink = |d: &[u8]| -> io::Result<()> {
+                if pos + d.len() as u64 > end {
+                    return Err(io::Error::other("records longer than reserved"));
+                }
+                file.write_all_at(d, pos)?;
+                pos += d.len() as u64;
+                Ok(())
+            };
+            stream_records(&self.path, ty, records, &mut sink)?
         };
-        let (len, crc) = stream_records(&self.path, ty, records, &mut sink)?;
         if len != self.len {
             return Err(ImageError::BadRequest {
                 path: self.path.clone(),
