@@ -312,7 +312,7 @@ fn dump_tree<'scope>(
     let write_fds = || -> Result<(), DumpError> {
         for (pid, fds) in &all_fds {
             let mut place = with_writer(writer, |w| w.reserve(ImageType::Fds, Some(*pid), fds))?;
-            place.fill(ImageType::Fds, fds)?;
+            place.fill(fds)?;
             with_writer(writer, |w| w.finish_reserved(place))?;
         }
         Ok(())

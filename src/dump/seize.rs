@@ -43,7 +43,7 @@ pub struct Tracers<'scope> {
 const TRACER_LINGER: Duration = Duration::from_micros(300);
 
 /// The linger for a pool started now (see [`TRACER_LINGER`]). `CRYO_LINGER_US` overrides it
-/// (for A/B measurements).
+/// (for A/B measurements; 0 is also taken as every CPU busy, see [`Tracers::cpus_busy`]).
 fn linger_now() -> Duration {
     if let Some(us) = std::env::var("CRYO_LINGER_US")
         .ok()

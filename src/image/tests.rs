@@ -1895,7 +1895,7 @@ fn reserved_files_are_filled_in_place() {
         w.reserve(ImageType::Fds, Some(ROOT), &big).unwrap_err(),
         ImageError::AlreadyWritten { .. }
     ));
-    place.fill(ImageType::Fds, &big).unwrap();
+    place.fill(&big).unwrap();
     w.finish_reserved(place).unwrap();
     let err = w.finish_reserved(unfilled).unwrap_err();
     assert!(err.to_string().contains("fds-102.img"), "{err}");
@@ -1913,9 +1913,9 @@ fn reserved_files_are_filled_in_place() {
     let mut place = w.reserve(ImageType::Fds, Some(ROOT), &big).unwrap();
     w.write(ImageType::Fds, Some(ROOT + 1), &fds()).unwrap();
     let mut other = w.reserve(ImageType::Fds, Some(ROOT + 3), &fds()).unwrap();
-    other.fill(ImageType::Fds, &fds()).unwrap();
+    other.fill(&fds()).unwrap();
     w.finish_reserved(other).unwrap();
-    place.fill(ImageType::Fds, &big).unwrap();
+    place.fill(&big).unwrap();
     w.finish_reserved(place).unwrap();
     w.commit(Inventory {
         root_pid: ROOT,

@@ -77,6 +77,7 @@ pub struct ImageWriter {
 /// [`ImageWriter::finish_reserved`].
 #[derive(Debug)]
 pub struct Reserved {
+    ty: ImageType,
     name: String,
     path: PathBuf,
     /// `pack.img` (a handle of its own) or the file of its own.
@@ -89,31 +90,28 @@ pub struct Reserved {
 }
 
 impl Reserved {
-    /// Writes the file for `records` (the ones it was reserved for) in its place, streamed
-    /// ([`stream_records`]: byte fields of the records go to the file without a copy), and
-    /// starts the writeback of a big one.
-    pub fn fill<M: prost::Message>(
-        &mut self,
-        ty: ImageType,
-        records: &[M],
-    ) -> Result<(), ImageError> {
-        let (len, crc) = if self.len < STREAM_FROM {
-            // Small: encoded in memory (one pass) and written at once.
-            let bytes = encode_records(&self.path, ty, records)?;
+    /// Writes the file for `records` (the ones it was reserved for) in its place, and starts
+    /// the writeback of a big one. A big file is streamed ([`stream_records`]: the records'
+    /// byte fields go to the file without a copy); a small one is encoded in memory and
+    /// written at once.
+    pub fn fill<M: prost::Message>(&mut self, records: &[M]) -> Result<(), ImageError> {
+        let changed = || ImageError::BadRequest {
+            path: self.path.clone(),
+            reason: "records changed between reserve and fill",
+        };
+        let crc = if self.len < STREAM_FROM {
+            let bytes = encode_records(&self.path, self.ty, records)?;
             if bytes.len() as u64 != self.len {
-                return Err(ImageError::BadRequest {
-                    path: self.path.clone(),
-                    reason: "records changed between reserve and fill",
-                });
+                return Err(changed());
             }
             self.file
                 .write_all_at(&bytes, self.offset)
                 .map_err(|e| ImageError::io(&self.path, "write", e))?;
-            (self.len, crc32c::crc32c(&bytes))
+            crc32c::crc32c(&bytes)
         } else {
-            let mut pos = self.offset;
-            let end = self.offset + self.len;
+            let (mut pos, end) = (self.offset, self.offset + self.len);
             let file = &self.file;
+            // Never past the place reserved (the next file's).
             let mut sink = |d: &[u8]| -> io::Result<()> {
                 if pos + d.len() as u64 > end {
                     return Err(io::Error::other("records longer than reserved"));
@@ -122,17 +120,16 @@ impl Reserved {
                 pos += d.len() as u64;
                 Ok(())
             };
-            stream_records(&self.path, ty, records, &mut sink)?
+            let (len, crc) = stream_records(&self.path, self.ty, records, &mut sink)?;
+            if len != self.len {
+                return Err(changed());
+            }
+            crc
         };
-        if len != self.len {
-            return Err(ImageError::BadRequest {
-                path: self.path.clone(),
-                reason: "records changed between reserve and fill",
-            });
-        }
-        if len >= WRITEBACK_FROM {
+        if self.len >= WRITEBACK_FROM {
             use std::os::fd::AsFd;
-            let _ = crate::sys::parasite_ffi::start_writeback(self.file.as_fd(), self.offset, len);
+            let _ =
+                crate::sys::parasite_ffi::start_writeback(self.file.as_fd(), self.offset, self.len);
         }
         self.filled = Some((records.len(), crc));
         Ok(())
@@ -389,7 +386,7 @@ impl ImageWriter {
         records: &[M],
     ) -> Result<(), ImageError> {
         let mut place = self.reserve(ty, pid, records)?;
-        place.fill(ty, records)?;
+        place.fill(records)?;
         self.finish_reserved(place)
     }
 
@@ -434,6 +431,7 @@ impl ImageWriter {
         self.names.insert(name.clone());
         self.reserved.insert(name.clone());
         Ok(Reserved {
+            ty,
             name,
             path,
             file,

@@ -407,7 +407,35 @@ pub fn close_in_child(fd: OwnedFd) -> SysResult<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::last_pid_target;
+    use super::{cpus_busy_with_others, last_pid_target};
+
+    /// With more spinning threads than CPUs, the CPUs are reported busy.
+    #[test]
+    fn spinning_threads_make_the_cpus_busy() {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let busy = std::thread::scope(|s| {
+            for _ in 0..=cpus {
+                s.spawn(|| {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        std::hint::spin_loop();
+                    }
+                });
+            }
+            // The running count is sampled: look a few times.
+            let mut seen = None;
+            for _ in 0..200 {
+                seen = cpus_busy_with_others();
+                if seen == Some(true) {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            seen
+        });
+        assert_eq!(busy, Some(true));
+    }
 
     #[test]
     fn allocator_goes_after_the_widest_gap() {
