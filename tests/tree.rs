@@ -419,11 +419,7 @@ fn tree_restored_without_the_stub() {
         return;
     };
     let mut w = Workload::start(&bin, &[]);
-    let tree = descendants(w.pid);
-    let images = images_dir();
-    dump_ok(&w, images.path(), &[]);
-    w.wait_killed_by_dump();
-    reap_tree(&tree);
+    let images = dump_tree_and_reap(&mut w, &[]);
     let dir = images.path().to_str().expect("utf-8 path");
     let restore = CryoProcess::spawn_with_env(
         &["restore", "-D", dir, "--print-stats"],
@@ -471,12 +467,7 @@ fn tree_whose_pids_wrap_around_pid_max() {
             }
         })
         .expect("could not get a tree whose PIDs wrap");
-    let images = images_dir();
-    dump_ok(&w, images.path(), &[]);
-    w.wait_killed_by_dump();
-    reap_tree(&tree);
-    let result = restore_and_check(&w, images.path());
-    assert_eq!(result, "PASS", "{}", w.logs());
+    dump_restore_check(&mut w, &tree);
     drop(w);
 }
 

@@ -413,12 +413,10 @@ impl ImageWriter {
         let len = records_len(records);
         let (file, offset) = if self.pack {
             let pack = self.dir.join(ImageType::Pack.file_name(None));
+            // Filled with pwrite; the pack's end moves past it (finish_pack appends there).
             let (file, end) = self.open_pack()?;
             let offset = *end;
             *end += len;
-            // Later appends go after this place (it is filled with pwrite).
-            file.seek(io::SeekFrom::Start(*end))
-                .map_err(|e| ImageError::io(&pack, "seek", e))?;
             let handle = file
                 .try_clone()
                 .map_err(|e| ImageError::io(&pack, "dup", e))?;
