@@ -149,6 +149,59 @@ fn leave_running_then_restore() {
     assert_eq!(result, "PASS", "restored\n{}", w.logs());
 }
 
+/// SIGTRAP's action and pending signals come through a dump and a restore unchanged, although
+/// some remote calls single-step (the kernel ends each step with a forced SIGTRAP): a SIGTRAP
+/// queued for a thread takes the step's place and must be put back with its siginfo, and a
+/// handler or SIG_IGN must turn the steps off (a forced SIGTRAP would reset them).
+#[test]
+fn sigtrap_state_survives_single_stepped_calls() {
+    let _serial = serial();
+    let Some(bin) = prepare("sigtrap_state_survives_single_stepped_calls", "sigtrap") else {
+        return;
+    };
+    const PUT_BACK: &str = "putting back a pending SIGTRAP";
+    for mode in ["pending", "handler", "ignored"] {
+        let mut w = Workload::start(&bin, &[mode]);
+        let images = images_dir();
+        let out = dump_ok(&w, images.path(), &["--leave-running"]);
+        let log = String::from_utf8_lossy(&out.stderr);
+        if mode == "pending" {
+            // The main thread's at infection, the second thread's when it is asked for its
+            // sigaltstack.
+            assert_eq!(
+                log.matches(PUT_BACK).count(),
+                2,
+                "{}",
+                show_output("dump", &out)
+            );
+        } else {
+            assert!(
+                !log.contains(PUT_BACK),
+                "{mode}: {}",
+                show_output("dump", &out)
+            );
+        }
+        assert_untouched(&mut w);
+        assert_eq!(
+            w.check(),
+            "PASS",
+            "{mode}: original after dump\n{}",
+            w.logs()
+        );
+        let status = w.wait_exit();
+        assert!(status.success(), "{mode}: original exited with {status}");
+
+        w.reset_protocol();
+        let (result, out) = check_restore(&w, restore_spawn(images.path(), &[]));
+        assert_eq!(result, "PASS", "{mode}: restored\n{}", w.logs());
+        if mode == "pending" {
+            // The main thread's again, at the last call (the trampoline's munmap).
+            let log = String::from_utf8_lossy(&out.stderr);
+            assert!(log.contains(PUT_BACK), "{}", show_output("restore", &out));
+        }
+    }
+}
+
 /// Dumped while blocked in nanosleep: after restore it finishes sleeping (at least the whole
 /// request) and passes.
 #[test]

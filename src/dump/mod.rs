@@ -586,8 +586,10 @@ fn collect(
     // not in /proc: ask the tasks.
     if tasks.len() > 1 {
         let insn = find_syscall_insn(pid, &maps_text)?;
+        let trap = 1u64 << (libc::SIGTRAP - 1);
+        let step = (status.sig_ign | status.sig_cgt) & trap == 0;
         for t in tasks.iter_mut().skip(1) {
-            thread_extras(insn, t)?;
+            thread_extras(insn, step, t)?;
         }
     }
     crate::fault::point("dump:collected")?;
@@ -737,14 +739,16 @@ fn thread_core(pid: i32, tid: i32) -> Result<TaskCore, DumpError> {
 
 /// sigaltstack and clear-tid address of a non-leader thread, asked with remote syscalls in
 /// that thread. Their out-arguments go to scratch space on the thread's own stack, well below
-/// its stack pointer, whose bytes are saved and put back.
-fn thread_extras(insn: u64, t: &mut TaskCore) -> Result<(), DumpError> {
+/// its stack pointer, whose bytes are saved and put back. `step`: SIGTRAP's action is the
+/// default, so each call may take one stop (see [`RemoteTask::set_single_step`]).
+fn thread_extras(insn: u64, step: bool, t: &mut TaskCore) -> Result<(), DumpError> {
     let tid = t.tid;
     let rsp = t.regs.as_ref().map_or(0, |r| r.rsp);
     let scratch = (rsp.saturating_sub(4096)) & !15;
     let mut saved = [0u8; 32];
     crate::sys::mem::read(tid, scratch, &mut saved).map_err(ptrace_err(tid, "stack scratch"))?;
     let mut rt = RemoteTask::new(tid, insn)?;
+    rt.set_single_step(step);
     let res = (|| -> Result<(), DumpError> {
         rt.syscall(
             || "sigaltstack".into(),

@@ -371,8 +371,13 @@ pub struct Parasite {
     target_fds: Vec<i32>,
     /// Trap signals whose SIG_IGN disposition was swapped for SIG_DFL, with the original.
     swapped: Vec<(i32, abi::KSigaction)>,
-    /// Signals (raw siginfo) that arrived during a blob run and were held back.
-    stray: Vec<[u8; 128]>,
+    /// Signals (raw siginfo) delivered during a blob run and held back, each with whether it
+    /// was pending for the thread (true) or for the whole process.
+    stray: Vec<([u8; 128], bool)>,
+    /// Signals pending for the thread and for the process at infection and not yet delivered
+    /// (SigPnd, ShdPnd): where a held-back signal came from. The kernel delivers a thread's
+    /// own before the process's.
+    pending: (u64, u64),
     /// The signal mask while the blob runs.
     run_mask: u64,
     mem: Option<File>,
@@ -416,12 +421,18 @@ impl Parasite {
             source,
         })?;
         let empty_name = find_nul_byte(pid, maps, syscall_ip)?;
-        let ignored = read_sig_ignored(pid)?;
-        let remote = RemoteTask::new(pid, syscall_ip).map_err(|source| InfectError::Remote {
-            pid,
-            step: "taking over the task",
-            source,
-        })?;
+        let status = read_sig_status(pid)?;
+        let (ignored, caught) = (status.ignored, status.caught);
+        let mut remote =
+            RemoteTask::new(pid, syscall_ip).map_err(|source| InfectError::Remote {
+                pid,
+                step: "taking over the task",
+                source,
+            })?;
+        // Calls before the gadget exists (and the munmap of the cure) take one stop instead
+        // of two where a forced SIGTRAP changes nothing.
+        let trap = 1u64 << (libc::SIGTRAP - 1);
+        remote.set_single_step((ignored | caught) & trap == 0);
         if remote.saved_regs().cs != USER64_CS {
             return Err(InfectError::Unsupported {
                 pid,
@@ -441,6 +452,7 @@ impl Parasite {
             target_fds: Vec::new(),
             swapped: Vec::new(),
             stray: Vec::new(),
+            pending: (status.pending, status.shared_pending),
             run_mask,
             mem: None,
             max_reqs: MAX_REQS,
@@ -1095,8 +1107,8 @@ impl Parasite {
             for fd in std::mem::take(&mut self.target_fds) {
                 note(self.close_target_fd(fd));
             }
-            for info in std::mem::take(&mut self.stray) {
-                note(self.requeue(&info));
+            for (info, private) in std::mem::take(&mut self.stray) {
+                note(self.requeue(&info, private));
             }
             if let Some(region) = self.region.as_ref() {
                 let (base, len) = (region.base, region.len);
@@ -1151,9 +1163,8 @@ impl Parasite {
     /// Queues a signal that arrived during a blob run back to the task, siginfo unchanged
     /// (a task may queue any siginfo to itself). Which queue it came from is not known: one
     /// sent with tgkill/tkill (SI_TKILL) goes back to the thread, any other to the process.
-    fn requeue(&mut self, info: &[u8; 128]) -> Result<(), InfectError> {
+    fn requeue(&mut self, info: &[u8; 128], private: bool) -> Result<(), InfectError> {
         let signo = i32::from_ne_bytes([info[0], info[1], info[2], info[3]]);
-        let si_code = i32::from_ne_bytes([info[8], info[9], info[10], info[11]]);
         let mut words = [0u64; 16];
         for (w, b) in words.iter_mut().zip(info.chunks_exact(8)) {
             *w = u64::from_ne_bytes(b.try_into().unwrap_or([0; 8]));
@@ -1161,7 +1172,7 @@ impl Parasite {
         self.region_write_ctl(SCRATCH_OFF, &words)?;
         let addr = self.scratch_addr()?;
         let pid = self.pid as u64;
-        if si_code == libc::SI_TKILL {
+        if private {
             // Not through the gadget: the blob's mask would let the signal in at once.
             self.remote_call_direct(
                 "remote rt_tgsigqueueinfo (a signal held back during a parasite run)",
@@ -1434,7 +1445,7 @@ impl Parasite {
                 WaitStatus::Stopped { sig, event: 0 } => sig,
                 other => return Ok(RunEnd::Unexpected(other)),
             };
-            let info = ffi::get_siginfo(pid).map_err(sys_err("reading the stop's siginfo"))?;
+            let info = ptrace::get_siginfo(pid).map_err(sys_err("reading the stop's siginfo"))?;
             let regs =
                 ptrace::get_regs(pid).map_err(sys_err("reading the parasite's registers"))?;
             let si_code = i32::from_ne_bytes([info[8], info[9], info[10], info[11]]);
@@ -1463,7 +1474,18 @@ impl Parasite {
                 command,
                 "holding back a signal during a parasite run"
             );
-            self.stray.push(info);
+            let bit = 1u64 << (sig - 1);
+            let private = if self.pending.0 & bit != 0 {
+                self.pending.0 &= !bit;
+                true
+            } else if self.pending.1 & bit != 0 {
+                self.pending.1 &= !bit;
+                false
+            } else {
+                // Sent during the dump: tgkill (or tkill) is for the thread.
+                si_code == libc::SI_TKILL
+            };
+            self.stray.push((info, private));
             ptrace::cont(pid, 0).map_err(sys_err("resuming the parasite"))?;
         }
     }
@@ -1630,8 +1652,20 @@ fn find_nul_byte(pid: i32, maps: &str, syscall_ip: u64) -> Result<u64, InfectErr
     })
 }
 
-/// The task's ignored signals (SigIgn of /proc/PID/status).
-fn read_sig_ignored(pid: i32) -> Result<u64, InfectError> {
+/// Signal bits of /proc/PID/status (the thread's own pending ones are the leader's).
+struct SigStatus {
+    /// SigIgn.
+    ignored: u64,
+    /// SigCgt.
+    caught: u64,
+    /// SigPnd.
+    pending: u64,
+    /// ShdPnd.
+    shared_pending: u64,
+}
+
+/// The signal bits of the task's /proc/PID/status.
+fn read_sig_status(pid: i32) -> Result<SigStatus, InfectError> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|source| {
         InfectError::Proc {
             pid,
@@ -1640,16 +1674,24 @@ fn read_sig_ignored(pid: i32) -> Result<u64, InfectError> {
             source,
         }
     })?;
-    let line = status
-        .lines()
-        .find_map(|l| l.strip_prefix("SigIgn:"))
-        .ok_or(InfectError::Unsupported {
-            pid,
-            reason: "/proc/PID/status has no SigIgn line",
-        })?;
-    u64::from_str_radix(line.trim(), 16).map_err(|_| InfectError::Unsupported {
-        pid,
-        reason: "/proc/PID/status has a malformed SigIgn line",
+    let mask =
+        |key: &str| {
+            let line = status.lines().find_map(|l| l.strip_prefix(key)).ok_or(
+                InfectError::Unsupported {
+                    pid,
+                    reason: "/proc/PID/status lacks a signal line (SigPnd, ShdPnd, SigIgn, SigCgt)",
+                },
+            )?;
+            u64::from_str_radix(line.trim(), 16).map_err(|_| InfectError::Unsupported {
+                pid,
+                reason: "/proc/PID/status has a malformed signal line",
+            })
+        };
+    Ok(SigStatus {
+        ignored: mask("SigIgn:")?,
+        caught: mask("SigCgt:")?,
+        pending: mask("SigPnd:")?,
+        shared_pending: mask("ShdPnd:")?,
     })
 }
 

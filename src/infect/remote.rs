@@ -11,7 +11,18 @@
 //! so a pending signal cannot be delivered in the middle; the original mask comes back in
 //! [`RemoteTask::restore`].
 //!
-//! Each ptrace stop costs two context switches, so the restorer, which owns a trampoline page
+//! Each ptrace stop costs two context switches. Where SIGTRAP's action is the default, a call
+//! takes one stop instead: PTRACE_SINGLESTEP over the `syscall` instruction, which the kernel
+//! ends with a SIGTRAP (si_code TRAP_BRKPT) once the call has returned. That SIGTRAP is forced:
+//! the kernel unblocks it (our mask is put back at the stop) and resets the action of a blocked
+//! or ignored SIGTRAP to the default, hence the condition, checked by the owner (see
+//! [`RemoteTask::set_single_step`]). A SIGTRAP someone queued for the task itself absorbs ours
+//! (one pending instance per standard signal) and is delivered at that stop instead: it is put
+//! back as it was (resumed into the next stop with that signal while SIGTRAP is blocked: the
+//! kernel queues a blocked signal the tracer passes on again, with its siginfo), and the task
+//! goes back to two stops per call.
+//!
+//! The restorer, which owns a trampoline page
 //! in the task, installs [`Stubs`] there: a syscall followed by `tgkill(self, SIGSTOP)` (one
 //! stop per call instead of two), and a loop that runs a whole table of syscalls before that
 //! stop. SIGSTOP cannot be blocked, caught or ignored, so raising it changes no signal action
@@ -84,11 +95,18 @@ pub struct RemoteTask {
     saved_mask: u64,
     syscall_ip: u64,
     stubs: Option<Stubs>,
+    step: bool,
     restored: bool,
 }
 
 /// Every signal blocked (SIGKILL and SIGSTOP cannot be, the kernel ignores those bits).
 const ALL_SIGNALS: u64 = !0;
+/// `si_code` of the SIGTRAP that ends a single step over `syscall`.
+const TRAP_BRKPT: i32 = 1;
+/// The trap flag of rflags: a task that single-steps itself has it set.
+const EFLAGS_TF: u64 = 0x100;
+/// Length of the `syscall` instruction.
+const SYSCALL_LEN: u64 = 2;
 
 impl RemoteTask {
     /// Takes over `pid`, which must be in a ptrace-stop, with `syscall_ip` the address of a
@@ -108,6 +126,7 @@ impl RemoteTask {
             saved_mask,
             syscall_ip,
             stubs: None,
+            step: false,
             restored: false,
         })
     }
@@ -137,6 +156,14 @@ impl RemoteTask {
         self.stubs = stubs;
     }
 
+    /// Lets calls without the stubs single-step over the syscall instruction: one stop per
+    /// call instead of two (see the module doc). Only for a task whose SIGTRAP action is the
+    /// default (neither ignored nor caught), which the caller knows or has read
+    /// (/proc/PID/status); a call that sets a SIGTRAP action turns it off first.
+    pub fn set_single_step(&mut self, on: bool) {
+        self.step = on;
+    }
+
     /// The stubs in use, if any.
     pub fn stubs(&self) -> Option<Stubs> {
         self.stubs
@@ -151,7 +178,7 @@ impl RemoteTask {
                 let out = self.run_to_stop(regs, stubs, || format!("syscall {nr}"))?;
                 Ok(out.r12 as i64)
             }
-            None => self.two_stops_raw(nr, args),
+            None => self.direct_raw(nr, args),
         }
     }
 
@@ -175,6 +202,8 @@ impl RemoteTask {
     pub fn call_regs(&self, rip: u64, nr: libc::c_long, args: [u64; 6]) -> libc::user_regs_struct {
         let mut regs = self.saved;
         regs.rip = rip;
+        // A task stepping itself would trap after our call; its flag comes back with the rest.
+        regs.eflags &= !EFLAGS_TF;
         regs.rax = nr as u64;
         regs.orig_rax = u64::MAX;
         regs.rdi = args[0];
@@ -222,13 +251,37 @@ impl RemoteTask {
         syscall_result(self.pid, ret, name)
     }
 
+    /// Runs syscall `nr` at the task's syscall instruction: one stop when single-stepping is
+    /// allowed, else two.
+    fn direct_raw(&mut self, nr: libc::c_long, args: [u64; 6]) -> Result<i64, RemoteError> {
+        if nr == libc::SYS_rt_sigaction && args[0] == libc::SIGTRAP as u64 && args[1] != 0 {
+            // From this call on SIGTRAP may have an action a forced SIGTRAP would reset.
+            self.step = false;
+        }
+        if self.step {
+            self.one_step_raw(nr, args)
+        } else {
+            self.two_stops_raw(nr, args)
+        }
+    }
+
     fn two_stops_raw(&mut self, nr: libc::c_long, args: [u64; 6]) -> Result<i64, RemoteError> {
         let pid = self.pid;
         let err = |source| RemoteError::Ptrace { pid, source };
         let regs = self.call_regs(self.syscall_ip, nr, args);
         ptrace::set_regs(pid, &regs).map_err(err)?;
-        for _stage in 0..2 {
-            ptrace::syscall(pid, 0).map_err(err)?;
+        self.syscall_stops(0, nr)?;
+        let out = ptrace::get_regs(pid).map_err(err)?;
+        Ok(out.rax as i64)
+    }
+
+    /// Resumes the task (with `sig`) to the entry stop of the call it is set up for, then to
+    /// its exit stop.
+    fn syscall_stops(&mut self, sig: i32, nr: libc::c_long) -> Result<(), RemoteError> {
+        let pid = self.pid;
+        let err = |source| RemoteError::Ptrace { pid, source };
+        for stage in 0..2 {
+            ptrace::syscall(pid, if stage == 0 { sig } else { 0 }).map_err(err)?;
             self.wait_for(
                 |st| {
                     matches!(st, WaitStatus::Stopped { sig, event: 0 }
@@ -238,7 +291,47 @@ impl RemoteTask {
                 || format!("syscall {nr}"),
             )?;
         }
+        Ok(())
+    }
+
+    /// Runs syscall `nr` with one stop: a single step over the syscall instruction.
+    fn one_step_raw(&mut self, nr: libc::c_long, args: [u64; 6]) -> Result<i64, RemoteError> {
+        let pid = self.pid;
+        let err = |source| RemoteError::Ptrace { pid, source };
+        let regs = self.call_regs(self.syscall_ip, nr, args);
+        ptrace::set_regs(pid, &regs).map_err(err)?;
+        ptrace::singlestep(pid, 0).map_err(err)?;
+        self.wait_for(
+            |st| matches!(st, WaitStatus::Stopped { sig, event: 0 } if *sig == libc::SIGTRAP),
+            ptrace::singlestep,
+            || format!("syscall {nr} (single step)"),
+        )?;
         let out = ptrace::get_regs(pid).map_err(err)?;
+        let info = ptrace::get_siginfo(pid).map_err(err)?;
+        // Forcing the SIGTRAP unblocked it.
+        ptrace::set_sigmask(pid, ALL_SIGNALS).map_err(err)?;
+        if out.rip != self.syscall_ip + SYSCALL_LEN {
+            return Err(RemoteError::UnexpectedStop {
+                pid,
+                what: format!("syscall {nr} (single step, stopped at {:#x})", out.rip),
+                status: WaitStatus::Stopped {
+                    sig: libc::SIGTRAP,
+                    event: 0,
+                },
+            });
+        }
+        let si_code = i32::from_ne_bytes([info[8], info[9], info[10], info[11]]);
+        if si_code != TRAP_BRKPT {
+            // A SIGTRAP queued for the task by someone else took the place of ours. Put it
+            // back: SIGTRAP is blocked again, so passing it on at the next resume queues it
+            // again with its siginfo. That resume runs a getpid, and from now on a SIGTRAP is
+            // pending: two stops per call.
+            tracing::debug!(pid, si_code, "putting back a pending SIGTRAP");
+            self.step = false;
+            let regs = self.call_regs(self.syscall_ip, libc::SYS_getpid, [0; 6]);
+            ptrace::set_regs(pid, &regs).map_err(err)?;
+            self.syscall_stops(libc::SIGTRAP, libc::SYS_getpid)?;
+        }
         Ok(out.rax as i64)
     }
 

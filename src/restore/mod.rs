@@ -1117,6 +1117,10 @@ fn build(
     let mut ctx = Ctx::new(RemoteTask::new(pid, tramp)?, tramp);
     // One stop per remote syscall, one per batch, until signals are queued (see below).
     ctx.rt.set_stubs(Some(ctx.stubs(pid)));
+    // Without the stubs, calls single-step if the restored SIGTRAP action allows it (calls
+    // without the stubs come after the actions are restored).
+    let step = task_state::sigtrap_is_default(img);
+    ctx.rt.set_single_step(step);
 
     memory::drop_inherited_rseq(&mut ctx)?;
     let vdso_moved = memory::clear_and_move_specials(&mut ctx, img, &memory::parse_maps(&maps))?;
@@ -1268,6 +1272,7 @@ fn create_thread(ctx: &mut Ctx, img: &ProcessImage, t: &TaskCore) -> Result<Ctx,
     }
     seize_ready(tid)?;
     let mut th = Ctx::new(RemoteTask::new(tid, ctx.tramp)?, ctx.tramp);
+    th.rt.set_single_step(task_state::sigtrap_is_default(img));
     if ctx.rt.stubs().is_some() {
         th.rt.set_stubs(Some(th.stubs(pid)));
     }

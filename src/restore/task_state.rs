@@ -44,6 +44,15 @@ pub fn restore_sigactions(ctx: &mut Ctx, img: &ProcessImage) -> Result<(), Resto
     ctx.defer(calls)
 }
 
+/// Whether the checkpoint has SIGTRAP's action at the default, so that remote calls made
+/// without the stubs may single-step (see `RemoteTask::set_single_step`).
+pub fn sigtrap_is_default(img: &ProcessImage) -> bool {
+    img.core
+        .sigactions
+        .iter()
+        .any(|a| a.signo as i32 == libc::SIGTRAP && a.handler == 0)
+}
+
 /// The three itimers.
 pub fn restore_itimers(ctx: &mut Ctx, img: &ProcessImage) -> Result<(), RestoreError> {
     let mut calls = Vec::new();

@@ -155,19 +155,3 @@ pub fn set_pipe_size(pipe: BorrowedFd<'_>, size: usize) -> SysResult<usize> {
     let n = unsafe { libc::fcntl(pipe.as_raw_fd(), libc::F_SETPIPE_SZ, size as libc::c_int) };
     check("fcntl(F_SETPIPE_SZ)", n as libc::c_long).map(|n| n as usize)
 }
-
-/// PTRACE_GETSIGINFO: the raw 128-byte siginfo of the signal a tracee stopped with.
-pub fn get_siginfo(pid: i32) -> SysResult<[u8; 128]> {
-    let mut buf = [0u8; 128];
-    // SAFETY: buf is a valid out-buffer of sizeof(siginfo_t) = 128 bytes.
-    let ret = unsafe {
-        libc::ptrace(
-            libc::PTRACE_GETSIGINFO,
-            pid,
-            0usize,
-            buf.as_mut_ptr() as usize,
-        )
-    };
-    check("PTRACE_GETSIGINFO", ret)?;
-    Ok(buf)
-}

@@ -76,6 +76,34 @@ pub fn syscall(pid: i32, sig: i32) -> SysResult<()> {
     ptrace("PTRACE_SYSCALL", libc::PTRACE_SYSCALL, pid, 0, sig as usize).map(drop)
 }
 
+/// PTRACE_SINGLESTEP: resume for one instruction (over a `syscall`, until the call returns).
+pub fn singlestep(pid: i32, sig: i32) -> SysResult<()> {
+    ptrace(
+        "PTRACE_SINGLESTEP",
+        libc::PTRACE_SINGLESTEP,
+        pid,
+        0,
+        sig as usize,
+    )
+    .map(drop)
+}
+
+/// PTRACE_GETSIGINFO: the raw 128-byte siginfo of the signal a tracee stopped with.
+pub fn get_siginfo(pid: i32) -> SysResult<[u8; 128]> {
+    let mut buf = [0u8; 128];
+    // SAFETY: buf is a valid out-buffer of sizeof(siginfo_t) = 128 bytes.
+    let ret = unsafe {
+        libc::ptrace(
+            libc::PTRACE_GETSIGINFO,
+            pid,
+            0usize,
+            buf.as_mut_ptr() as usize,
+        )
+    };
+    check("PTRACE_GETSIGINFO", ret)?;
+    Ok(buf)
+}
+
 /// PTRACE_SETOPTIONS.
 pub fn set_options(pid: i32, options: i32) -> SysResult<()> {
     ptrace(

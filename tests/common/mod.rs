@@ -50,6 +50,7 @@ pub const WORKLOADS: &[&str] = &[
     "counter",
     "bigmem",
     "itimer_pending",
+    "sigtrap",
     "threads",
     "tree",
     "memtree",
