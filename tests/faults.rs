@@ -20,7 +20,16 @@ fn cryo_with_fault(point: &str, args: &[&str]) -> Output {
 }
 
 /// What must not change in a process that a failed dump touched.
-fn fingerprint(pid: i32) -> (String, Vec<String>, Vec<String>) {
+struct Fingerprint {
+    maps: String,
+    fds: Vec<String>,
+    /// SigBlk, SigIgn, SigCgt.
+    signals: Vec<String>,
+    /// Each thread's CPU affinity.
+    affinity: Vec<(i32, String)>,
+}
+
+fn fingerprint(pid: i32) -> Fingerprint {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
     let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| {
@@ -43,7 +52,12 @@ fn fingerprint(pid: i32) -> (String, Vec<String>, Vec<String>) {
         .filter(|l| l.starts_with("SigBlk") || l.starts_with("SigIgn") || l.starts_with("SigCgt"))
         .map(str::to_string)
         .collect();
-    (maps, fds, sig)
+    Fingerprint {
+        maps,
+        fds,
+        signals: sig,
+        affinity: cpu_affinities(pid),
+    }
 }
 
 #[test]
@@ -93,11 +107,18 @@ fn failed_dump_at_every_step_leaves_the_target_intact() {
             "{point}: a failed dump left a checkpoint that looks good"
         );
         let after = fingerprint(w.pid);
-        assert_eq!(before.0, after.0, "{point}: the target's mappings changed");
-        assert_eq!(before.1, after.1, "{point}: the target's fds changed");
         assert_eq!(
-            before.2, after.2,
+            before.maps, after.maps,
+            "{point}: the target's mappings changed"
+        );
+        assert_eq!(before.fds, after.fds, "{point}: the target's fds changed");
+        assert_eq!(
+            before.signals, after.signals,
             "{point}: the target's signal state changed"
+        );
+        assert_eq!(
+            before.affinity, after.affinity,
+            "{point}: the target's CPU affinity changed"
         );
     }
     let result = w.check();
@@ -160,6 +181,7 @@ fn failed_dump_of_threads_leaves_every_thread_intact() {
     };
     let mut w = Workload::start(&bin, &[]);
     for point in ["dump:collected", "dump:infected", "dump:pages"] {
+        let affinity = cpu_affinities(w.pid);
         let images = images_dir();
         let out = cryo_with_fault(
             point,
@@ -173,6 +195,11 @@ fn failed_dump_of_threads_leaves_every_thread_intact() {
         );
         assert!(!out.status.success(), "{point}: dump succeeded");
         assert!(w.original_running(), "{point}: the target died");
+        assert_eq!(
+            affinity,
+            cpu_affinities(w.pid),
+            "{point}: a thread's CPU affinity changed"
+        );
     }
     let result = w.check();
     assert_eq!(result, "PASS", "{}", w.logs());

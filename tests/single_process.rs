@@ -137,9 +137,15 @@ fn leave_running_then_restore() {
         return;
     };
     let mut w = Workload::start(&bin, &[]);
+    let affinity = cpu_affinities(w.pid);
     let images = images_dir();
     dump_ok(&w, images.path(), &["--leave-running"]);
     assert_untouched(&mut w);
+    assert_eq!(
+        affinity,
+        cpu_affinities(w.pid),
+        "CPU affinity after the dump"
+    );
     assert_eq!(w.check(), "PASS", "original after dump\n{}", w.logs());
     let status = w.wait_exit();
     assert!(status.success(), "original exited with {status}");

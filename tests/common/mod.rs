@@ -791,6 +791,25 @@ pub fn threads(pid: i32) -> Vec<i32> {
     tids
 }
 
+/// Each thread of PID with its CPU affinity (`Cpus_allowed_list` of its status), in TID order.
+/// A dump moves the threads to its tracers' CPUs and must give them their own back.
+pub fn cpu_affinities(pid: i32) -> Vec<(i32, String)> {
+    threads(pid)
+        .into_iter()
+        .map(|tid| {
+            let status =
+                fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).unwrap_or_default();
+            let cpus = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .unwrap_or("?")
+                .trim()
+                .to_string();
+            (tid, cpus)
+        })
+        .collect()
+}
+
 /// The processes whose parent is PID (zombies included), from /proc/*/stat.
 pub fn children_of(pid: i32) -> Vec<i32> {
     let mut out = Vec::new();
