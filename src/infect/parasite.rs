@@ -900,7 +900,12 @@ impl Parasite {
             let start = *off;
             let (res, drained) = std::thread::scope(|s| {
                 let pipes = [rfd.as_fd(), rfd2.as_fd()];
-                let drainer = s.spawn(move || drain(pipes, pages, start, on_progress));
+                // Beside the task, not on its CPU (which the dump gave it with its tracer): the
+                // blob's zero checks and checksums overlap the drainer's copies into the file.
+                let drainer = s.spawn(move || {
+                    proc_ctl::unpin_current_thread();
+                    drain(pipes, pages, start, on_progress)
+                });
                 let res = self.run(abi::CMD_DUMP_PAGES, "dump_pages", args);
                 // The blob closes its pipe end on every path it returns by; after a crash or a
                 // failure of ours the cure (already done by run) or the task's exit closed it.

@@ -285,11 +285,27 @@ pub fn set_affinity(tid: i32, mask: &CpuMask) -> SysResult<()> {
 /// None for each when the caller may use only one CPU, or `CRYO_NOPIN` is set (for A/B
 /// measurements).
 pub fn worker_cpus(n: usize) -> Vec<Option<CpuMask>> {
-    let cpus = get_affinity(0).map(|m| cpus_of(&m)).unwrap_or_default();
+    let own = get_affinity(0);
+    if let Ok(m) = own {
+        let _ = UNPINNED.set(m);
+    }
+    let cpus = own.map(|m| cpus_of(&m)).unwrap_or_default();
     let pin = cpus.len() > 1 && std::env::var_os("CRYO_NOPIN").is_none();
     (0..n)
         .map(|i| pin.then(|| one_cpu(cpus[i % cpus.len()])))
         .collect()
+}
+
+/// The CPUs the first caller of [`worker_cpus`] could use.
+static UNPINNED: std::sync::OnceLock<CpuMask> = std::sync::OnceLock::new();
+
+/// Lets the calling thread, started by a pinned worker (whose affinity it inherited), run on
+/// any CPU the workers were spread over: for a helper that should run beside its worker, not
+/// take turns with it. Nothing happens if no worker was pinned.
+pub fn unpin_current_thread() {
+    if let Some(m) = UNPINNED.get() {
+        let _ = set_affinity(0, m);
+    }
 }
 
 /// Whether other runnable tasks already fill every CPU the caller may use: the running count
