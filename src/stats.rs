@@ -25,6 +25,8 @@ pub struct RestoreStats {
     pub pages_read: u64,
     /// Of which filled with userfaultfd (`UFFDIO_COPY`).
     pub pages_uffd: u64,
+    /// The most threads that filled one process's pages at once.
+    pub fill_threads: u64,
     /// Processes restored.
     pub processes: u64,
     /// Of which started from the stub (created without a copy of cryo's memory).
@@ -37,6 +39,7 @@ static RESTORE: Mutex<RestoreStats> = Mutex::new(RestoreStats {
     fill_s: 0.0,
     pages_read: 0,
     pages_uffd: 0,
+    fill_threads: 0,
     processes: 0,
     from_stub: 0,
 });
@@ -104,9 +107,17 @@ pub fn render_restore(s: &RestoreStats) -> String {
          \x20   of which pages       {:>10.3} s\n\
          \x20 pages read             {:>10} ({mib:.1} MiB{rate})\n\
          \x20   with userfaultfd     {:>10}\n\
+         \x20   by threads at once   {:>10}\n\
          \x20 processes              {:>10}\n\
          \x20   started from the stub {:>9}\n",
-        s.validate_s, s.build_s, s.fill_s, s.pages_read, s.pages_uffd, s.processes, s.from_stub,
+        s.validate_s,
+        s.build_s,
+        s.fill_s,
+        s.pages_read,
+        s.pages_uffd,
+        s.fill_threads,
+        s.processes,
+        s.from_stub,
     )
 }
 

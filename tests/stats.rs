@@ -1,7 +1,8 @@
 //! `--print-stats` on dump and restore, checked against what the workload holds: bigmem with
-//! 8 MiB of data and 2 MiB of touched-but-zero memory. The figures must add up (every page
+//! 80 MiB of data and 2 MiB of touched-but-zero memory. The figures must add up (every page
 //! written is read back; the zero pages are skipped), the data pages must be filled with
-//! userfaultfd, and the restored process must pass its own check.
+//! userfaultfd, by several threads where there are several CPUs (a process this big is), and
+//! the restored process must pass its own check.
 
 mod common;
 
@@ -18,14 +19,14 @@ fn print_stats_figures_add_up() {
         return;
     };
     require_cli();
-    let mut w = Workload::start(&bin, &["8", "2"]);
+    let mut w = Workload::start(&bin, &["80", "2"]);
     let images = images_dir();
     let dump = dump_ok(&w, images.path(), &["--print-stats"]);
     w.wait_killed_by_dump();
     let scanned = stat_figure(&dump, "pages scanned");
     let written = stat_figure(&dump, "pages written");
     let zero = stat_figure(&dump, "pages skipped as zero");
-    assert!(written >= 8 * 256, "{}", show_output("dump", &dump));
+    assert!(written >= 80 * 256, "{}", show_output("dump", &dump));
     assert!(zero >= 2 * 256, "{}", show_output("dump", &dump));
     assert_eq!(scanned, written + zero, "{}", show_output("dump", &dump));
     assert_eq!(
@@ -51,7 +52,14 @@ fn print_stats_figures_add_up() {
         show_output("restore", &out)
     );
     assert!(
-        stat_figure(&out, "with userfaultfd") >= 8 * 256,
+        stat_figure(&out, "with userfaultfd") >= 80 * 256,
+        "{}",
+        show_output("restore", &out)
+    );
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    assert_eq!(
+        stat_figure(&out, "by threads at once"),
+        cpus.min(4),
         "{}",
         show_output("restore", &out)
     );

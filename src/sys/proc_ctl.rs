@@ -308,6 +308,15 @@ pub fn unpin_current_thread() {
     }
 }
 
+/// How many CPUs helpers of the workers may use: those [`worker_cpus`] spread the workers
+/// over, or, before any worker was pinned, those of the calling thread.
+pub fn helper_cpus() -> usize {
+    match UNPINNED.get() {
+        Some(m) => cpus_of(m).len().max(1),
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    }
+}
+
 /// Whether other runnable tasks already fill every CPU the caller may use: the running count
 /// of /proc/loadavg (which includes the caller) against the caller's CPUs. None if unreadable.
 pub fn cpus_busy_with_others() -> Option<bool> {
