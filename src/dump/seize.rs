@@ -22,6 +22,7 @@ use super::DumpError;
 use crate::sys::proc_ctl::{self, CpuMask};
 use crate::sys::ptrace::{self, WaitStatus, PTRACE_EVENT_STOP};
 use std::collections::{BTreeMap, BTreeSet};
+use std::os::fd::OwnedFd;
 use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -182,6 +183,10 @@ impl<'scope> Tracers<'scope> {
     }
 }
 
+/// Killed processes with at least this much resident memory have it freed by the dumper too
+/// (see [`SeizedTree::kill`]).
+const MRELEASE_FROM: u64 = 64 << 20;
+
 /// One process of the frozen tree.
 #[derive(Debug, Clone)]
 pub struct SeizedProc {
@@ -201,6 +206,8 @@ pub struct SeizedProc {
     pub stopped: bool,
     /// The tracer thread ([`Tracers`]) that holds its threads.
     pub tracer: usize,
+    /// Its resident memory when it was seized, in bytes.
+    pub resident: u64,
 }
 
 /// Every thread of a process tree, held in ptrace-stop.
@@ -319,6 +326,7 @@ impl<'t, 'scope> SeizedTree<'t, 'scope> {
             zombie: None,
             stopped: st.state == 'T',
             tracer: 0,
+            resident: 0,
         };
         if st.state == 'Z' || st.state == 'X' {
             if is_root {
@@ -349,7 +357,8 @@ impl<'t, 'scope> SeizedTree<'t, 'scope> {
                 }
             }
         }
-        p.tracer = self.tracers.pick(proc::resident_bytes(pid));
+        p.resident = proc::resident_bytes(pid);
+        p.tracer = self.tracers.pick(p.resident);
         let tracer = p.tracer;
         // Insert first so that a failure half-way still detaches what was seized.
         self.procs.insert(pid, p);
@@ -422,15 +431,33 @@ impl<'t, 'scope> SeizedTree<'t, 'scope> {
     /// and collects their exits as tracer, so they are gone when dump returns.
     pub fn kill(mut self) -> Result<(), DumpError> {
         self.done = true;
-        let live: Vec<i32> = self
+        // Big processes first, each with a pidfd to free its memory from here (below).
+        let mut live: Vec<(i32, bool)> = self
             .procs
             .values()
             .filter(|p| p.zombie.is_none())
-            .map(|p| p.pid)
+            .map(|p| (p.pid, p.resident >= MRELEASE_FROM))
             .collect();
-        for &pid in &live {
+        live.sort_by_key(|&(_, big)| !big);
+        let big: Vec<(i32, OwnedFd)> = live
+            .iter()
+            .filter(|p| p.1)
+            .filter_map(|&(pid, _)| proc_ctl::pidfd_open(pid).ok().map(|fd| (pid, fd)))
+            .collect();
+        for &(pid, _) in &live {
             crate::sys::proc_ctl::kill(pid, libc::SIGKILL)
                 .map_err(|source| DumpError::Seize { pid, source })?;
+        }
+        // A big process's memory is freed from here too, while its exit frees it on its
+        // tracer's CPU, and the two share the work (1.25 GiB: 121 -> 63 ms in a
+        // micro-benchmark; a 1 GiB dump's kill 93-114 -> 44-64 ms). That works only if this
+        // call comes before the process's exit has let go of its memory (ESRCH then: the exit
+        // does all of it, as without the call).
+        for (pid, fd) in &big {
+            match proc_ctl::process_mrelease(fd) {
+                Ok(()) => tracing::debug!(pid, "memory freed beside the exit"),
+                Err(e) => tracing::debug!(pid, error = %e, "memory left to the exit"),
+            }
         }
         // Each tracer collects the exits of the threads it holds.
         let pending: Vec<_> = self

@@ -13,6 +13,15 @@ pub fn pidfd_open(pid: i32) -> SysResult<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// process_mrelease(2) (Linux 5.15): frees the memory of the process behind `pidfd`, which
+/// must have been sent SIGKILL, from the calling thread, alongside the process's own exit.
+pub fn process_mrelease(pidfd: &OwnedFd) -> SysResult<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain syscall with integer arguments.
+    let r = unsafe { libc::syscall(libc::SYS_process_mrelease, pidfd.as_raw_fd(), 0) };
+    check("process_mrelease", r).map(drop)
+}
+
 /// pidfd_getfd(2): a duplicate of fd `target_fd` of the process behind `pidfd`.
 pub fn pidfd_getfd(pidfd: &OwnedFd, target_fd: i32) -> SysResult<OwnedFd> {
     use std::os::fd::AsRawFd;
