@@ -502,8 +502,13 @@ impl<'t, 'scope> SeizedTree<'t, 'scope> {
 
     fn detach_all(&self) -> Result<(), DumpError> {
         for (tid, mask) in &self.moved {
-            if let Err(e) = proc_ctl::set_affinity(*tid, mask) {
-                tracing::warn!(tid, error = %e, "could not give a thread its CPU affinity back");
+            match proc_ctl::set_affinity(*tid, mask) {
+                Ok(()) => {}
+                // It exited meanwhile.
+                Err(e) if e.errno == libc::ESRCH => {}
+                Err(e) => {
+                    tracing::warn!(tid, error = %e, "could not give a thread its CPU affinity back")
+                }
             }
         }
         for p in self.procs.values() {

@@ -1166,8 +1166,8 @@ impl Parasite {
     }
 
     /// Queues a signal that arrived during a blob run back to the task, siginfo unchanged
-    /// (a task may queue any siginfo to itself). Which queue it came from is not known: one
-    /// sent with tgkill/tkill (SI_TKILL) goes back to the thread, any other to the process.
+    /// (a task may queue any siginfo to itself): to the thread if it came from the thread's
+    /// own queue (`private`, see `wait_blob`), else to the process.
     fn requeue(&mut self, info: &[u8; 128], private: bool) -> Result<(), InfectError> {
         let signo = i32::from_ne_bytes([info[0], info[1], info[2], info[3]]);
         let mut words = [0u64; 16];
