@@ -120,18 +120,11 @@ pub fn probe_ptrace() -> ProbeResult<PtraceReport> {
     Ok(PtraceReport { rseq })
 }
 
-fn read_proc_i32(path: &str) -> ProbeResult<i32> {
-    let text = fs::read_to_string(path).map_err(io_err(path))?;
-    text.trim()
-        .parse()
-        .map_err(|_| ProbeError::Unexpected(format!("{path}: not a number: {:?}", text.trim())))
-}
-
 /// Creates a child with clone3 at a PID that is currently free (`set_tid`), checks it got that
 /// PID, and reaps it. Returns the PID used.
 pub fn probe_clone3_set_tid() -> ProbeResult<i32> {
-    let pid_max = read_proc_i32("/proc/sys/kernel/pid_max")?;
-    let last = read_proc_i32("/proc/sys/kernel/ns_last_pid")?;
+    let pid_max = super::proc_ctl::read_proc_int(super::proc_ctl::PID_MAX, "read(pid_max)")?;
+    let last = super::proc_ctl::read_proc_int(super::proc_ctl::NS_LAST_PID, "read(ns_last_pid)")?;
     let mut last_err = None;
     for attempt in 0..8 {
         let span = (pid_max - 1000).max(1);

@@ -202,21 +202,27 @@ pub fn fork_with_pid_fallback(pid: i32, flags: u64) -> SysResult<i32> {
     Ok(ret)
 }
 
+/// The kernel's highest PID plus one.
+pub const PID_MAX: &str = "/proc/sys/kernel/pid_max";
+
+/// The number in a /proc file such as [`PID_MAX`]; `call` names the read in an error (EINVAL
+/// for a file that does not hold a number).
+pub fn read_proc_int(path: &str, call: &'static str) -> SysResult<i32> {
+    std::fs::read_to_string(path)
+        .map_err(|e| SysError::from_errno(call, e.raw_os_error().unwrap_or(0)))?
+        .trim()
+        .parse()
+        .map_err(|_| SysError::from_errno(call, libc::EINVAL))
+}
+
 /// Moves the PID allocator of this PID namespace (/proc/sys/kernel/ns_last_pid) so that the
 /// PIDs it hands out meanwhile, to threads and processes of anyone, cryo's own included, come
 /// from the widest stretch free of `pids` instead of sweeping through the PIDs a restore is
 /// about to take (on a machine whose pid_max is 32768 the allocator wraps every few minutes of
 /// tests). Moves it only when that leaves more room than where it is. Returns whether it moved.
 pub fn advance_last_pid(pids: &[i32]) -> SysResult<bool> {
-    let read = |path: &str, call: &'static str| -> SysResult<i32> {
-        std::fs::read_to_string(path)
-            .map_err(|e| SysError::from_errno(call, e.raw_os_error().unwrap_or(0)))?
-            .trim()
-            .parse()
-            .map_err(|_| SysError::from_errno(call, libc::EINVAL))
-    };
-    let now = read(NS_LAST_PID, "read(ns_last_pid)")?;
-    let pid_max = read("/proc/sys/kernel/pid_max", "read(pid_max)")?;
+    let now = read_proc_int(NS_LAST_PID, "read(ns_last_pid)")?;
+    let pid_max = read_proc_int(PID_MAX, "read(pid_max)")?;
     match last_pid_target(pids, now, pid_max) {
         Some(to) => write_last_pid(to).map(|()| true),
         None => Ok(false),
@@ -251,7 +257,7 @@ fn last_pid_target(pids: &[i32], now: i32, pid_max: i32) -> Option<i32> {
 }
 
 /// The last PID handed out in this PID namespace (the next one goes above it).
-const NS_LAST_PID: &str = "/proc/sys/kernel/ns_last_pid";
+pub const NS_LAST_PID: &str = "/proc/sys/kernel/ns_last_pid";
 
 /// Sets the last PID handed out in this PID namespace.
 fn write_last_pid(pid: i32) -> SysResult<()> {
