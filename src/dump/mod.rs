@@ -241,7 +241,7 @@ fn dump_tree<'scope>(
 ) -> Result<DumpStats, DumpError> {
     let pid = opts.pid;
     let t0 = Instant::now();
-    let tree = SeizedTree::seize(pid, tracers)?;
+    let tree = SeizedTree::seize(pid, tracers, !opts.leave_running)?;
     let frozen_at = Instant::now();
     crate::fault::point("dump:seized")?;
     let procs = tree.procs();

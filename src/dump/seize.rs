@@ -11,11 +11,15 @@
 //! (collecting, the parasite, detaching, reaping) runs as a job on that same thread. That is
 //! what lets several processes be dumped at once.
 //!
-//! Each tracer runs on a CPU of its own, and the threads it seizes are moved to that CPU until
-//! they are let go (their own affinity is put back before they are detached): a ptrace stop
-//! then wakes the other side on the CPU it is on. A remote syscall took 13 us that way and
-//! 65 us with the two on different CPUs of this virtual machine (micro-benchmark); the tree
-//! bench's collection went from 10.4-10.8 to 7.8-8.6 ms.
+//! Each tracer runs on a CPU of its own, and, when the dump is to kill the tree, the threads
+//! it seizes are moved to that CPU: a ptrace stop then wakes the other side on the CPU it is
+//! on. A remote syscall took 13 us that way and 65 us with the two on different CPUs of this
+//! virtual machine (micro-benchmark); the tree bench's collection went from 10.4-10.8 to
+//! 7.8-8.6 ms. A tree that goes on running (`--leave-running`) is not moved: since Linux 6.2
+//! the kernel keeps the mask given to sched_setaffinity as the task's own request through
+//! later cpuset changes, so putting the old affinity back would not leave the task exactly as
+//! it was. If a dump that moved threads fails, they get their affinity back (see
+//! `proc_ctl::give_affinity_back`) before they are detached.
 
 use super::proc;
 use super::DumpError;
@@ -221,8 +225,14 @@ pub struct SeizedTree<'t, 'scope> {
 }
 
 impl<'t, 'scope> SeizedTree<'t, 'scope> {
-    /// Seizes the tree rooted at `root`, each process by one of `tracers`.
-    pub fn seize(root: i32, tracers: &'t Tracers<'scope>) -> Result<Self, DumpError> {
+    /// Seizes the tree rooted at `root`, each process by one of `tracers`; `move_threads`: the
+    /// tree is to be killed, and its threads may run on their tracers' CPUs meanwhile (see the
+    /// module doc).
+    pub fn seize(
+        root: i32,
+        tracers: &'t Tracers<'scope>,
+        move_threads: bool,
+    ) -> Result<Self, DumpError> {
         let mut t = SeizedTree {
             procs: BTreeMap::new(),
             moved: Vec::new(),
@@ -243,7 +253,7 @@ impl<'t, 'scope> SeizedTree<'t, 'scope> {
                 if t.procs.contains_key(&pid) {
                     continue;
                 }
-                match t.add_process(pid, pid == root) {
+                match t.add_process(pid, pid == root, move_threads) {
                     Ok(()) => changed = true,
                     Err(DumpError::Gone { .. })
                     | Err(DumpError::Proc(proc::ProcError::Gone { .. }))
@@ -270,7 +280,7 @@ impl<'t, 'scope> SeizedTree<'t, 'scope> {
                     Err(e) => return Err(e.into()),
                 };
                 let tracer = t.procs[&pid].tracer;
-                let pin = t.tracers.pin(tracer);
+                let pin = t.tracers.pin(tracer).filter(|_| move_threads);
                 let mut all_held = true;
                 for tid in threads {
                     if !t.procs[&pid].tids.contains(&tid) {
@@ -315,7 +325,12 @@ impl<'t, 'scope> SeizedTree<'t, 'scope> {
         Ok(t)
     }
 
-    fn add_process(&mut self, pid: i32, is_root: bool) -> Result<(), DumpError> {
+    fn add_process(
+        &mut self,
+        pid: i32,
+        is_root: bool,
+        move_threads: bool,
+    ) -> Result<(), DumpError> {
         let st = proc::read_stat(pid)?;
         let mut p = SeizedProc {
             pid,
@@ -363,7 +378,7 @@ impl<'t, 'scope> SeizedTree<'t, 'scope> {
         // Insert first so that a failure half-way still detaches what was seized.
         self.procs.insert(pid, p);
         let busy = self.tracers.cpus_busy();
-        let pin = self.tracers.pin(tracer);
+        let pin = self.tracers.pin(tracer).filter(|_| move_threads);
         let seized = self.tracers.call(tracer, move || {
             let mut seized = Vec::with_capacity(threads.len());
             let mut moved = Vec::new();
@@ -502,7 +517,7 @@ impl<'t, 'scope> SeizedTree<'t, 'scope> {
 
     fn detach_all(&self) -> Result<(), DumpError> {
         for (tid, mask) in &self.moved {
-            match proc_ctl::set_affinity(*tid, mask) {
+            match proc_ctl::give_affinity_back(*tid, mask) {
                 Ok(()) => {}
                 // It exited meanwhile.
                 Err(e) if e.errno == libc::ESRCH => {}

@@ -870,7 +870,7 @@ fn build_all(
                 }
                 for &(tid, pid) in &held {
                     if let Some((_, m)) = saved_masks.iter().find(|s| s.0 == pid) {
-                        let _ = proc_ctl::set_affinity(tid, m);
+                        let _ = proc_ctl::give_affinity_back(tid, m);
                     }
                 }
                 let detach = |tid: i32| {

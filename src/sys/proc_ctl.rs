@@ -294,6 +294,54 @@ pub fn set_affinity(tid: i32, mask: &CpuMask) -> SysResult<()> {
     check("sched_setaffinity", r as libc::c_long).map(drop)
 }
 
+/// Puts back `own`, the affinity task `tid` had before cryo moved it to a CPU of its own.
+/// Since Linux 6.2 the kernel keeps the mask given to sched_setaffinity as the task's request
+/// and holds the task to it through later cpuset changes. A task allowed every online CPU most
+/// likely never asked for a mask: it is given a mask of every CPU instead, which the kernel
+/// narrows to the same CPUs and which keeps it following its cpuset, as before. (A task
+/// whose cpuset allows fewer CPUs gets `own` back, and with it that request.)
+pub fn give_affinity_back(tid: i32, own: &CpuMask) -> SysResult<()> {
+    let online = online_cpus();
+    if !online.is_empty() && cpus_of(own) == online {
+        // SAFETY: a zeroed cpu_set_t is a valid empty mask.
+        let mut all: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        for c in 0..libc::CPU_SETSIZE as usize {
+            // SAFETY: c is within the set, which is ours.
+            unsafe { libc::CPU_SET(c, &mut all) };
+        }
+        return set_affinity(tid, &CpuMask(all));
+    }
+    set_affinity(tid, own)
+}
+
+/// The online CPUs (/sys/devices/system/cpu/online: ranges such as `0-3,6`), read once; empty
+/// if unreadable.
+fn online_cpus() -> &'static [usize] {
+    static ONLINE: std::sync::OnceLock<Vec<usize>> = std::sync::OnceLock::new();
+    ONLINE.get_or_init(|| {
+        let text = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap_or_default();
+        parse_cpu_list(text.trim()).unwrap_or_default()
+    })
+}
+
+/// A CPU list such as `0-3,6`; None if malformed.
+fn parse_cpu_list(text: &str) -> Option<Vec<usize>> {
+    let mut out = Vec::new();
+    for part in text.split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) = (a.parse().ok()?, b.parse().ok()?);
+                if a > b || b >= libc::CPU_SETSIZE as usize {
+                    return None;
+                }
+                out.extend(a..=b);
+            }
+            None => out.push(part.parse().ok()?),
+        }
+    }
+    Some(out)
+}
+
 /// One CPU each for `n` worker threads, spread over the CPUs the caller may run on, so that a
 /// worker and the task it drives through ptrace stops share a CPU (a stop then wakes a thread
 /// where it runs instead of an idle vCPU, which on a virtual machine can take milliseconds).
@@ -447,7 +495,35 @@ pub fn close_in_child(fd: OwnedFd) -> SysResult<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::{cpus_busy_with_others, last_pid_target};
+    use super::{cpus_busy_with_others, last_pid_target, parse_cpu_list};
+
+    #[test]
+    fn cpu_lists_parse() {
+        assert_eq!(parse_cpu_list("0-1"), Some(vec![0, 1]));
+        assert_eq!(parse_cpu_list("0-3,6,8-9"), Some(vec![0, 1, 2, 3, 6, 8, 9]));
+        assert_eq!(parse_cpu_list("5"), Some(vec![5]));
+        assert_eq!(parse_cpu_list(""), Some(vec![]));
+        assert_eq!(parse_cpu_list("3-1"), None);
+        assert_eq!(parse_cpu_list("x"), None);
+        assert_eq!(parse_cpu_list("0-99999"), None);
+    }
+
+    /// A thread allowed every online CPU gets them all back after being moved to one.
+    #[test]
+    fn affinity_given_back() {
+        let own = super::get_affinity(0).expect("own affinity");
+        let cpus = super::cpus_of(&own);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: gettid has no arguments and cannot fail.
+                let tid = unsafe { libc::gettid() };
+                super::set_affinity(0, &super::one_cpu(cpus[0])).expect("move");
+                super::give_affinity_back(tid, &own).expect("give back");
+                let back = super::get_affinity(0).expect("affinity");
+                assert_eq!(super::cpus_of(&back), cpus);
+            });
+        });
+    }
 
     /// With more spinning threads than CPUs, the CPUs are reported busy.
     #[test]
