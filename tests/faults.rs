@@ -205,3 +205,74 @@ fn failed_dump_of_threads_leaves_every_thread_intact() {
     assert_eq!(result, "PASS", "{}", w.logs());
     w.wait_exit();
 }
+
+/// The cgroup v1 cpuset hierarchy's mount point, if this machine has one (from
+/// /proc/self/mountinfo).
+fn cpuset_v1_mount() -> Option<String> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mounts.lines().find_map(|line| {
+        let (head, tail) = line.split_once(" - ")?;
+        let t: Vec<&str> = tail.split(' ').collect();
+        let cpuset = t.first() == Some(&"cgroup")
+            && t.get(2).is_some_and(|o| o.split(',').any(|x| x == "cpuset"));
+        cpuset.then(|| head.split(' ').nth(4).map(str::to_string))?
+    })
+}
+
+/// A dump that fails after moving the target's threads to its tracer's CPU must leave them
+/// following their cpuset, as before: since Linux 6.2 the kernel keeps a mask set with
+/// sched_setaffinity as the task's own request through cpuset changes, so the target is put
+/// in a cpuset of CPU 0 only, the dump fails, the cpuset is widened, and the target must be
+/// allowed the wider set (a target given its old mask {0} back would stay on CPU 0).
+#[test]
+fn failed_dump_leaves_the_target_following_its_cpuset() {
+    let _serial = serial();
+    const TEST: &str = "failed_dump_leaves_the_target_following_its_cpuset";
+    if !require_root(TEST) {
+        return;
+    }
+    require_cli();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus < 2 {
+        skip(TEST, "needs 2 CPUs (a cpuset to widen)");
+        return;
+    }
+    let Some(mount) = cpuset_v1_mount() else {
+        skip(TEST, "no cgroup v1 cpuset hierarchy mounted");
+        return;
+    };
+    let Some(bin) = workload_bin(TEST, "counter") else {
+        return;
+    };
+    let cg = format!("{mount}/cryo-test-{}", std::process::id());
+    if std::fs::create_dir(&cg).is_err() {
+        skip(TEST, "cannot create a cpuset cgroup");
+        return;
+    }
+    let write = |file: &str, v: &str| std::fs::write(format!("{cg}/{file}"), v);
+    write("cpuset.cpus", "0").expect("cpuset.cpus");
+    write("cpuset.mems", "0").expect("cpuset.mems");
+    let mut w = Workload::start(&bin, &[]);
+    write("cgroup.procs", &w.pid.to_string()).expect("move the workload into the cpuset");
+    let allowed = |pid: i32| cpu_affinities(pid).into_iter().map(|t| t.1).collect::<Vec<_>>();
+    assert_eq!(allowed(w.pid), ["0"], "in a cpuset of CPU 0");
+    let images = images_dir();
+    let out = cryo_with_fault(
+        "dump:collected",
+        &[
+            "dump",
+            "-t",
+            &w.pid.to_string(),
+            "-D",
+            images.path().to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success(), "dump succeeded");
+    write("cpuset.cpus", &format!("0-{}", cpus - 1)).expect("widen the cpuset");
+    let after = allowed(w.pid);
+    let result = w.check();
+    w.wait_exit();
+    let _ = std::fs::remove_dir(&cg);
+    assert_eq!(after, [format!("0-{}", cpus - 1)], "after the cpuset was widened");
+    assert_eq!(result, "PASS", "{}", w.logs());
+}

@@ -296,13 +296,13 @@ pub fn set_affinity(tid: i32, mask: &CpuMask) -> SysResult<()> {
 
 /// Puts back `own`, the affinity task `tid` had before cryo moved it to a CPU of its own.
 /// Since Linux 6.2 the kernel keeps the mask given to sched_setaffinity as the task's request
-/// and holds the task to it through later cpuset changes. A task allowed every online CPU most
-/// likely never asked for a mask: it is given a mask of every CPU instead, which the kernel
-/// narrows to the same CPUs and which keeps it following its cpuset, as before. (A task
-/// whose cpuset allows fewer CPUs gets `own` back, and with it that request.)
+/// and holds the task to it through later cpuset changes. A task allowed every CPU of its
+/// cpuset (every online CPU without one) most likely never asked for a mask: it is given a
+/// mask of every CPU instead, which the kernel narrows to the same CPUs and which keeps it
+/// following its cpuset, as before. Any other task gets `own` back.
 pub fn give_affinity_back(tid: i32, own: &CpuMask) -> SysResult<()> {
-    let online = online_cpus();
-    if !online.is_empty() && cpus_of(own) == online {
+    let natural = cpuset_cpus(tid).unwrap_or_else(|| online_cpus().to_vec());
+    if !natural.is_empty() && cpus_of(own) == natural {
         // SAFETY: a zeroed cpu_set_t is a valid empty mask.
         let mut all: libc::cpu_set_t = unsafe { std::mem::zeroed() };
         for c in 0..libc::CPU_SETSIZE as usize {
@@ -322,6 +322,48 @@ fn online_cpus() -> &'static [usize] {
         let text = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap_or_default();
         parse_cpu_list(text.trim()).unwrap_or_default()
     })
+}
+
+/// The CPUs the cpuset of task `tid` gives it (`cpuset.effective_cpus` with cgroup v1,
+/// `cpuset.cpus.effective` with v2, found through /proc/TID/cpuset and this process's
+/// mounts); None if there is no such file to read.
+fn cpuset_cpus(tid: i32) -> Option<Vec<usize>> {
+    let path = std::fs::read_to_string(format!("/proc/{tid}/cpuset")).ok()?;
+    let path = path.trim();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    // (mount point, root of the mount, v2)
+    let mut found: Option<(String, String, bool)> = None;
+    for line in mounts.lines() {
+        let Some((head, tail)) = line.split_once(" - ") else {
+            continue;
+        };
+        let f: Vec<&str> = head.split(' ').collect();
+        let t: Vec<&str> = tail.split(' ').collect();
+        let (Some(root), Some(point), Some(fstype)) = (f.get(3), f.get(4), t.first()) else {
+            continue;
+        };
+        let v1_cpuset = *fstype == "cgroup"
+            && t.get(2)
+                .is_some_and(|o| o.split(',').any(|x| x == "cpuset"));
+        if v1_cpuset {
+            found = Some((point.to_string(), root.to_string(), false));
+            break;
+        }
+        if *fstype == "cgroup2" && found.is_none() {
+            found = Some((point.to_string(), root.to_string(), true));
+        }
+    }
+    let (point, root, v2) = found?;
+    let rel = path
+        .strip_prefix(root.trim_end_matches('/'))
+        .unwrap_or(path);
+    let file = if v2 {
+        "cpuset.cpus.effective"
+    } else {
+        "cpuset.effective_cpus"
+    };
+    let text = std::fs::read_to_string(format!("{point}{rel}/{file}")).ok()?;
+    parse_cpu_list(text.trim())
 }
 
 /// A CPU list such as `0-3,6`; None if malformed.
