@@ -214,7 +214,8 @@ fn cpuset_v1_mount() -> Option<String> {
         let (head, tail) = line.split_once(" - ")?;
         let t: Vec<&str> = tail.split(' ').collect();
         let cpuset = t.first() == Some(&"cgroup")
-            && t.get(2).is_some_and(|o| o.split(',').any(|x| x == "cpuset"));
+            && t.get(2)
+                .is_some_and(|o| o.split(',').any(|x| x == "cpuset"));
         cpuset.then(|| head.split(' ').nth(4).map(str::to_string))?
     })
 }
@@ -254,7 +255,12 @@ fn failed_dump_leaves_the_target_following_its_cpuset() {
     write("cpuset.mems", "0").expect("cpuset.mems");
     let mut w = Workload::start(&bin, &[]);
     write("cgroup.procs", &w.pid.to_string()).expect("move the workload into the cpuset");
-    let allowed = |pid: i32| cpu_affinities(pid).into_iter().map(|t| t.1).collect::<Vec<_>>();
+    let allowed = |pid: i32| {
+        cpu_affinities(pid)
+            .into_iter()
+            .map(|t| t.1)
+            .collect::<Vec<_>>()
+    };
     assert_eq!(allowed(w.pid), ["0"], "in a cpuset of CPU 0");
     let images = images_dir();
     let out = cryo_with_fault(
@@ -273,6 +279,10 @@ fn failed_dump_leaves_the_target_following_its_cpuset() {
     let result = w.check();
     w.wait_exit();
     let _ = std::fs::remove_dir(&cg);
-    assert_eq!(after, [format!("0-{}", cpus - 1)], "after the cpuset was widened");
+    assert_eq!(
+        after,
+        [format!("0-{}", cpus - 1)],
+        "after the cpuset was widened"
+    );
     assert_eq!(result, "PASS", "{}", w.logs());
 }
