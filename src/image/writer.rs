@@ -31,14 +31,6 @@ pub const PACK_PAGES_MAX: u64 = 4 << 20;
 /// of their own, so the dumper's memory stays bounded whatever the number of processes.
 pub const PACK_PAGES_BUDGET: u64 = 32 << 20;
 
-/// A packed page store on its way into `pack.img`: its memory file, its offset there and its
-/// size.
-type StoreCopy = (File, u64, u64);
-
-/// Packed page stores are copied into `pack.img` by several threads from this many bytes on
-/// (see `ImageWriter::finish_pack`).
-const PACK_COPY_THREADS_FROM: u64 = 512 << 10;
-
 /// Metadata files of at least this many bytes are streamed into place ([`stream_records`]:
 /// two encoding passes, no copy of their byte fields); smaller ones are encoded in memory and
 /// written at once.
@@ -608,16 +600,15 @@ impl ImageWriter {
     /// Completes `pack.img`: after the metadata files written so far, the packed page stores
     /// (in name order), each from a page boundary (zeros in between: the pack grows past
     /// them, which reads as zeros). Fills in their manifest entries' offsets; returns the
-    /// pack's size. The stores are copied by several threads at once when there are
-    /// [`PACK_COPY_THREADS_FROM`] bytes or more: the copy is mostly the allocation of fresh
-    /// page cache, which each CPU does for itself.
+    /// pack's size. Each store is mapped and written at its offset in one call (tree dump
+    /// 24.5 -> 23.1 ms against `io::copy`; two threads writing at once measured no better:
+    /// ext4 takes the file's lock for each buffered write).
     fn finish_pack(&mut self) -> Result<u64, ImageError> {
         let path = self.dir.join(ImageType::Pack.file_name(None));
         let mut stores = std::mem::take(&mut self.packed);
         stores.sort_by(|a, b| a.0.cmp(&b.0));
         let (file, len) = self.open_pack()?;
         let mut pos = *len;
-        let mut places: Vec<(u64, u64)> = Vec::with_capacity(stores.len()); // (offset, size)
         let mut offsets: std::collections::BTreeMap<String, u64> = Default::default();
         for (name, store) in &stores {
             let size = store
@@ -625,81 +616,20 @@ impl ImageWriter {
                 .map_err(|e| ImageError::io(&path, "stat a packed page store for", e))?
                 .len();
             pos = pos.next_multiple_of(PAGE_SIZE);
-            places.push((pos, size));
+            let window = crate::sys::uffd::FileWindow::map(store.as_fd(), 0, size as usize)
+                .map_err(|e| {
+                    ImageError::io(
+                        &path,
+                        "map a packed page store for",
+                        io::Error::from_raw_os_error(e.errno),
+                    )
+                })?;
+            file.write_all_at(window.bytes(), pos)
+                .map_err(|e| ImageError::io(&path, "copy a page store into", e))?;
             offsets.insert(name.clone(), pos);
             pos += size;
         }
-        let total = pos - *len;
-        let file: &File = file;
-        let copy = |share: &[StoreCopy]| -> Result<(), ImageError> {
-            for &(ref store, at, size) in share {
-                let window = crate::sys::uffd::FileWindow::map(store.as_fd(), 0, size as usize)
-                    .map_err(|e| {
-                        ImageError::io(
-                            &path,
-                            "map a packed page store for",
-                            io::Error::from_raw_os_error(e.errno),
-                        )
-                    })?;
-                file.write_all_at(window.bytes(), at)
-                    .map_err(|e| ImageError::io(&path, "copy a page store into", e))?;
-            }
-            Ok(())
-        };
-        let work: Vec<StoreCopy> = stores
-            .into_iter()
-            .zip(places)
-            .map(|((_, store), (at, size))| (store, at, size))
-            .collect();
-        let threads = if total >= PACK_COPY_THREADS_FROM {
-            crate::sys::proc_ctl::helper_cpus()
-                .clamp(1, 4)
-                .min(work.len().max(1))
-        } else {
-            1
-        };
-        if threads < 2 {
-            copy(&work)?;
-        } else {
-            // Shares of about the same number of bytes, in order.
-            let mut shares: Vec<&[StoreCopy]> = Vec::with_capacity(threads);
-            let mut from = 0;
-            let mut acc = 0u64;
-            for (i, w) in work.iter().enumerate() {
-                acc += w.2;
-                if acc * threads as u64 >= total * (shares.len() as u64 + 1) {
-                    shares.push(&work[from..=i]);
-                    from = i + 1;
-                }
-            }
-            if from < work.len() {
-                shares.push(&work[from..]);
-            }
-            std::thread::scope(|sc| {
-                let handles: Vec<_> = shares
-                    .iter()
-                    .map(|share| {
-                        let copy = &copy;
-                        sc.spawn(move || {
-                            crate::sys::proc_ctl::unpin_current_thread();
-                            copy(share)
-                        })
-                    })
-                    .collect();
-                handles.into_iter().try_for_each(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(ImageError::io(
-                            &path,
-                            "copy a page store into",
-                            io::Error::other("copying thread panicked"),
-                        ))
-                    })
-                })
-            })?;
-        }
-        if let Some((_, len)) = self.pack_file.as_mut() {
-            *len = pos;
-        }
+        *len = pos;
         for e in self.manifest.iter_mut().filter(|e| e.packed && e.pages) {
             e.offset = offsets
                 .get(&e.name)
@@ -710,7 +640,7 @@ impl ImageWriter {
                 })?;
         }
         self.packed_page_bytes = 0;
-        tracing::debug!(path = %path.display(), stores = offsets.len(), size = pos, threads, "wrote pack");
+        tracing::debug!(path = %path.display(), stores = offsets.len(), size = pos, "wrote pack");
         Ok(pos)
     }
 

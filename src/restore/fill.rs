@@ -243,9 +243,8 @@ struct Piece {
 }
 
 /// The copy loop. Returns (pages read, of which placed with userfaultfd, threads used). A big
-/// process is cut
-/// into contiguous shares of its bytes, one per thread (a run may be cut too: its pieces'
-/// checksums are combined); every run is checked once all are placed.
+/// process is cut into contiguous shares of its bytes, one per thread (a run may be cut too:
+/// its pieces' checksums are combined); every run is checked once all are placed.
 fn fill_runs(
     pid: i32,
     img: &ProcessImage,
