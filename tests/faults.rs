@@ -19,6 +19,20 @@ fn cryo_with_fault(point: &str, args: &[&str]) -> Output {
         .expect("run cryo")
 }
 
+/// `cryo dump -t PID -D DIR` failing at fault point `point`.
+fn dump_with_fault(point: &str, pid: i32, dir: &Path) -> Output {
+    cryo_with_fault(
+        point,
+        &[
+            "dump",
+            "-t",
+            &pid.to_string(),
+            "-D",
+            dir.to_str().expect("utf-8 path"),
+        ],
+    )
+}
+
 /// What must not change in a process that a failed dump touched.
 struct Fingerprint {
     maps: String,
@@ -75,16 +89,7 @@ fn failed_dump_at_every_step_leaves_the_target_intact() {
     for point in cryo::fault::DUMP_POINTS {
         let before = fingerprint(w.pid);
         let images = images_dir();
-        let out = cryo_with_fault(
-            point,
-            &[
-                "dump",
-                "-t",
-                &w.pid.to_string(),
-                "-D",
-                images.path().to_str().unwrap(),
-            ],
-        );
+        let out = dump_with_fault(point, w.pid, images.path());
         assert!(!out.status.success(), "{point}: dump succeeded");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("injected fault"), "{point}: {err}");
@@ -183,16 +188,7 @@ fn failed_dump_of_threads_leaves_every_thread_intact() {
     for point in ["dump:collected", "dump:infected", "dump:pages"] {
         let affinity = cpu_affinities(w.pid);
         let images = images_dir();
-        let out = cryo_with_fault(
-            point,
-            &[
-                "dump",
-                "-t",
-                &w.pid.to_string(),
-                "-D",
-                images.path().to_str().unwrap(),
-            ],
-        );
+        let out = dump_with_fault(point, w.pid, images.path());
         assert!(!out.status.success(), "{point}: dump succeeded");
         assert!(w.original_running(), "{point}: the target died");
         assert_eq!(
@@ -204,20 +200,6 @@ fn failed_dump_of_threads_leaves_every_thread_intact() {
     let result = w.check();
     assert_eq!(result, "PASS", "{}", w.logs());
     w.wait_exit();
-}
-
-/// The cgroup v1 cpuset hierarchy's mount point, if this machine has one (from
-/// /proc/self/mountinfo).
-fn cpuset_v1_mount() -> Option<String> {
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    mounts.lines().find_map(|line| {
-        let (head, tail) = line.split_once(" - ")?;
-        let t: Vec<&str> = tail.split(' ').collect();
-        let cpuset = t.first() == Some(&"cgroup")
-            && t.get(2)
-                .is_some_and(|o| o.split(',').any(|x| x == "cpuset"));
-        cpuset.then(|| head.split(' ').nth(4).map(str::to_string))?
-    })
 }
 
 /// A dump that fails after moving the target's threads to its tracer's CPU must leave them
@@ -238,7 +220,10 @@ fn failed_dump_leaves_the_target_following_its_cpuset() {
         skip(TEST, "needs 2 CPUs (a cpuset to widen)");
         return;
     }
-    let Some(mount) = cpuset_v1_mount() else {
+    let Some(mount) = cryo::sys::proc_ctl::cpuset_mount()
+        .filter(|m| !m.v2)
+        .map(|m| m.point)
+    else {
         skip(TEST, "no cgroup v1 cpuset hierarchy mounted");
         return;
     };
@@ -263,16 +248,7 @@ fn failed_dump_leaves_the_target_following_its_cpuset() {
     };
     assert_eq!(allowed(w.pid), ["0"], "in a cpuset of CPU 0");
     let images = images_dir();
-    let out = cryo_with_fault(
-        "dump:collected",
-        &[
-            "dump",
-            "-t",
-            &w.pid.to_string(),
-            "-D",
-            images.path().to_str().unwrap(),
-        ],
-    );
+    let out = dump_with_fault("dump:collected", w.pid, images.path());
     assert!(!out.status.success(), "dump succeeded");
     write("cpuset.cpus", &format!("0-{}", cpus - 1)).expect("widen the cpuset");
     let after = allowed(w.pid);

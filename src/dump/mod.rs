@@ -586,8 +586,7 @@ fn collect(
     // not in /proc: ask the tasks.
     if tasks.len() > 1 {
         let insn = find_syscall_insn(pid, &maps_text)?;
-        let trap = 1u64 << (libc::SIGTRAP - 1);
-        let step = (status.sig_ign | status.sig_cgt) & trap == 0;
+        let step = crate::infect::remote::may_single_step(status.sig_ign, status.sig_cgt);
         for t in tasks.iter_mut().skip(1) {
             thread_extras(insn, step, t)?;
         }

@@ -286,11 +286,11 @@ impl<'t, 'scope> SeizedTree<'t, 'scope> {
                     if !t.procs[&pid].tids.contains(&tid) {
                         all_held = false;
                         let busy = t.tracers.cpus_busy();
-                        let seized = t.tracers.call(tracer, move || {
-                            seize_one(tid, busy).map(|held| (held, held.then(|| move_to(tid, pin))))
-                        })??;
-                        if let (true, moved) = seized {
-                            t.moved.extend(moved.flatten().map(|m| (tid, m)));
+                        let seized = t
+                            .tracers
+                            .call(tracer, move || seize_and_move(tid, busy, pin))??;
+                        if let Some(moved) = seized {
+                            t.moved.extend(moved.map(|m| (tid, m)));
                             if let Some(p) = t.procs.get_mut(&pid) {
                                 p.tids.push(tid);
                             }
@@ -383,12 +383,12 @@ impl<'t, 'scope> SeizedTree<'t, 'scope> {
             let mut seized = Vec::with_capacity(threads.len());
             let mut moved = Vec::new();
             for tid in threads {
-                match seize_one(tid, busy) {
-                    Ok(true) => {
+                match seize_and_move(tid, busy, pin) {
+                    Ok(Some(own)) => {
                         seized.push(tid);
-                        moved.extend(move_to(tid, pin).map(|m| (tid, m)));
+                        moved.extend(own.map(|m| (tid, m)));
                     }
-                    Ok(false) => {}
+                    Ok(None) => {}
                     Err(e) => return (seized, moved, Err(e)),
                 }
             }
@@ -465,7 +465,7 @@ impl<'t, 'scope> SeizedTree<'t, 'scope> {
         }
         // A big process's memory is freed from here too, while its exit frees it on its
         // tracer's CPU, and the two share the work (1.25 GiB: 121 -> 63 ms in a
-        // micro-benchmark; a 1 GiB dump's kill 93-114 -> 44-64 ms). That works only if this
+        // micro-benchmark; a 1 GiB dump's kill and exit 113-134 -> 65-73 ms). That works only if this
         // call comes before the process's exit has let go of its memory (ESRCH then: the exit
         // does all of it, as without the call).
         for (pid, fd) in &big {
@@ -591,14 +591,23 @@ fn exiting(tid: i32) -> bool {
     }
 }
 
-/// Moves seized thread `tid` to the CPU `pin` of its tracer (see the module doc); returns its
-/// own affinity, to be put back, if it was moved. A thread whose cpuset excludes that CPU
-/// stays where it is.
-fn move_to(tid: i32, pin: Option<CpuMask>) -> Option<CpuMask> {
-    let pin = pin?;
-    let own = proc_ctl::get_affinity(tid).ok()?;
-    proc_ctl::set_affinity(tid, &pin).ok()?;
-    Some(own)
+/// Seizes thread `tid` ([`seize_one`]) and moves it to the CPU `pin` of its tracer, if any
+/// (see the module doc). None if it vanished; else its own affinity, to be put back, if it was
+/// moved (a thread whose cpuset excludes that CPU stays where it is).
+fn seize_and_move(
+    tid: i32,
+    busy: bool,
+    pin: Option<CpuMask>,
+) -> Result<Option<Option<CpuMask>>, DumpError> {
+    if !seize_one(tid, busy)? {
+        return Ok(None);
+    }
+    let moved = pin.and_then(|pin| {
+        let own = proc_ctl::get_affinity(tid).ok()?;
+        proc_ctl::set_affinity(tid, &pin).ok()?;
+        Some(own)
+    });
+    Ok(Some(moved))
 }
 
 /// Seizes and stops one thread. Ok(false) if it vanished or was already exiting (ptrace

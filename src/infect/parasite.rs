@@ -431,8 +431,7 @@ impl Parasite {
             })?;
         // Calls before the gadget exists (and the munmap of the cure) take one stop instead
         // of two where a forced SIGTRAP changes nothing.
-        let trap = 1u64 << (libc::SIGTRAP - 1);
-        remote.set_single_step((ignored | caught) & trap == 0);
+        remote.set_single_step(super::remote::may_single_step(ignored, caught));
         if remote.saved_regs().cs != USER64_CS {
             return Err(InfectError::Unsupported {
                 pid,
@@ -1453,7 +1452,7 @@ impl Parasite {
             let info = ptrace::get_siginfo(pid).map_err(sys_err("reading the stop's siginfo"))?;
             let regs =
                 ptrace::get_regs(pid).map_err(sys_err("reading the parasite's registers"))?;
-            let si_code = i32::from_ne_bytes([info[8], info[9], info[10], info[11]]);
+            let si_code = ptrace::siginfo_code(&info);
             let si_addr = u64::from_ne_bytes(info[16..24].try_into().unwrap_or([0; 8]));
             let region = self.region.as_ref().ok_or(InfectError::Cured { pid })?;
             let in_blob = region

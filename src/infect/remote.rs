@@ -158,7 +158,7 @@ impl RemoteTask {
 
     /// Lets calls without the stubs single-step over the syscall instruction: one stop per
     /// call instead of two (see the module doc). Only for a task whose SIGTRAP action is the
-    /// default (neither ignored nor caught), which the caller knows or has read
+    /// default (see [`may_single_step`]), which the caller knows or has read
     /// (/proc/PID/status); a call that sets a SIGTRAP action turns it off first.
     pub fn set_single_step(&mut self, on: bool) {
         self.step = on;
@@ -320,7 +320,7 @@ impl RemoteTask {
                 },
             });
         }
-        let si_code = i32::from_ne_bytes([info[8], info[9], info[10], info[11]]);
+        let si_code = ptrace::siginfo_code(&info);
         if si_code != TRAP_BRKPT {
             // A SIGTRAP queued for the task by someone else took the place of ours. Put it
             // back: SIGTRAP is blocked again, so passing it on at the next resume queues it
@@ -418,6 +418,13 @@ impl Drop for RemoteTask {
             }
         }
     }
+}
+
+/// Whether remote calls may single-step in a task whose ignored and caught signals are
+/// `ignored` and `caught` (SigIgn, SigCgt): its SIGTRAP action must be the default, which the
+/// step's forced SIGTRAP leaves as it is.
+pub fn may_single_step(ignored: u64, caught: u64) -> bool {
+    (ignored | caught) & (1u64 << (libc::SIGTRAP - 1)) == 0
 }
 
 /// Finds the address of a `syscall` instruction (0f 05) in one of the task's executable

@@ -324,15 +324,23 @@ fn online_cpus() -> &'static [usize] {
     })
 }
 
-/// The CPUs the cpuset of task `tid` gives it (`cpuset.effective_cpus` with cgroup v1,
-/// `cpuset.cpus.effective` with v2, found through /proc/TID/cpuset and this process's
-/// mounts); None if there is no such file to read.
-fn cpuset_cpus(tid: i32) -> Option<Vec<usize>> {
-    let path = std::fs::read_to_string(format!("/proc/{tid}/cpuset")).ok()?;
-    let path = path.trim();
+/// Where the cpuset controller is mounted: the v1 `cpuset` hierarchy if there is one, else the
+/// cgroup v2 one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CpusetMount {
+    /// The mount point.
+    pub point: String,
+    /// The cgroup at the root of that mount (`/` unless mounted from inside a cgroup
+    /// namespace or a bind mount).
+    pub root: String,
+    /// cgroup v2.
+    pub v2: bool,
+}
+
+/// The mount of the cpuset controller, from /proc/self/mountinfo; None if it has none.
+pub fn cpuset_mount() -> Option<CpusetMount> {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    // (mount point, root of the mount, v2)
-    let mut found: Option<(String, String, bool)> = None;
+    let mut found: Option<CpusetMount> = None;
     for line in mounts.lines() {
         let Some((head, tail)) = line.split_once(" - ") else {
             continue;
@@ -342,27 +350,42 @@ fn cpuset_cpus(tid: i32) -> Option<Vec<usize>> {
         let (Some(root), Some(point), Some(fstype)) = (f.get(3), f.get(4), t.first()) else {
             continue;
         };
+        let mount = |v2| CpusetMount {
+            point: point.to_string(),
+            root: root.to_string(),
+            v2,
+        };
         let v1_cpuset = *fstype == "cgroup"
             && t.get(2)
                 .is_some_and(|o| o.split(',').any(|x| x == "cpuset"));
         if v1_cpuset {
-            found = Some((point.to_string(), root.to_string(), false));
-            break;
+            return Some(mount(false));
         }
         if *fstype == "cgroup2" && found.is_none() {
-            found = Some((point.to_string(), root.to_string(), true));
+            found = Some(mount(true));
         }
     }
-    let (point, root, v2) = found?;
+    found
+}
+
+/// The CPUs the cpuset of task `tid` gives it (`cpuset.effective_cpus` with cgroup v1,
+/// `cpuset.cpus.effective` with v2, found through /proc/TID/cpuset and [`cpuset_mount`]);
+/// None if there is no such file to read.
+fn cpuset_cpus(tid: i32) -> Option<Vec<usize>> {
+    let path = std::fs::read_to_string(format!("/proc/{tid}/cpuset")).ok()?;
+    let path = path.trim();
+    // Read once: giving affinities back is done for every thread a restore builds.
+    static MOUNT: std::sync::OnceLock<Option<CpusetMount>> = std::sync::OnceLock::new();
+    let m = MOUNT.get_or_init(cpuset_mount).as_ref()?;
     let rel = path
-        .strip_prefix(root.trim_end_matches('/'))
+        .strip_prefix(m.root.trim_end_matches('/'))
         .unwrap_or(path);
-    let file = if v2 {
+    let file = if m.v2 {
         "cpuset.cpus.effective"
     } else {
         "cpuset.effective_cpus"
     };
-    let text = std::fs::read_to_string(format!("{point}{rel}/{file}")).ok()?;
+    let text = std::fs::read_to_string(format!("{}{rel}/{file}", m.point)).ok()?;
     parse_cpu_list(text.trim())
 }
 

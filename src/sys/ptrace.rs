@@ -88,6 +88,11 @@ pub fn singlestep(pid: i32, sig: i32) -> SysResult<()> {
     .map(drop)
 }
 
+/// The `si_code` of a raw siginfo from [`get_siginfo`].
+pub fn siginfo_code(info: &[u8; 128]) -> i32 {
+    i32::from_ne_bytes([info[8], info[9], info[10], info[11]])
+}
+
 /// PTRACE_GETSIGINFO: the raw 128-byte siginfo of the signal a tracee stopped with.
 pub fn get_siginfo(pid: i32) -> SysResult<[u8; 128]> {
     let mut buf = [0u8; 128];
