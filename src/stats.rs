@@ -75,6 +75,7 @@ pub fn render_dump(s: &DumpStats) -> String {
          \x20 pages scanned          {:>10}\n\
          \x20 pages written          {:>10}\n\
          \x20 pages skipped as zero  {:>10}\n\
+         \x20   of which freed       {:>10}\n\
          \x20 page bytes written     {:>10} ({mib:.1} MiB{rate})\n\
          \x20 processes              {:>10}\n\
          \x20 dumper threads         {:>10} (at most {} processes at once)\n",
@@ -85,6 +86,7 @@ pub fn render_dump(s: &DumpStats) -> String {
         s.pages_scanned,
         s.pages_stored,
         s.pages_zero,
+        s.pages_freed,
         s.page_bytes,
         s.processes,
         s.workers,
@@ -239,6 +241,7 @@ mod tests {
             pages_scanned: 300,
             pages_stored: 256,
             pages_zero: 44,
+            pages_freed: 40,
             page_bytes: 256 * 4096,
             processes: 3,
             workers: 2,
@@ -253,6 +256,7 @@ mod tests {
             "300",
             "256",
             "44",
+            "of which freed               40",
             "4 MiB/s",
             "dumper threads",
             "at most 2 processes at once",

@@ -262,3 +262,86 @@ fn failed_dump_leaves_the_target_following_its_cpuset() {
     );
     assert_eq!(result, "PASS", "{}", w.logs());
 }
+
+/// A field of /proc/PID/status in KiB (`RssAnon`, `VmLck`).
+fn status_kib(pid: i32, key: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in\n{status}"))
+}
+
+/// A dump that is to kill its target gives the target's all-zero anonymous pages back to the
+/// kernel as it finds them (so the page store's page cache can reuse them). When such a dump
+/// fails afterwards, the target runs on with those pages unpopulated: its memory reads as
+/// before (its own check passes), only less of it is resident. A `--leave-running` dump frees
+/// nothing, and no dump frees mlocked memory.
+#[test]
+fn failed_dump_frees_only_zero_pages_of_a_target_it_was_to_kill() {
+    let _serial = serial();
+    const TEST: &str = "failed_dump_frees_only_zero_pages_of_a_target_it_was_to_kill";
+    if !require_root(TEST) {
+        return;
+    }
+    require_cli();
+    let Some(bin) = workload_bin(TEST, "bigmem") else {
+        return;
+    };
+    const ZERO_KIB: u64 = 8 << 10;
+    // 24 MiB of data and 8 MiB of touched zero pages: enough memory (16 MiB) for the dump to
+    // free zero pages at all.
+    let mut w = Workload::start(&bin, &["24", "8"]);
+    let before = status_kib(w.pid, "RssAnon");
+    assert!(before >= 32 << 10, "RssAnon {before} KiB");
+
+    let images = images_dir();
+    let out = dump(&w, images.path(), &["-R", "--print-stats"]);
+    assert!(out.status.success(), "{}", show_output("dump -R", &out));
+    assert_eq!(stat_figure(&out, "of which freed"), 0);
+    let after_r = status_kib(w.pid, "RssAnon");
+    assert!(
+        after_r + 256 >= before,
+        "a --leave-running dump freed memory: RssAnon {before} -> {after_r} KiB"
+    );
+
+    let print = fingerprint(w.pid);
+    let images = images_dir();
+    let out = dump_with_fault("dump:cured", w.pid, images.path());
+    assert!(!out.status.success(), "dump succeeded");
+    assert!(w.original_running(), "the target died\n{}", w.logs());
+    let after = status_kib(w.pid, "RssAnon");
+    assert!(
+        before - after.min(before) >= ZERO_KIB - 64 && before - after.min(before) <= ZERO_KIB + 512,
+        "the failed dump should have freed the 8 MiB of zero pages and nothing else: \
+         RssAnon {before} -> {after} KiB"
+    );
+    let later = fingerprint(w.pid);
+    assert_eq!(print.maps, later.maps, "the target's mappings changed");
+    assert_eq!(print.fds, later.fds, "the target's fds changed");
+    assert_eq!(
+        print.signals, later.signals,
+        "the target's signal state changed"
+    );
+    let result = w.check();
+    assert_eq!(result, "PASS", "{}", w.logs());
+    w.wait_exit();
+
+    // The same zero pages, mlocked: kept.
+    let mut l = Workload::start(&bin, &["24", "8", "lock"]);
+    let (before, locked) = (status_kib(l.pid, "RssAnon"), status_kib(l.pid, "VmLck"));
+    assert_eq!(locked, ZERO_KIB, "VmLck");
+    let images = images_dir();
+    let out = dump_with_fault("dump:cured", l.pid, images.path());
+    assert!(!out.status.success(), "dump succeeded");
+    let after = status_kib(l.pid, "RssAnon");
+    assert!(
+        after + 256 >= before,
+        "mlocked zero pages were freed: RssAnon {before} -> {after} KiB"
+    );
+    assert_eq!(status_kib(l.pid, "VmLck"), ZERO_KIB);
+    let result = l.check();
+    assert_eq!(result, "PASS", "{}", l.logs());
+    l.wait_exit();
+}

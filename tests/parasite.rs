@@ -109,14 +109,25 @@ int main(int argc, char **argv) {
     wo[2 * 4096 + 4000] = 0xa5;
     if (mprotect(wo, 4 * 4096, PROT_WRITE)) return 8;
 
+    /* 700 touched pages, all zero but pages 40 and 51: runs of 40, 10 and 648 zero pages; a
+     * hole on each side keeps the mapping from merging with its neighbours. */
+    volatile unsigned char *zeros = mmap(NULL, 702 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (zeros == MAP_FAILED) return 10;
+    if (munmap((void *)zeros, 4096) || munmap((void *)(zeros + 701 * 4096), 4096)) return 10;
+    zeros += 4096;
+    for (int i = 0; i < 700; i++) zeros[i * 4096] = 0;
+    zeros[40 * 4096 + 7] = 0x77;
+    zeros[51 * 4096 + 9] = 0x99;
+
     /* A one-page hole between two mappings. */
     unsigned char *h = mmap(NULL, 3 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (h == MAP_FAILED) return 9;
     if (munmap(h + 4096, 4096)) return 9;
 
-    printf("mem=%lx len=%lx none=%lx wo=%lx hole=%lx alt=%lx altsize=%lx tidaddr=%lx "
+    printf("mem=%lx len=%lx none=%lx wo=%lx zeros=%lx hole=%lx alt=%lx altsize=%lx tidaddr=%lx "
            "timer=%ld counter=%lx usr1=%lx alrm=%lx\n",
            (unsigned long)mem, (unsigned long)len, (unsigned long)none, (unsigned long)wo,
+           (unsigned long)zeros,
            (unsigned long)(h + 4096), (unsigned long)alt, (unsigned long)alt_size,
            (unsigned long)&tid_word, (long)(intptr_t)timer, (unsigned long)&counter,
            (unsigned long)on_signal, (unsigned long)on_signal);
@@ -536,16 +547,19 @@ fn infect_query_dump_cure() {
             vaddr: ms,
             nr_pages: (me - ms) / 4096,
             prot: prot_of(&mperm),
+            free_zero: false,
         },
         PageRunReq {
             vaddr: ns,
             nr_pages: (ne - ns) / 4096,
             prot: 0,
+            free_zero: false,
         },
         PageRunReq {
             vaddr: ws,
             nr_pages: (we - ws) / 4096,
             prot: libc::PROT_WRITE as u32,
+            free_zero: false,
         },
     ];
     reqs.sort_by_key(|r| r.vaddr);
@@ -614,6 +628,7 @@ fn infect_query_dump_cure() {
                 vaddr: r.vaddr + k * 4096,
                 nr_pages: (r.nr_pages - k).min(3),
                 prot: r.prot,
+                free_zero: false,
             })
         })
         .collect();
@@ -627,6 +642,7 @@ fn infect_query_dump_cure() {
         vaddr: ms + 1,
         nr_pages: 1,
         prot: 3,
+        free_zero: false,
     }];
     assert!(matches!(
         p.dump_pages(&bad, &mut store),
@@ -659,6 +675,7 @@ fn blob_crash_is_cured_and_not_delivered() {
         vaddr: hole,
         nr_pages: 1,
         prot: 3,
+        free_zero: false,
     }];
     let mut store = tempfile::tempfile().expect("store");
     match p.dump_pages(&reqs, &mut store) {
@@ -671,6 +688,78 @@ fn blob_crash_is_cured_and_not_delivered() {
     // Cured already: further commands are refused, cure is a no-op.
     assert!(matches!(p.umask(), Err(InfectError::Cured { .. })));
     p.cure().expect("cure after crash");
+    let after = snapshot(pid);
+    assert_same(&before, &after);
+    ptrace::detach(pid, 0).expect("detach");
+    assert_runs(&w);
+}
+
+/// Which of the `n` pages from `addr` of `pid` are present, from /proc/PID/pagemap.
+fn present_pages(pid: i32, addr: u64, n: u64) -> Vec<bool> {
+    let mut buf = vec![0u8; n as usize * 8];
+    std::fs::File::open(format!("/proc/{pid}/pagemap"))
+        .expect("pagemap")
+        .read_exact_at(&mut buf, addr / 4096 * 8)
+        .expect("read pagemap");
+    buf.chunks(8)
+        .map(|e| u64::from_ne_bytes(e.try_into().expect("8 bytes")) >> 63 == 1)
+        .collect()
+}
+
+/// `free_zero` makes the blob give runs of at least 16 all-zero pages back to the kernel, only
+/// in the runs that ask for it; the pages stored are the same, and the task's memory reads
+/// the same afterwards.
+#[test]
+fn zero_pages_are_freed_only_where_asked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(bin) = workload_binary(dir.path()) else {
+        return;
+    };
+    let w = Workload::start(&bin, 1);
+    let pid = w.pid();
+    seize(pid);
+    let before = snapshot(pid);
+    let (zeros, n) = (w.get("zeros"), 700);
+    assert!(
+        present_pages(pid, zeros, n).iter().all(|&p| p),
+        "untouched pages"
+    );
+    let mut p = Parasite::infect(pid, &before.maps).expect("infect");
+    p.set_direct_read_max(0);
+    let req = |free_zero| {
+        [PageRunReq {
+            vaddr: zeros,
+            nr_pages: n,
+            prot: 3,
+            free_zero,
+        }]
+    };
+    let key = |runs: &[cryo::proto::PageRun]| -> Vec<(u64, u64, u32)> {
+        runs.iter()
+            .map(|r| (r.vaddr, r.nr_pages, r.crc32c))
+            .collect()
+    };
+    let mut store = tempfile::tempfile().expect("store");
+    let kept = p.dump_pages(&req(false), &mut store).expect("dump_pages");
+    assert_eq!(p.zero_freed(), 0);
+    assert!(
+        present_pages(pid, zeros, n).iter().all(|&p| p),
+        "freed unasked"
+    );
+    let freed = p
+        .dump_pages(&req(true), &mut store)
+        .expect("dump_pages, freeing");
+    assert_eq!(key(&kept), key(&freed));
+    assert_eq!(
+        key(&freed).iter().map(|k| k.0).collect::<Vec<_>>(),
+        [zeros + 40 * 4096, zeros + 51 * 4096]
+    );
+    // The runs of 40 and 648 zero pages went; the two data pages and the 10 zero pages
+    // between them (too short a run) stayed.
+    assert_eq!(p.zero_freed(), 40 + 648);
+    let want: Vec<bool> = (0..n).map(|i| (40..52).contains(&i)).collect();
+    assert_eq!(present_pages(pid, zeros, n), want);
+    p.cure().expect("cure");
     let after = snapshot(pid);
     assert_same(&before, &after);
     ptrace::detach(pid, 0).expect("detach");
@@ -750,6 +839,7 @@ fn speed_1gib() {
         vaddr: ms,
         nr_pages: (me - ms) / 4096,
         prot: prot_of(&perm),
+        free_zero: false,
     }];
     // Where the page store goes: the null device (the parasite's side alone: zero check, crc,
     // vmsplice, pipe), tmpfs, and the test's temp dir (a disk file system, page cache).

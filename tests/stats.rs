@@ -1,8 +1,8 @@
 //! `--print-stats` on dump and restore, checked against what the workload holds: bigmem with
 //! 80 MiB of data and 2 MiB of touched-but-zero memory. The figures must add up (every page
-//! written is read back; the zero pages are skipped), the data pages must be filled with
-//! userfaultfd, by several threads where there are several CPUs (a process this big is), and
-//! the restored process must pass its own check.
+//! written is read back; the zero pages are skipped, and freed in the dumped process), the
+//! data pages must be filled with userfaultfd, by several threads where there are several
+//! CPUs (a process this big is), and the restored process must pass its own check.
 
 mod common;
 
@@ -37,6 +37,13 @@ fn print_stats_figures_add_up() {
     assert!(written >= 80 * 256, "{}", show_output("dump", &dump));
     assert!(zero >= 2 * 256, "{}", show_output("dump", &dump));
     assert_eq!(scanned, written + zero, "{}", show_output("dump", &dump));
+    // The process was to be killed: its 2 MiB of touched zero pages were given back as found.
+    let freed = stat_figure(&dump, "of which freed");
+    assert!(
+        (2 * 256..=zero).contains(&freed),
+        "{}",
+        show_output("dump", &dump)
+    );
     assert_eq!(
         stat_figure(&dump, "page bytes written"),
         written * 4096,

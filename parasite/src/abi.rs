@@ -17,7 +17,7 @@
 //! area, then stops on `int3`.
 
 /// Bumped on every incompatible change of this file.
-pub const ABI_VERSION: u64 = 3;
+pub const ABI_VERSION: u64 = 4;
 
 /// Written into `Ctl::status` by the dumper before a run; a blob that returns leaves another
 /// value, so a run that never reached the blob's epilogue is detected.
@@ -43,7 +43,8 @@ pub const CMD_MISC: u64 = 4;
 /// two never wait on each other's pipe lock. Results:
 /// `out[0]` the number of `PageOut`s written, `out[1]` the bytes put into the pipe, `out[2]`
 /// and `out[3]` where to resume (request index, page within it) when the output array filled
-/// up, `out[4]` 1 when every request was handled.
+/// up, `out[4]` 1 when every request was handled, `out[5]` the pages freed by
+/// [`REQ_FREE_ZERO`].
 pub const CMD_DUMP_PAGES: u64 = 5;
 /// Everything the dumper asks of a process but its pages and POSIX timers, in one run:
 /// `CMD_SIGACTIONS` at the start of the data area, `CMD_ITIMERS` at [`STATE_ITIMERS_OFF`],
@@ -132,7 +133,19 @@ pub struct PageReq {
     pub vaddr: u64,
     /// Number of 4 KiB pages.
     pub nr_pages: u64,
+    /// `REQ_*` bits.
+    pub flags: u64,
 }
+
+/// [`PageReq::flags`]: the blob gives runs of at least [`FREE_ZERO_MIN_PAGES`] all-zero pages
+/// back to the kernel (`MADV_DONTNEED`) as it finds them. The dumper sets it only for private
+/// anonymous memory (which reads as zero afterwards, exactly as before), not locked, not
+/// registered with userfaultfd, of a process the dump is to kill.
+pub const REQ_FREE_ZERO: u64 = 1;
+/// The shortest run of zero pages [`REQ_FREE_ZERO`] frees (one madvise per 64 KiB at most).
+pub const FREE_ZERO_MIN_PAGES: u64 = 16;
+/// A run of zero pages is freed at every boundary of this many pages (2 MiB) it reaches.
+pub const FREE_ZERO_BATCH_PAGES: u64 = 512;
 
 /// A run of non-zero pages the blob put into the pipe, in pipe order.
 #[repr(C)]

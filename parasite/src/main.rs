@@ -1,6 +1,8 @@
 //! The parasite blob: code cryo's dumper runs inside a frozen task to read state only the task
 //! itself can read (signal actions, timers, alternate stack, umask, tid address) and to stream
-//! its memory pages into a pipe with vmsplice, without copying them through the dumper.
+//! its memory pages into a pipe with vmsplice, without copying them through the dumper. Where
+//! the dumper allows it (`REQ_FREE_ZERO`), the all-zero pages it skips are given back to the
+//! kernel as it goes.
 //!
 //! It runs on a stack in the shared region, with every signal but the fault ones blocked, one
 //! command per start: the entry takes the control block in `rdi`, runs the command, and stops
@@ -395,6 +397,60 @@ impl OpenRun {
     }
 }
 
+/// The run of all-zero pages being scanned, for [`REQ_FREE_ZERO`].
+struct ZeroRun {
+    /// The request allows freeing.
+    free: bool,
+    start: u64,
+    pages: u64,
+}
+
+impl ZeroRun {
+    /// Adds the zero page at `addr` (right after the run); frees the run when it reaches a
+    /// boundary of [`FREE_ZERO_BATCH_PAGES`] pages (2 MiB: a long run is freed as the scan
+    /// goes, in whole transparent huge pages where it covers them). Returns the pages freed.
+    fn add(&mut self, addr: u64) -> u64 {
+        if !self.free {
+            return 0;
+        }
+        if self.pages == 0 {
+            self.start = addr;
+        }
+        self.pages += 1;
+        if (addr + PAGE).is_multiple_of(FREE_ZERO_BATCH_PAGES * PAGE) {
+            self.end()
+        } else {
+            0
+        }
+    }
+
+    /// Ends the run: frees it if it is [`FREE_ZERO_MIN_PAGES`] long or more. Returns the pages
+    /// freed. A failure is not an error: freeing only saves memory (a sealed mapping refuses
+    /// it, say), and the pages stay as they are.
+    fn end(&mut self) -> u64 {
+        let pages = core::mem::take(&mut self.pages);
+        if pages < FREE_ZERO_MIN_PAGES {
+            return 0;
+        }
+        // SAFETY: the pages are this task's private anonymous memory (the dumper's promise
+        // with REQ_FREE_ZERO) and all zero; afterwards they read as zero, as before. No page
+        // of the run was handed to vmsplice.
+        let ret = unsafe {
+            sys::syscall3(
+                sys::NR_MADVISE,
+                self.start,
+                pages * PAGE,
+                sys::MADV_DONTNEED,
+            )
+        };
+        if ret == 0 {
+            pages
+        } else {
+            0
+        }
+    }
+}
+
 /// Whether the page at `p` is all zeros.
 ///
 /// # Safety
@@ -432,10 +488,16 @@ unsafe fn cmd_dump_pages(ctl: &mut Ctl) -> Result<(), Fail> {
         };
         let mut n_out = 0u64;
         let mut resume = None;
+        let mut freed = 0u64;
         'reqs: for i in 0..n_req {
             // SAFETY: i < n_req, inside the checked area.
             let req = unsafe { reqs.add(i as usize).read() };
             let mut run: Option<OpenRun> = None;
+            let mut zero = ZeroRun {
+                free: req.flags & REQ_FREE_ZERO != 0,
+                start: 0,
+                pages: 0,
+            };
             for p in 0..req.nr_pages {
                 let addr = req.vaddr + p * PAGE;
                 // SAFETY: the dumper asks only for readable pages of this task.
@@ -443,8 +505,10 @@ unsafe fn cmd_dump_pages(ctl: &mut Ctl) -> Result<(), Fail> {
                     if let Some(mut r) = run.take() {
                         close_run(&mut r, &mut sp, outs, &mut n_out)?;
                     }
+                    freed += zero.add(addr);
                     continue;
                 }
+                freed += zero.end();
                 let r = match run.as_mut() {
                     Some(r) => r,
                     None => {
@@ -465,6 +529,7 @@ unsafe fn cmd_dump_pages(ctl: &mut Ctl) -> Result<(), Fail> {
                     r.fold(&mut sp)?;
                 }
             }
+            freed += zero.end();
             if let Some(mut r) = run.take() {
                 close_run(&mut r, &mut sp, outs, &mut n_out)?;
             }
@@ -472,6 +537,7 @@ unsafe fn cmd_dump_pages(ctl: &mut Ctl) -> Result<(), Fail> {
         sp.flush()?;
         ctl.out[0] = n_out;
         ctl.out[1] = sp.total;
+        ctl.out[5] = freed;
         match resume {
             Some((i, p)) => {
                 ctl.out[2] = i;

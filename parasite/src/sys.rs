@@ -22,6 +22,10 @@ pub const NR_TIMER_GETOVERRUN: u64 = 225;
 pub const NR_VMSPLICE: u64 = 278;
 /// `poll`.
 pub const NR_POLL: u64 = 7;
+/// `madvise`.
+pub const NR_MADVISE: u64 = 28;
+/// `MADV_DONTNEED`.
+pub const MADV_DONTNEED: u64 = 4;
 /// `POLLOUT`.
 pub const POLLOUT: i16 = 4;
 /// `EINTR`.

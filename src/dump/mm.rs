@@ -4,6 +4,11 @@
 //! ioctl where the kernel has it (a few regions per VMA instead of 8 bytes per page, and pages
 //! still mapped to the shared zero page are known without reading them); otherwise from
 //! reading /proc/PID/pagemap.
+//!
+//! When the dump is to kill the process, the runs of its private anonymous memory are marked
+//! [`PageRunReq::free_zero`]: the parasite gives their all-zero pages back to the kernel as it
+//! finds them (they are not stored either way), so the page cache the page store fills comes
+//! partly from memory the process held instead of fresh memory (see [`free_zero_allowed`]).
 
 use super::proc::{self, MapEntry, ProcError};
 use super::DumpError;
@@ -55,6 +60,41 @@ fn kind_of(pid: i32, m: &MapEntry) -> Result<VmaKind, DumpError> {
             )))
         }
     })
+}
+
+/// A process with at least this much memory to scan has its all-zero pages freed as they are
+/// found ([`free_zero_allowed`]); below it the gain is small, and /proc/PID/smaps is not worth
+/// reading.
+const FREE_ZERO_FROM: u64 = 16 << 20;
+
+/// `VmFlags` (/proc/PID/smaps) that leave a private anonymous VMA's zero pages free to go:
+/// access and may-flags, growing down, read-ahead and fork advice, accounting, no-reserve,
+/// don't-dump, KSM, and THP advice ([`free_zero_allowed`]). Any other flag keeps them, notably `lo` (mlocked: madvise
+/// would fail, and the process wants them resident), `um`/`uw`/`ui` (registered with
+/// userfaultfd: freeing would make the monitor see new faults), `sl` (sealed), `ss` (shadow
+/// stack), and flags this list does not know.
+const FREE_ZERO_FLAGS: &[&str] = &[
+    "rd", "wr", "ex", "mr", "mw", "me", "gd", "sr", "rr", "dc", "de", "ac", "nr", "wf", "dd", "mg",
+    "hg", "nh", "sd",
+];
+
+/// Whether the all-zero pages of a VMA of `kind` may be freed while a process the dump is to
+/// kill is dumped (its `VmFlags` permitting, [`FREE_ZERO_FLAGS`]). Only private anonymous
+/// memory: a zero page of it that is freed reads as zero again, so even a dump that fails
+/// (and leaves the process running) changes none of its memory's contents, only what is
+/// resident, exactly as a restore would have it (zero pages are not stored, so a restored
+/// process has them unpopulated too). A private file mapping's page would read the file's
+/// bytes instead, and shared memory's page is not the process's alone.
+fn free_zero_allowed(kind: VmaKind, shared: bool) -> bool {
+    matches!(
+        kind,
+        VmaKind::VmaAnon | VmaKind::VmaHeap | VmaKind::VmaStack
+    ) && !shared
+}
+
+/// Whether a VMA with these `VmFlags` may have its zero pages freed ([`FREE_ZERO_FLAGS`]).
+fn vm_flags_free_zero(flags: &[String]) -> bool {
+    flags.iter().all(|f| FREE_ZERO_FLAGS.contains(&f.as_str()))
 }
 
 /// Whether this kind of VMA has page contents cryo must store.
@@ -213,11 +253,14 @@ pub fn collect_vmas(
     pid: i32,
     maps: &[MapEntry],
     files: &MappedFiles,
+    free_zero: bool,
 ) -> Result<(Vec<Vma>, Vec<PageRunReq>, u64), DumpError> {
     let mut vmas = Vec::with_capacity(maps.len());
     let mut runs: Vec<PageRunReq> = Vec::new();
     let mut zero_mapped = 0;
     let mut pagemap = Pagemap::open(pid)?;
+    // The runs of each private anonymous VMA: (its start, their indices).
+    let mut anon: Vec<(u64, std::ops::Range<usize>)> = Vec::new();
     for m in maps {
         let kind = kind_of(pid, m)?;
         let mut flags = if m.shared {
@@ -241,11 +284,16 @@ pub fn collect_vmas(
         if stores_pages(kind) {
             let (ranges, zero) = pagemap.wanted(m, kind)?;
             zero_mapped += zero;
+            let first = runs.len();
             runs.extend(ranges.into_iter().map(|(start, end)| PageRunReq {
                 vaddr: start,
                 nr_pages: (end - start) / PAGE_SIZE,
                 prot: m.prot,
+                free_zero: false,
             }));
+            if free_zero_allowed(kind, m.shared) && runs.len() > first {
+                anon.push((m.start, first..runs.len()));
+            }
         }
         vmas.push(Vma {
             start: m.start,
@@ -259,7 +307,32 @@ pub fn collect_vmas(
             name: m.path.clone(),
         });
     }
+    let scanned: u64 = runs.iter().map(|r| r.nr_pages * PAGE_SIZE).sum();
+    if free_zero && !anon.is_empty() && scanned >= FREE_ZERO_FROM {
+        mark_free_zero(pid, &anon, &mut runs)?;
+    }
     Ok((vmas, runs, zero_mapped))
+}
+
+/// Marks the runs of the VMAs in `anon` (start, indices of its runs) whose `VmFlags` allow
+/// it ([`FREE_ZERO_FLAGS`]) as [`PageRunReq::free_zero`].
+fn mark_free_zero(
+    pid: i32,
+    anon: &[(u64, std::ops::Range<usize>)],
+    runs: &mut [PageRunReq],
+) -> Result<(), DumpError> {
+    let flags: HashMap<u64, Vec<String>> = proc::read_vm_flags(pid)?.into_iter().collect();
+    for (start, idx) in anon {
+        match flags.get(start) {
+            Some(f) if vm_flags_free_zero(f) => {
+                for r in &mut runs[idx.clone()] {
+                    r.free_zero = true;
+                }
+            }
+            f => tracing::debug!(pid, start, flags = ?f, "zero pages of this mapping kept"),
+        }
+    }
+    Ok(())
 }
 
 /// The mm fields from /proc/PID/stat (`st`), auxv and exe (`exe_path`, its link); `brk`
@@ -301,6 +374,27 @@ pub fn collect_mm(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zero_pages_are_freed_only_in_private_anonymous_memory_with_known_flags() {
+        let flags = |s: &str| -> Vec<String> { s.split(' ').map(String::from).collect() };
+        assert!(vm_flags_free_zero(&flags("rd wr mr mw me ac sd")));
+        assert!(
+            vm_flags_free_zero(&flags("rd wr mr mw me gd ac")),
+            "a stack"
+        );
+        assert!(vm_flags_free_zero(&[]));
+        for kept in ["lo", "um", "uw", "ui", "sl", "ss", "io", "pf", "zz"] {
+            let f = flags(&format!("rd wr mr mw me ac {kept}"));
+            assert!(!vm_flags_free_zero(&f), "{kept}");
+        }
+        assert!(free_zero_allowed(VmaKind::VmaAnon, false));
+        assert!(free_zero_allowed(VmaKind::VmaHeap, false));
+        assert!(free_zero_allowed(VmaKind::VmaStack, false));
+        assert!(!free_zero_allowed(VmaKind::VmaAnon, true));
+        assert!(!free_zero_allowed(VmaKind::VmaFilePrivate, false));
+        assert!(!free_zero_allowed(VmaKind::VmaAnonShared, true));
+    }
 
     #[test]
     fn mapped_files_answer_once_per_file_and_keep_each_path() {

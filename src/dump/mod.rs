@@ -168,6 +168,9 @@ pub struct DumpStats {
     pub pages_s: f64,
     /// Pages scanned but not stored because they were all zero.
     pub pages_zero: u64,
+    /// Of those, pages the dumped process gave back to the kernel during the dump (a process
+    /// the dump kills frees its all-zero anonymous pages as they are found).
+    pub pages_freed: u64,
     /// Bytes of page data written.
     pub page_bytes: u64,
     /// Processes in the tree (zombies included).
@@ -184,6 +187,7 @@ impl DumpStats {
         self.pages_scanned += o.pages_scanned;
         self.pages_stored += o.pages_stored;
         self.pages_zero += o.pages_zero;
+        self.pages_freed += o.pages_freed;
         self.page_bytes += o.page_bytes;
         self.pages_s += o.pages_s;
     }
@@ -317,9 +321,15 @@ fn dump_tree<'scope>(
         }
         Ok(())
     };
-    let mut collected = collect_all(
-        tracers, &procs, writer, progress, files, &mut stats, write_fds,
-    )?;
+    let cx = Collecting {
+        writer,
+        progress,
+        files,
+        // A tree the dump kills gives its all-zero anonymous pages back as they are found:
+        // the page store's page cache then comes partly from them (see `mm`).
+        free_zero: !opts.leave_running,
+    };
+    let mut collected = collect_all(tracers, &procs, cx, &mut stats, write_fds)?;
     let mut entries = Vec::with_capacity(procs.len());
     for p in &procs {
         entries.push(match p.zombie {
@@ -426,9 +436,7 @@ fn fds_of(all: &[(i32, Vec<crate::proto::FdEntry>)], pid: i32) -> &[crate::proto
 fn collect_all<'scope>(
     tracers: &Tracers<'scope>,
     procs: &[SeizedProc],
-    writer: &'scope SharedWriter,
-    progress: &'scope Progress,
-    files: &'scope mm::MappedFiles,
+    cx: Collecting<'scope>,
     stats: &mut DumpStats,
     meanwhile: impl FnOnce() -> Result<(), DumpError>,
 ) -> Result<std::collections::BTreeMap<i32, (PstreeEntry, i32)>, DumpError> {
@@ -446,7 +454,7 @@ fn collect_all<'scope>(
                 }
                 let now = running.0.fetch_add(1, Ordering::SeqCst) + 1;
                 running.1.fetch_max(now, Ordering::SeqCst);
-                let r = collect(&p, writer, progress, files);
+                let r = collect(&p, cx);
                 running.0.fetch_sub(1, Ordering::SeqCst);
                 if r.is_err() {
                     failed.store(true, Ordering::SeqCst);
@@ -552,14 +560,28 @@ fn ptrace_err(pid: i32, what: &'static str) -> impl FnOnce(SysError) -> DumpErro
     move |source| DumpError::Ptrace { pid, what, source }
 }
 
+/// What the collection of every process shares.
+#[derive(Clone, Copy)]
+struct Collecting<'a> {
+    /// The checkpoint being written.
+    writer: &'a SharedWriter,
+    progress: &'a Progress,
+    /// The identities of mapped files, found once per file.
+    files: &'a mm::MappedFiles,
+    /// The dump is to kill the tree: all-zero anonymous pages may be freed as they are found
+    /// (see `mm`).
+    free_zero: bool,
+}
+
 /// Collects one live process and writes its images; returns its tree entry, its page
 /// figures and its controlling terminal (`tty_nr` of /proc/PID/stat, read frozen).
-fn collect(
-    p: &SeizedProc,
-    writer: &SharedWriter,
-    progress: &Progress,
-    files: &mm::MappedFiles,
-) -> Result<(PstreeEntry, DumpStats, i32), DumpError> {
+fn collect(p: &SeizedProc, cx: Collecting<'_>) -> Result<(PstreeEntry, DumpStats, i32), DumpError> {
+    let Collecting {
+        writer,
+        progress,
+        files,
+        free_zero,
+    } = cx;
     let mut stats = DumpStats::default();
     let pid = p.pid;
     let stat = proc::read_stat(pid)?;
@@ -569,7 +591,7 @@ fn collect(
         .and_then(|b| String::from_utf8(b).ok())
         .ok_or(DumpError::Gone { pid })?;
     let maps = proc::parse_maps(&maps_text)?;
-    let (vmas, runs, zero_mapped) = mm::collect_vmas(pid, &maps, files)?;
+    let (vmas, runs, zero_mapped) = mm::collect_vmas(pid, &maps, files, free_zero)?;
     stats.pages_scanned += runs.iter().map(|r| r.nr_pages).sum::<u64>();
 
     // Per-thread state readable through ptrace, before anything in the task changes.
@@ -619,11 +641,19 @@ fn collect(
     let stored = parasite.dump_pages_with_progress(&runs, &mut pages.file, progress)?;
     crate::fault::point("dump:pages")?;
     stats.pages_s += pages_at.elapsed().as_secs_f64();
+    stats.pages_freed = parasite.zero_freed();
     parasite.cure()?;
     crate::fault::point("dump:cured")?;
     with_writer(writer, |w| w.finish_pages(pages))?;
     stats.pages_stored += stored.iter().map(|r| r.nr_pages).sum::<u64>();
     stats.pages_zero = stats.pages_scanned.saturating_sub(stats.pages_stored);
+    if stats.pages_freed > 0 {
+        tracing::debug!(
+            pid,
+            pages = stats.pages_freed,
+            "zero pages given back by the task"
+        );
+    }
     stats.page_bytes = stats.pages_stored * crate::sys::PAGE_SIZE;
 
     let posix_timers = timers

@@ -379,6 +379,35 @@ pub fn read_maps(pid: i32) -> Result<Vec<MapEntry>, ProcError> {
     Ok(maps)
 }
 
+/// The `VmFlags` of each VMA in the text of `/proc/PID/smaps`: (start address, the two-letter
+/// flags). A VMA's header line is a maps line; the lines after it are `Key: value`.
+pub fn parse_vm_flags(text: &str) -> Result<Vec<(u64, Vec<String>)>, ProcError> {
+    let mut out: Vec<(u64, Vec<String>)> = Vec::new();
+    let mut current = None;
+    for (n, l) in proc_lines(text) {
+        let first = l.split(' ').next().unwrap_or_default();
+        if let Some(flags) = l.strip_prefix("VmFlags:") {
+            let start = current
+                .take()
+                .ok_or_else(|| bad("smaps", n, l, "VmFlags before any mapping"))?;
+            out.push((start, flags.split_whitespace().map(String::from).collect()));
+        } else if !first.ends_with(':') {
+            let start = first
+                .split_once('-')
+                .and_then(|(s, _)| parse_hex_u64(s))
+                .ok_or_else(|| bad("smaps", n, l, "bad address range"))?;
+            current = Some(start);
+        }
+    }
+    Ok(out)
+}
+
+/// Reads `/proc/PID/smaps` and gives each VMA's `VmFlags` ([`parse_vm_flags`]).
+pub fn read_vm_flags(pid: i32) -> Result<Vec<(u64, Vec<String>)>, ProcError> {
+    let (path, text) = Task::process(pid).read_text_lossy("smaps")?;
+    parse_vm_flags(&text).map_err(|e| e.in_file(&path))
+}
+
 // ---------------------------------------------------------------------------------------------
 // map_files and file identity
 // ---------------------------------------------------------------------------------------------
@@ -1806,6 +1835,41 @@ mod tests {
             map_file_metadata(pid, anon.start, anon.end),
             Err(ProcError::Io { .. })
         ));
+    }
+
+    #[test]
+    fn vm_flags_per_mapping() {
+        let text = "\
+00400000-00452000 r-xp 00000000 08:02 173521      /usr/bin/dbus-daemon
+Size:                328 kB
+Rss:                 300 kB
+VmFlags: rd ex mr mw me dw sd
+7ffd1000-7ffd2000 rw-p 00000000 00:00 0          [stack]
+Size:                  4 kB
+THPeligible:    0
+VmFlags: rd wr mr mw me gd ac
+";
+        let got = parse_vm_flags(text).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].0, 0x400000);
+        assert_eq!(got[0].1, ["rd", "ex", "mr", "mw", "me", "dw", "sd"]);
+        assert_eq!(got[1].0, 0x7ffd1000);
+        assert_eq!(got[1].1, ["rd", "wr", "mr", "mw", "me", "gd", "ac"]);
+        assert!(parse_vm_flags("VmFlags: rd\n").is_err());
+        assert!(parse_vm_flags("zz-1 rw-p 0 0:0 0\nVmFlags: rd\n").is_err());
+        // This process's own: its main stack grows down.
+        let pid = std::process::id() as i32;
+        let me = read_vm_flags(pid).unwrap();
+        let stack = read_maps(pid)
+            .unwrap()
+            .into_iter()
+            .find(|m| m.path == "[stack]");
+        let stack = stack.expect("a [stack] mapping").start;
+        let flags = me
+            .iter()
+            .find(|(s, _)| *s == stack)
+            .expect("flags of the stack");
+        assert!(flags.1.iter().any(|f| f == "gd"), "{flags:?}");
     }
 
     #[test]

@@ -21,8 +21,9 @@
 //! run and vmsplices the pages into the write ends, 1 MiB stripes alternating between the two
 //! pipes, and closes them at the end; a dumper thread splices the pipes into the page store
 //! concurrently (a pipe holds only 1 MiB here), starting the page store's writeback as it
-//! goes. Pages of VMAs the task cannot read (no PROT_READ) are read through /proc/PID/mem
-//! instead.
+//! goes. In runs marked [`PageRunReq::free_zero`] the blob also gives runs of at least 16
+//! zero pages back to the kernel (`MADV_DONTNEED`) as it finds them. Pages of VMAs the task
+//! cannot read (no PROT_READ) are read through /proc/PID/mem instead.
 //!
 //! Cure: put back swapped dispositions, close leftover fds, re-queue signals that arrived
 //! during a run (they were held back), unmap the region, restore the xsave area, registers and
@@ -85,7 +86,7 @@ fn split_copied(runs: &[PageRunReq], copied: &[(u64, u64)]) -> Vec<(PageRunReq, 
                 PageRunReq {
                     vaddr: from,
                     nr_pages: (to - from) / PAGE_SIZE,
-                    prot: r.prot,
+                    ..*r
                 },
                 c,
             )
@@ -317,6 +318,10 @@ pub struct PageRunReq {
     pub nr_pages: u64,
     /// The VMA's PROT_* bits; runs without PROT_READ are read through /proc/PID/mem.
     pub prot: u32,
+    /// The blob may give the run's all-zero pages back to the kernel as it finds them
+    /// (`abi::REQ_FREE_ZERO`: only for private anonymous memory, neither locked nor
+    /// registered with userfaultfd, of a process the dump is to kill).
+    pub free_zero: bool,
 }
 
 /// The shared region: where it is in the target, the dumper's mapping of it, the blob in it.
@@ -389,6 +394,8 @@ pub struct Parasite {
     direct_max: u64,
     /// Byte ranges whose pages are copied, never spliced ([`Parasite::set_copied_ranges`]).
     copied: Vec<(u64, u64)>,
+    /// Zero pages the blob gave back to the kernel so far ([`PageRunReq::free_zero`]).
+    zero_freed: u64,
     /// The task is gone: nothing remote can be done any more.
     gone: bool,
     cured: bool,
@@ -457,6 +464,7 @@ impl Parasite {
             max_reqs: MAX_REQS,
             direct_max: DIRECT_READ_MAX,
             copied: Vec::new(),
+            zero_freed: 0,
             max_outs: (DATA_LEN - (MAX_REQS * std::mem::size_of::<abi::PageReq>()) as u64)
                 / std::mem::size_of::<abi::PageOut>() as u64,
             gone: false,
@@ -634,6 +642,11 @@ impl Parasite {
     /// not change.
     pub fn set_direct_read_max(&mut self, bytes: u64) {
         self.direct_max = bytes;
+    }
+
+    /// The all-zero pages the blob gave back to the kernel so far ([`PageRunReq::free_zero`]).
+    pub fn zero_freed(&self) -> u64 {
+        self.zero_freed
     }
 
     /// Byte ranges `(start, end)` of the task that the kernel may rewrite while the blob runs:
@@ -848,6 +861,7 @@ impl Parasite {
                 .map(|(r, _)| abi::PageReq {
                     vaddr: r.vaddr,
                     nr_pages: r.nr_pages,
+                    flags: if r.free_zero { abi::REQ_FREE_ZERO } else { 0 },
                 })
                 .collect();
             self.dump_readable(reqs, pages, &mut off, &mut out, &|at| {
@@ -938,6 +952,7 @@ impl Parasite {
                 }
             };
             let (n_out, bytes, next_req, next_page, done) = (o[0], o[1], o[2], o[3], o[4]);
+            self.zero_freed += o[5];
             if got != bytes {
                 return Err(InfectError::ShortStream {
                     pid,
@@ -1745,6 +1760,7 @@ mod tests {
             vaddr,
             nr_pages,
             prot: 3,
+            free_zero: true,
         };
         let p = PAGE_SIZE;
         let got = split_copied(
@@ -1766,10 +1782,10 @@ mod tests {
             (run(0x10000 + 6 * p, 2), false),
             (run(0x40000, 2), false),
         ];
+        assert_eq!(got, want, "pieces keep the run's prot and free_zero");
         let key = |v: &[(PageRunReq, bool)]| -> Vec<(u64, u64, bool)> {
             v.iter().map(|(r, c)| (r.vaddr, r.nr_pages, *c)).collect()
         };
-        assert_eq!(key(&got), key(&want));
         assert_eq!(
             key(&split_copied(&[run(0x10000, 8)], &[])),
             key(&[(run(0x10000, 8), false)])

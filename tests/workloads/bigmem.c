@@ -1,9 +1,9 @@
 /*
  * bigmem: fills argv[1] MiB (default 1024) of anonymous memory with incompressible xorshift64
  * output and, if argv[2] is given, touches argv[2] MiB (default 0) of another anonymous mapping
- * by writing zeros to it (present pages whose contents are zero), then idles. On `check` it
- * regenerates the sequence and compares, and checks that the zero mapping still reads zero
- * (the benchmark workload).
+ * by writing zeros to it (present pages whose contents are zero), then idles; with argv[3]
+ * `lock`, that mapping is mlocked. On `check` it regenerates the sequence and compares, and
+ * checks that the zero mapping still reads zero (the benchmark workload).
  */
 #include "protocol.c"
 #include <stdint.h>
@@ -33,6 +33,8 @@ int main(int argc, char **argv)
 		/* A write fault gives each page a frame of its own, unlike a read (the zero page). */
 		for (size_t i = 0; i < zero_words; i += 4096 / 8)
 			zero[i] = 0;
+		if (argc > 3 && !strcmp(argv[3], "lock") && mlock((void *)zero, zero_mib << 20))
+			wl_die("mlock");
 	}
 	wl_ready();
 	wl_wait_check(NULL);
