@@ -62,10 +62,10 @@ fn kind_of(pid: i32, m: &MapEntry) -> Result<VmaKind, DumpError> {
     })
 }
 
-/// A process with at least this much memory to scan has its all-zero pages freed as they are
-/// found ([`free_zero_allowed`]); below it the gain is small, and /proc/PID/smaps is not worth
-/// reading.
-const FREE_ZERO_FROM: u64 = 16 << 20;
+/// A process with at least this much memory resident has its all-zero pages freed as they
+/// are found ([`free_zero_allowed`]); below it the gain is small, and /proc/PID/smaps is not
+/// worth reading.
+pub const FREE_ZERO_FROM: u64 = 16 << 20;
 
 /// `VmFlags` (/proc/PID/smaps) that leave a private anonymous VMA's zero pages free to go:
 /// access and may-flags, growing down, read-ahead and fork advice, accounting, no-reserve,
@@ -249,17 +249,16 @@ impl MappedFiles {
 
 /// The VMAs of `pid`, the page runs to store (never crossing a VMA boundary), and how many
 /// present pages were left out because they are the shared zero page.
+/// The VMAs of `pid`, the page runs to store and the count of pages mapped to the zero page.
 pub fn collect_vmas(
     pid: i32,
     maps: &[MapEntry],
     files: &MappedFiles,
-    free_zero: bool,
-) -> Result<(Vec<Vma>, Vec<PageRunReq>, u64), DumpError> {
+) -> Result<(Vec<Vma>, PageRuns, u64), DumpError> {
     let mut vmas = Vec::with_capacity(maps.len());
     let mut runs: Vec<PageRunReq> = Vec::new();
     let mut zero_mapped = 0;
     let mut pagemap = Pagemap::open(pid)?;
-    // The runs of each private anonymous VMA: (its start, their indices).
     let mut anon: Vec<(u64, std::ops::Range<usize>)> = Vec::new();
     for m in maps {
         let kind = kind_of(pid, m)?;
@@ -307,32 +306,35 @@ pub fn collect_vmas(
             name: m.path.clone(),
         });
     }
-    let scanned: u64 = runs.iter().map(|r| r.nr_pages * PAGE_SIZE).sum();
-    if free_zero && !anon.is_empty() && scanned >= FREE_ZERO_FROM {
-        mark_free_zero(pid, &anon, &mut runs)?;
-    }
-    Ok((vmas, runs, zero_mapped))
+    Ok((vmas, PageRuns { runs, anon }, zero_mapped))
 }
 
-/// Marks the runs of the VMAs in `anon` (start, indices of its runs) whose `VmFlags` allow
-/// it ([`FREE_ZERO_FLAGS`]) as [`PageRunReq::free_zero`].
-fn mark_free_zero(
-    pid: i32,
-    anon: &[(u64, std::ops::Range<usize>)],
-    runs: &mut [PageRunReq],
-) -> Result<(), DumpError> {
-    let flags: HashMap<u64, Vec<String>> = proc::read_vm_flags(pid)?.into_iter().collect();
-    for (start, idx) in anon {
-        match flags.get(start) {
-            Some(f) if vm_flags_free_zero(f) => {
-                for r in &mut runs[idx.clone()] {
-                    r.free_zero = true;
+/// The page runs of a process to store, in address order.
+pub struct PageRuns {
+    /// The runs.
+    pub runs: Vec<PageRunReq>,
+    /// The runs of each private anonymous VMA ([`free_zero_allowed`]): (its start, their
+    /// indices in `runs`).
+    anon: Vec<(u64, std::ops::Range<usize>)>,
+}
+
+impl PageRuns {
+    /// Marks the runs of private anonymous VMAs whose `VmFlags` (`vm_flags`: start address,
+    /// flags, from [`proc::read_vm_flags`]) allow it ([`FREE_ZERO_FLAGS`]) as
+    /// [`PageRunReq::free_zero`].
+    pub fn mark_free_zero(&mut self, pid: i32, vm_flags: Vec<(u64, Vec<String>)>) {
+        let flags: HashMap<u64, Vec<String>> = vm_flags.into_iter().collect();
+        for (start, idx) in &self.anon {
+            match flags.get(start) {
+                Some(f) if vm_flags_free_zero(f) => {
+                    for r in &mut self.runs[idx.clone()] {
+                        r.free_zero = true;
+                    }
                 }
+                f => tracing::debug!(pid, start, flags = ?f, "zero pages of this mapping kept"),
             }
-            f => tracing::debug!(pid, start, flags = ?f, "zero pages of this mapping kept"),
         }
     }
-    Ok(())
 }
 
 /// The mm fields from /proc/PID/stat (`st`), auxv and exe (`exe_path`, its link); `brk`

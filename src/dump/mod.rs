@@ -591,8 +591,17 @@ fn collect(p: &SeizedProc, cx: Collecting<'_>) -> Result<(PstreeEntry, DumpStats
         .and_then(|b| String::from_utf8(b).ok())
         .ok_or(DumpError::Gone { pid })?;
     let maps = proc::parse_maps(&maps_text)?;
-    let (vmas, runs, zero_mapped) = mm::collect_vmas(pid, &maps, files, free_zero)?;
-    stats.pages_scanned += runs.iter().map(|r| r.nr_pages).sum::<u64>();
+    // A big process the dump kills frees its zero pages as they are found, where the VmFlags
+    // of their mapping allow it: smaps is read meanwhile, beside this thread (it walks every
+    // page table entry: 15 ms for 1.25 GiB).
+    let vm_flags = (free_zero && p.resident >= mm::FREE_ZERO_FROM).then(|| {
+        std::thread::spawn(move || {
+            crate::sys::proc_ctl::unpin_current_thread();
+            proc::read_vm_flags(pid)
+        })
+    });
+    let (vmas, mut runs, zero_mapped) = mm::collect_vmas(pid, &maps, files)?;
+    stats.pages_scanned += runs.runs.iter().map(|r| r.nr_pages).sum::<u64>();
 
     // Per-thread state readable through ptrace, before anything in the task changes.
     let mut tasks = Vec::with_capacity(p.tids.len());
@@ -638,7 +647,14 @@ fn collect(p: &SeizedProc, cx: Collecting<'_>) -> Result<(PstreeEntry, DumpStats
     progress.add_total(stats.pages_scanned * crate::sys::PAGE_SIZE);
     // Pages still mapped to the zero page were scanned too, and skipped as zero unread.
     stats.pages_scanned += zero_mapped;
-    let stored = parasite.dump_pages_with_progress(&runs, &mut pages.file, progress)?;
+    // Freeing saves memory, nothing more: without the flags, every zero page stays.
+    match vm_flags.map(std::thread::JoinHandle::join) {
+        Some(Ok(Ok(flags))) => runs.mark_free_zero(pid, flags),
+        Some(Ok(Err(e))) => tracing::debug!(pid, error = %e, "no VmFlags: zero pages kept"),
+        Some(Err(_)) => tracing::warn!(pid, "the smaps reader panicked: zero pages kept"),
+        None => {}
+    }
+    let stored = parasite.dump_pages_with_progress(&runs.runs, &mut pages.file, progress)?;
     crate::fault::point("dump:pages")?;
     stats.pages_s += pages_at.elapsed().as_secs_f64();
     stats.pages_freed = parasite.zero_freed();
