@@ -277,7 +277,7 @@ fn status_kib(pid: i32, key: &str) -> u64 {
 /// kernel as it finds them (so the page store's page cache can reuse them). When such a dump
 /// fails afterwards, the target runs on with those pages unpopulated: its memory reads as
 /// before (its own check passes), only less of it is resident. A `--leave-running` dump frees
-/// nothing, and no dump frees mlocked memory.
+/// nothing, and no dump frees mlocked memory or memory pinned for io_uring.
 #[test]
 fn failed_dump_frees_only_zero_pages_of_a_target_it_was_to_kill() {
     let _serial = serial();
@@ -344,4 +344,30 @@ fn failed_dump_frees_only_zero_pages_of_a_target_it_was_to_kill() {
     let result = l.check();
     assert_eq!(result, "PASS", "{}", l.logs());
     l.wait_exit();
+
+    // The same zero pages, pinned as io_uring buffers of a ring the dump cannot see (it has
+    // no fd): kept, or the ring would go on with pages that are no longer the process's.
+    let io_uring_off = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+        .is_ok_and(|v| v.trim() != "0");
+    if io_uring_off {
+        skip(
+            TEST,
+            "the pinned part: io_uring is disabled (kernel.io_uring_disabled)",
+        );
+        return;
+    }
+    let mut p = Workload::start(&bin, &["24", "8", "pin"]);
+    let before = status_kib(p.pid, "RssAnon");
+    assert!(status_kib(p.pid, "VmPin") >= ZERO_KIB, "VmPin");
+    let images = images_dir();
+    let out = dump_with_fault("dump:cured", p.pid, images.path());
+    assert!(!out.status.success(), "dump succeeded");
+    let after = status_kib(p.pid, "RssAnon");
+    assert!(
+        after + 256 >= before,
+        "pinned zero pages were freed: RssAnon {before} -> {after} KiB"
+    );
+    let result = p.check();
+    assert_eq!(result, "PASS", "{}", p.logs());
+    p.wait_exit();
 }

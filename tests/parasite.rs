@@ -109,13 +109,21 @@ int main(int argc, char **argv) {
     wo[2 * 4096 + 4000] = 0xa5;
     if (mprotect(wo, 4 * 4096, PROT_WRITE)) return 8;
 
-    /* 700 touched pages, all zero but pages 40 and 51: runs of 40, 10 and 648 zero pages; a
-     * hole on each side keeps the mapping from merging with its neighbours. */
-    volatile unsigned char *zeros = mmap(NULL, 702 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (zeros == MAP_FAILED) return 10;
-    if (munmap((void *)zeros, 4096) || munmap((void *)(zeros + 701 * 4096), 4096)) return 10;
-    zeros += 4096;
-    for (int i = 0; i < 700; i++) zeros[i * 4096] = 0;
+    /* 1092 touched pages, all zero but pages 40 and 51: runs of 40, 10 and 1040 zero pages.
+     * Page 60 is 2 MiB-aligned, so the long run reaches a 2 MiB boundary 8 pages after its
+     * start and its last one 8 pages before its end (the blob frees long runs at these
+     * boundaries). A PROT_NONE page on each side keeps the mapping from merging. */
+    size_t zlen = 1092 * 4096, slack = 2 << 20, rawlen = zlen + slack + 2 * 4096;
+    unsigned char *raw = mmap(NULL, rawlen, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == MAP_FAILED) return 10;
+    uintptr_t b = ((uintptr_t)raw + 61 * 4096 + slack - 1) & ~(uintptr_t)(slack - 1);
+    volatile unsigned char *zeros = (unsigned char *)(b - 60 * 4096);
+    unsigned char *before = (unsigned char *)zeros - 4096, *after = (unsigned char *)zeros + zlen;
+    if (before > raw && munmap(raw, before - raw)) return 10;
+    size_t tail = raw + rawlen - after - 4096;
+    if (tail && munmap(after + 4096, tail)) return 10;
+    if (mprotect(before, 4096, PROT_NONE) || mprotect(after, 4096, PROT_NONE)) return 10;
+    for (size_t i = 0; i < 1092; i++) zeros[i * 4096] = 0;
     zeros[40 * 4096 + 7] = 0x77;
     zeros[51 * 4096 + 9] = 0x99;
 
@@ -719,7 +727,12 @@ fn zero_pages_are_freed_only_where_asked() {
     let pid = w.pid();
     seize(pid);
     let before = snapshot(pid);
-    let (zeros, n) = (w.get("zeros"), 700);
+    let (zeros, n) = (w.get("zeros"), 1092);
+    assert_eq!(
+        (zeros + 60 * 4096) % (2 << 20),
+        0,
+        "the workload aligns page 60"
+    );
     assert!(
         present_pages(pid, zeros, n).iter().all(|&p| p),
         "untouched pages"
@@ -754,9 +767,10 @@ fn zero_pages_are_freed_only_where_asked() {
         key(&freed).iter().map(|k| k.0).collect::<Vec<_>>(),
         [zeros + 40 * 4096, zeros + 51 * 4096]
     );
-    // The runs of 40 and 648 zero pages went; the two data pages and the 10 zero pages
-    // between them (too short a run) stayed.
-    assert_eq!(p.zero_freed(), 40 + 648);
+    // The runs of 40 and 1040 zero pages went, the latter whole though its first and last 8
+    // pages lie beyond the 2 MiB boundaries where the blob frees; the two data pages and the
+    // 10 zero pages between them (too short a run) stayed.
+    assert_eq!(p.zero_freed(), 40 + 1040);
     let want: Vec<bool> = (0..n).map(|i| (40..52).contains(&i)).collect();
     assert_eq!(present_pages(pid, zeros, n), want);
     p.cure().expect("cure");

@@ -403,12 +403,15 @@ struct ZeroRun {
     free: bool,
     start: u64,
     pages: u64,
+    /// The pages before `start` belong to the same run and were freed already.
+    continued: bool,
 }
 
 impl ZeroRun {
     /// Adds the zero page at `addr` (right after the run); frees the run when it reaches a
     /// boundary of [`FREE_ZERO_BATCH_PAGES`] pages (2 MiB: a long run is freed as the scan
-    /// goes, in whole transparent huge pages where it covers them). Returns the pages freed.
+    /// goes, in whole transparent huge pages where it covers them) and is long enough to be
+    /// freed; a shorter one goes on past the boundary. Returns the pages freed.
     fn add(&mut self, addr: u64) -> u64 {
         if !self.free {
             return 0;
@@ -417,19 +420,35 @@ impl ZeroRun {
             self.start = addr;
         }
         self.pages += 1;
-        if (addr + PAGE).is_multiple_of(FREE_ZERO_BATCH_PAGES * PAGE) {
-            self.end()
+        if self.pages >= FREE_ZERO_MIN_PAGES
+            && (addr + PAGE).is_multiple_of(FREE_ZERO_BATCH_PAGES * PAGE)
+        {
+            let freed = self.free_pending();
+            self.continued = true;
+            freed
         } else {
             0
         }
     }
 
-    /// Ends the run: frees it if it is [`FREE_ZERO_MIN_PAGES`] long or more. Returns the pages
-    /// freed. A failure is not an error: freeing only saves memory (a sealed mapping refuses
-    /// it, say), and the pages stay as they are.
+    /// Ends the run: frees what is left of it if the whole run is [`FREE_ZERO_MIN_PAGES`]
+    /// long or more. Returns the pages freed.
     fn end(&mut self) -> u64 {
+        let freed = if self.continued || self.pages >= FREE_ZERO_MIN_PAGES {
+            self.free_pending()
+        } else {
+            0
+        };
+        self.pages = 0;
+        self.continued = false;
+        freed
+    }
+
+    /// Frees the pages from `start` on. A failure is not an error: freeing only saves memory
+    /// (a sealed mapping refuses it, say), and the pages stay as they are.
+    fn free_pending(&mut self) -> u64 {
         let pages = core::mem::take(&mut self.pages);
-        if pages < FREE_ZERO_MIN_PAGES {
+        if pages == 0 {
             return 0;
         }
         // SAFETY: the pages are this task's private anonymous memory (the dumper's promise
@@ -497,6 +516,7 @@ unsafe fn cmd_dump_pages(ctl: &mut Ctl) -> Result<(), Fail> {
                 free: req.flags & REQ_FREE_ZERO != 0,
                 start: 0,
                 pages: 0,
+                continued: false,
             };
             for p in 0..req.nr_pages {
                 let addr = req.vaddr + p * PAGE;

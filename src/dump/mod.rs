@@ -593,8 +593,11 @@ fn collect(p: &SeizedProc, cx: Collecting<'_>) -> Result<(PstreeEntry, DumpStats
     let maps = proc::parse_maps(&maps_text)?;
     // A big process the dump kills frees its zero pages as they are found, where the VmFlags
     // of their mapping allow it: smaps is read meanwhile, beside this thread (it walks every
-    // page table entry: 15 ms for 1.25 GiB).
-    let vm_flags = (free_zero && p.resident >= mm::FREE_ZERO_FROM).then(|| {
+    // page table entry: 15 ms for 1.25 GiB). Not a process with locked or pinned memory:
+    // pages a device or io_uring holds are written without the page tables, so such a page
+    // freed from them would no longer be the process's (VmLck counts vfio's pins too).
+    let pinned = status.vm_lck_kib > 0 || status.vm_pin_kib > 0;
+    let vm_flags = (free_zero && !pinned && p.resident >= mm::FREE_ZERO_FROM).then(|| {
         std::thread::spawn(move || {
             crate::sys::proc_ctl::unpin_current_thread();
             proc::read_vm_flags(pid)

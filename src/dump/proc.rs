@@ -634,6 +634,12 @@ pub struct ProcStatus {
     pub no_new_privs: bool,
     /// `Seccomp:` mode (0 off, 1 strict, 2 filter).
     pub seccomp: u32,
+    /// `VmLck:` in KiB: memory locked (mlock, and pages pinned by drivers such as vfio that
+    /// account them so); 0 when the line is absent.
+    pub vm_lck_kib: u64,
+    /// `VmPin:` in KiB: pages pinned for devices or io_uring buffers, which the kernel reads
+    /// and writes without the page tables; 0 when the line is absent.
+    pub vm_pin_kib: u64,
 }
 
 /// Undoes the escaping of `Name:` in status: the kernel writes `\` as `\\` and newline as `\n`.
@@ -677,6 +683,7 @@ pub fn parse_status(text: &str) -> Result<ProcStatus, ProcError> {
     let mut caps = [None; 5];
     let mut no_new_privs = None;
     let mut seccomp = None;
+    let (mut vm_lck_kib, mut vm_pin_kib) = (0, 0);
 
     for (n, l) in proc_lines(text) {
         let Some((key, raw)) = l.split_once(':') else {
@@ -741,6 +748,17 @@ pub fn parse_status(text: &str) -> Result<ProcStatus, ProcError> {
                 });
             }
             "Seccomp" => seccomp = Some(parse_num(v).ok_or_else(|| err("bad seccomp mode"))?),
+            "VmLck" | "VmPin" => {
+                let kib = v
+                    .strip_suffix(" kB")
+                    .and_then(|n| parse_num(n.trim()))
+                    .ok_or_else(|| err("bad size"))?;
+                if key == "VmLck" {
+                    vm_lck_kib = kib;
+                } else {
+                    vm_pin_kib = kib;
+                }
+            }
             _ => {}
         }
     }
@@ -771,6 +789,8 @@ pub fn parse_status(text: &str) -> Result<ProcStatus, ProcError> {
         cap_amb: cap_amb.ok_or_else(|| missing(F, "CapAmb"))?,
         no_new_privs: no_new_privs.ok_or_else(|| missing(F, "NoNewPrivs"))?,
         seccomp: seccomp.ok_or_else(|| missing(F, "Seccomp"))?,
+        vm_lck_kib,
+        vm_pin_kib,
     })
 }
 
@@ -1633,6 +1653,7 @@ mod tests {
         assert_eq!((s.cap_inh, s.cap_amb), (0, 0));
         assert!(!s.no_new_privs);
         assert_eq!(s.seccomp, 0);
+        assert_eq!((s.vm_lck_kib, s.vm_pin_kib), (0, 0));
     }
 
     #[test]
@@ -1645,7 +1666,9 @@ mod tests {
             .replace("Name:\ta) b (c\n", "Name:\tx\\ny\\\\z) q\t\n")
             .replace("Uid:\t0\t0\t0\t0\n", "Uid:\t1000\t1001\t1002\t1003\n")
             .replace("NoNewPrivs:\t0", "NoNewPrivs:\t1")
-            .replace("Seccomp:\t0", "Seccomp:\t2");
+            .replace("Seccomp:\t0", "Seccomp:\t2")
+            .replace("VmLck:\t       0 kB", "VmLck:\t    8192 kB")
+            .replace("VmPin:\t       0 kB", "VmPin:\t      12 kB");
         let s = parse_status(&text).unwrap();
         assert!(s.groups.is_empty());
         assert_eq!(s.nspid, [5343, 7, 1]);
@@ -1653,6 +1676,11 @@ mod tests {
         assert_eq!(s.uids, [1000, 1001, 1002, 1003]);
         assert!(s.no_new_privs);
         assert_eq!(s.seccomp, 2);
+        assert_eq!((s.vm_lck_kib, s.vm_pin_kib), (8192, 12));
+        // Absent (a kernel thread has no Vm lines): 0.
+        let s = parse_status(&STATUS.replace("VmPin:\t       0 kB\n", "")).unwrap();
+        assert_eq!(s.vm_pin_kib, 0);
+        assert!(parse_status(&STATUS.replace("VmPin:\t       0 kB", "VmPin:\t 1 MB")).is_err());
 
         let no_umask = STATUS.replace("Umask:\t0022\n", "");
         match parse_status(&no_umask).unwrap_err() {
