@@ -25,18 +25,22 @@ fn build_parasite() {
         PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR set"));
     let target_dir = out.join("parasite-target");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| String::from("cargo"));
+    let target = std::env::var("TARGET").expect("TARGET set by cargo");
     let mut cmd = std::process::Command::new(cargo);
     cmd.arg("build")
         .arg("--release")
         .arg("--manifest-path")
         .arg(manifest_dir.join("parasite/Cargo.toml"))
+        .arg("--target")
+        .arg(&target)
         .arg("--target-dir")
         .arg(&target_dir);
     // The outer build's flags and wrappers (clippy, coverage, sanitizers) must not reach the
-    // freestanding blob.
+    // freestanding blob; nor must the rustflags of the repository's .cargo/config.toml (the
+    // nested cargo reads it too): rustflags given in the environment, even none, replace them.
+    cmd.env("CARGO_ENCODED_RUSTFLAGS", "");
     for var in [
         "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
         "CARGO_BUILD_RUSTFLAGS",
         "RUSTC_WRAPPER",
         "RUSTC_WORKSPACE_WRAPPER",
@@ -52,7 +56,7 @@ fn build_parasite() {
     }
     let status = cmd.status().expect("run cargo for the parasite blob");
     assert!(status.success(), "building the parasite blob failed");
-    let blob = target_dir.join("release/cryo-parasite");
+    let blob = target_dir.join(&target).join("release/cryo-parasite");
     std::fs::copy(&blob, out.join("parasite.elf")).expect("copy the parasite blob");
 }
 

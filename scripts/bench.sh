@@ -25,7 +25,7 @@
 #          workload is killed, one that faults in and fills the same amount of fresh memory
 #          (the floor for restore). It runs in the same slot as the tools (workload started,
 #          "dump", workload killed, "restore"), so that it meets the same memory conditions.
-#   cryo   target/release/cryo (built here).
+#   cryo   target/x86_64-unknown-linux-gnu/release/cryo (built here, see .cargo/config.toml).
 #   criu   only when CRIU names a criu binary: `criu dump -j`, `criu restore -j -d`. (-j because
 #          the workload's session and process group are this script's, outside the dumped
 #          tree; no terminal is involved.)
@@ -73,7 +73,7 @@ fi
 
 echo "building cryo (release)..."
 (cd "$ROOT" && cargo build --release --quiet)
-CRYO=$ROOT/target/release/cryo
+CRYO=$ROOT/target/x86_64-unknown-linux-gnu/release/cryo
 
 WORK=$(mktemp -d "${BENCH_DIR:-/tmp}/cryo-bench.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT

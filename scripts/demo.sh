@@ -26,7 +26,7 @@ run() { printf '$ %s\n' "$*"; "$@"; }
 
 say "building cryo (release)"
 (cd "$ROOT" && cargo build --release --quiet)
-CRYO=$ROOT/target/release/cryo
+CRYO=$ROOT/target/x86_64-unknown-linux-gnu/release/cryo
 
 WORK=$(mktemp -d /tmp/cryo-demo.XXXXXX)
 cc -O1 -o "$WORK/counter" "$ROOT/tests/workloads/counter.c" -lrt
