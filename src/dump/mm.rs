@@ -69,10 +69,11 @@ pub const FREE_ZERO_FROM: u64 = 16 << 20;
 
 /// `VmFlags` (/proc/PID/smaps) that leave a private anonymous VMA's zero pages free to go:
 /// access and may-flags, growing down, read-ahead and fork advice, accounting, no-reserve,
-/// don't-dump, KSM, and THP advice ([`free_zero_allowed`]). Any other flag keeps them, notably `lo` (mlocked: madvise
-/// would fail, and the process wants them resident), `um`/`uw`/`ui` (registered with
-/// userfaultfd: freeing would make the monitor see new faults), `sl` (sealed), `ss` (shadow
-/// stack), and flags this list does not know.
+/// don't-dump, KSM, and THP advice ([`free_zero_allowed`]). Any other flag keeps them,
+/// notably `lo` (mlocked: madvise would fail, and the process wants them resident),
+/// `um`/`uw`/`ui` (registered with userfaultfd: freeing would make the monitor see new
+/// faults), `sl` (sealed), `ss` (shadow stack), and flags this list does not know. (A process
+/// with locked or pinned memory frees nothing at all: see `collect` in the dump module.)
 const FREE_ZERO_FLAGS: &[&str] = &[
     "rd", "wr", "ex", "mr", "mw", "me", "gd", "sr", "rr", "dc", "de", "ac", "nr", "wf", "dd", "mg",
     "hg", "nh", "sd",
@@ -249,7 +250,6 @@ impl MappedFiles {
 
 /// The VMAs of `pid`, the page runs to store (never crossing a VMA boundary), and how many
 /// present pages were left out because they are the shared zero page.
-/// The VMAs of `pid`, the page runs to store and the count of pages mapped to the zero page.
 pub fn collect_vmas(
     pid: i32,
     maps: &[MapEntry],
