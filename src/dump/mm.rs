@@ -8,7 +8,7 @@
 //! When the dump is to kill the process, the runs of its private anonymous memory are marked
 //! [`PageRunReq::free_zero`]: the parasite gives their all-zero pages back to the kernel as it
 //! finds them (they are not stored either way), so the page cache the page store fills comes
-//! partly from memory the process held instead of fresh memory (see [`free_zero_allowed`]).
+//! partly from memory the process held instead of fresh memory (see `free_zero_allowed`).
 
 use super::proc::{self, MapEntry, ProcError};
 use super::DumpError;
@@ -63,7 +63,7 @@ fn kind_of(pid: i32, m: &MapEntry) -> Result<VmaKind, DumpError> {
 }
 
 /// A process with at least this much memory resident has its all-zero pages freed as they
-/// are found ([`free_zero_allowed`]); below it the gain is small, and /proc/PID/smaps is not
+/// are found (`free_zero_allowed`); below it the gain is small, and /proc/PID/smaps is not
 /// worth reading.
 pub const FREE_ZERO_FROM: u64 = 16 << 20;
 
@@ -320,7 +320,7 @@ pub struct PageRuns {
 
 impl PageRuns {
     /// Marks the runs of private anonymous VMAs whose `VmFlags` (`vm_flags`: start address,
-    /// flags, from [`proc::read_vm_flags`]) allow it ([`FREE_ZERO_FLAGS`]) as
+    /// flags, from [`proc::read_vm_flags`]) allow it (`FREE_ZERO_FLAGS`) as
     /// [`PageRunReq::free_zero`].
     pub fn mark_free_zero(&mut self, pid: i32, vm_flags: Vec<(u64, Vec<String>)>) {
         let flags: HashMap<u64, Vec<String>> = vm_flags.into_iter().collect();
