@@ -230,6 +230,27 @@ impl Drop for Workload {
     }
 }
 
+/// Builds the workload, starts it with `mib` MiB of patterned memory, seizes it and takes its
+/// snapshot; None when there is no C compiler. The temp dir holds the binary: keep it until
+/// the workload is done.
+fn seized_workload(mib: u64) -> Option<(tempfile::TempDir, Workload, Snapshot)> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bin = workload_binary(dir.path())?;
+    let w = Workload::start(&bin, mib);
+    seize(w.pid());
+    let before = snapshot(w.pid());
+    Some((dir, w, before))
+}
+
+/// Checks that the seized workload is as `before` (after its parasite was cured), detaches it
+/// and checks that it runs on.
+fn detach_unchanged(w: &Workload, before: &Snapshot) {
+    let after = snapshot(w.pid());
+    assert_same(before, &after);
+    ptrace::detach(w.pid(), 0).expect("detach");
+    assert_runs(w);
+}
+
 /// Seizes and interrupts `pid`; returns when it is in the interrupt stop.
 fn seize(pid: i32) {
     ptrace::seize(pid, 0).expect("PTRACE_SEIZE");
@@ -452,14 +473,10 @@ fn verify_dump(
 
 #[test]
 fn infect_query_dump_cure() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let Some(bin) = workload_binary(dir.path()) else {
+    let Some((dir, w, before)) = seized_workload(64) else {
         return;
     };
-    let w = Workload::start(&bin, 64);
     let pid = w.pid();
-    seize(pid);
-    let before = snapshot(pid);
 
     let mut p = Parasite::infect(pid, &before.maps).expect("infect");
 
@@ -658,22 +675,15 @@ fn infect_query_dump_cure() {
     ));
 
     p.cure().expect("cure");
-    let after = snapshot(pid);
-    assert_same(&before, &after);
-    ptrace::detach(pid, 0).expect("detach");
-    assert_runs(&w);
+    detach_unchanged(&w, &before);
 }
 
 #[test]
 fn blob_crash_is_cured_and_not_delivered() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let Some(bin) = workload_binary(dir.path()) else {
+    let Some((_dir, w, before)) = seized_workload(1) else {
         return;
     };
-    let w = Workload::start(&bin, 1);
     let pid = w.pid();
-    seize(pid);
-    let before = snapshot(pid);
     let mut p = Parasite::infect(pid, &before.maps).expect("infect");
     assert_eq!(p.umask().expect("umask"), 0o027);
     p.set_direct_read_max(0);
@@ -696,10 +706,7 @@ fn blob_crash_is_cured_and_not_delivered() {
     // Cured already: further commands are refused, cure is a no-op.
     assert!(matches!(p.umask(), Err(InfectError::Cured { .. })));
     p.cure().expect("cure after crash");
-    let after = snapshot(pid);
-    assert_same(&before, &after);
-    ptrace::detach(pid, 0).expect("detach");
-    assert_runs(&w);
+    detach_unchanged(&w, &before);
 }
 
 /// Which of the `n` pages from `addr` of `pid` are present, from /proc/PID/pagemap.
@@ -719,14 +726,10 @@ fn present_pages(pid: i32, addr: u64, n: u64) -> Vec<bool> {
 /// the same afterwards.
 #[test]
 fn zero_pages_are_freed_only_where_asked() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let Some(bin) = workload_binary(dir.path()) else {
+    let Some((_dir, w, before)) = seized_workload(1) else {
         return;
     };
-    let w = Workload::start(&bin, 1);
     let pid = w.pid();
-    seize(pid);
-    let before = snapshot(pid);
     let (zeros, n) = (w.get("zeros"), 1092);
     assert_eq!(
         (zeros + 60 * 4096) % (2 << 20),
@@ -774,22 +777,15 @@ fn zero_pages_are_freed_only_where_asked() {
     let want: Vec<bool> = (0..n).map(|i| (40..52).contains(&i)).collect();
     assert_eq!(present_pages(pid, zeros, n), want);
     p.cure().expect("cure");
-    let after = snapshot(pid);
-    assert_same(&before, &after);
-    ptrace::detach(pid, 0).expect("detach");
-    assert_runs(&w);
+    detach_unchanged(&w, &before);
 }
 
 #[test]
 fn signal_during_run_is_held_back_and_requeued() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let Some(bin) = workload_binary(dir.path()) else {
+    let Some((_dir, w, before)) = seized_workload(1) else {
         return;
     };
-    let w = Workload::start(&bin, 1);
     let pid = w.pid();
-    seize(pid);
-    let before = snapshot(pid);
     let mut p = Parasite::infect(pid, &before.maps).expect("infect");
     // SIGTRAP (ignored by the workload, unblocked while the blob runs) sent to the process:
     // the next run sees it and must hold it back, the cure must queue it again.
@@ -816,24 +812,17 @@ fn signal_during_run_is_held_back_and_requeued() {
 
 #[test]
 fn drop_cures() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let Some(bin) = workload_binary(dir.path()) else {
+    let Some((_dir, w, before)) = seized_workload(1) else {
         return;
     };
-    let w = Workload::start(&bin, 1);
     let pid = w.pid();
-    seize(pid);
-    let before = snapshot(pid);
     {
         let mut p = Parasite::infect(pid, &before.maps).expect("infect");
         assert_eq!(p.itimers().expect("itimers").len(), 3);
         let during = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
         assert_ne!(during, before.maps, "the region is mapped while infected");
     }
-    let after = snapshot(pid);
-    assert_same(&before, &after);
-    ptrace::detach(pid, 0).expect("detach");
-    assert_runs(&w);
+    detach_unchanged(&w, &before);
 }
 
 /// Measures dump_pages on 1 GiB of non-zero pages (plus the workload's zero pages).
