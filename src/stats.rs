@@ -74,6 +74,7 @@ pub fn render_dump(s: &DumpStats) -> String {
          \x20 frozen in all          {:>10.3} s\n\
          \x20 pages scanned          {:>10}\n\
          \x20 pages written          {:>10}\n\
+         \x20   freed once stored    {:>10}\n\
          \x20 pages skipped as zero  {:>10}\n\
          \x20   of which freed       {:>10}\n\
          \x20 page bytes written     {:>10} ({mib:.1} MiB{rate})\n\
@@ -85,6 +86,7 @@ pub fn render_dump(s: &DumpStats) -> String {
         s.frozen_s,
         s.pages_scanned,
         s.pages_stored,
+        s.pages_handed,
         s.pages_zero,
         s.pages_freed,
         s.page_bytes,
@@ -242,6 +244,7 @@ mod tests {
             pages_stored: 256,
             pages_zero: 44,
             pages_freed: 40,
+            pages_handed: 250,
             page_bytes: 256 * 4096,
             processes: 3,
             workers: 2,
@@ -257,6 +260,7 @@ mod tests {
             "256",
             "44",
             "of which freed               40",
+            "freed once stored           250",
             "4 MiB/s",
             "dumper threads",
             "at most 2 processes at once",

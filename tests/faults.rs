@@ -371,3 +371,86 @@ fn failed_dump_frees_only_zero_pages_of_a_target_it_was_to_kill() {
     assert_eq!(result, "PASS", "{}", p.logs());
     p.wait_exit();
 }
+
+/// A dump that is to kill its target also gives the target's stored pages back to the kernel
+/// once they are in the page store, so that until the kill their only copy is there. When
+/// such a dump fails afterwards, at a later step or because the images' file system fills up
+/// halfway through the pages, it writes them back before letting the target go: the target
+/// runs on with its memory resident again (only its zero pages stay freed) and passes its own
+/// check. A dump that succeeds frees nearly all of them, and the checkpoint restores.
+#[test]
+fn failed_dump_writes_back_the_pages_it_freed() {
+    let _serial = serial();
+    const TEST: &str = "failed_dump_writes_back_the_pages_it_freed";
+    if !require_root(TEST) {
+        return;
+    }
+    require_cli();
+    let Some(bin) = workload_bin(TEST, "bigmem") else {
+        return;
+    };
+    const ZERO_KIB: u64 = 8 << 10;
+    let mut w = Workload::start(&bin, &["24", "8"]);
+    let start = status_kib(w.pid, "RssAnon");
+    let print = fingerprint(w.pid);
+    let written_back = |out: &Output| {
+        String::from_utf8_lossy(&out.stderr).contains("written back from the page store")
+    };
+    // After each failure: the data pages resident again (RssAnon lower by the zero pages
+    // alone, freed by the first failure).
+    let resident_again = |w: &mut Workload, what: &str, out: &Output| {
+        assert!(!out.status.success(), "dump succeeded ({what})");
+        assert!(
+            w.original_running(),
+            "the target died ({what})\n{}",
+            w.logs()
+        );
+        assert!(written_back(out), "{}", show_output(what, out));
+        let now = status_kib(w.pid, "RssAnon");
+        assert!(
+            now + ZERO_KIB + 512 >= start,
+            "{what}: RssAnon {start} -> {now} KiB: freed data pages stayed freed"
+        );
+    };
+    for point in ["dump:pages", "dump:cured", "dump:images"] {
+        let images = images_dir();
+        let out = dump_with_fault(point, w.pid, images.path());
+        resident_again(&mut w, point, &out);
+    }
+    // The page store fills its file system halfway: what was stored (and freed) comes back.
+    match Tmpfs::mount("12m") {
+        Err(e) => skip(
+            TEST,
+            &format!("the full file system part: cannot mount a tmpfs: {e}"),
+        ),
+        Ok(tmpfs) => {
+            let out = dump(&w, tmpfs.path(), &[]);
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains("No space left on device"),
+                "{}",
+                show_output("dump into 12 MiB", &out)
+            );
+            resident_again(&mut w, "dump into 12 MiB", &out);
+        }
+    }
+    let later = fingerprint(w.pid);
+    assert_eq!(print.maps, later.maps, "the target's mappings changed");
+    assert_eq!(print.fds, later.fds, "the target's fds changed");
+    assert_eq!(w.check(), "PASS", "after the failed dumps\n{}", w.logs());
+    w.wait_exit();
+
+    // The dump that goes through frees the pages it stored, and its checkpoint restores.
+    let mut w = Workload::start(&bin, &["24", "8"]);
+    let images = images_dir();
+    let out = dump_ok(&w, images.path(), &["--print-stats"]);
+    w.wait_killed_by_dump();
+    let written = stat_figure(&out, "pages written");
+    let handed = stat_figure(&out, "freed once stored");
+    assert!(written >= 24 * 256, "{}", show_output("dump", &out));
+    assert!(
+        handed + 8 * 256 >= written && handed <= written,
+        "{}",
+        show_output("dump", &out)
+    );
+    assert_eq!(restore_and_check(&w, images.path()), "PASS", "{}", w.logs());
+}

@@ -8,6 +8,7 @@
 //! `speed_1gib` (ignored; run with `cargo test --release --test parasite -- --ignored
 //! --nocapture`) measures how fast `dump_pages` streams 1 GiB.
 
+use cryo::dump::handback::Handback;
 use cryo::infect::{InfectError, PageRunReq, Parasite};
 use cryo::sys::{proc_ctl, ptrace};
 use std::collections::BTreeMap;
@@ -573,18 +574,21 @@ fn infect_query_dump_cure() {
             nr_pages: (me - ms) / 4096,
             prot: prot_of(&mperm),
             free_zero: false,
+            free_data: false,
         },
         PageRunReq {
             vaddr: ns,
             nr_pages: (ne - ns) / 4096,
             prot: 0,
             free_zero: false,
+            free_data: false,
         },
         PageRunReq {
             vaddr: ws,
             nr_pages: (we - ws) / 4096,
             prot: libc::PROT_WRITE as u32,
             free_zero: false,
+            free_data: false,
         },
     ];
     reqs.sort_by_key(|r| r.vaddr);
@@ -654,6 +658,7 @@ fn infect_query_dump_cure() {
                 nr_pages: (r.nr_pages - k).min(3),
                 prot: r.prot,
                 free_zero: false,
+                free_data: false,
             })
         })
         .collect();
@@ -668,6 +673,7 @@ fn infect_query_dump_cure() {
         nr_pages: 1,
         prot: 3,
         free_zero: false,
+        free_data: false,
     }];
     assert!(matches!(
         p.dump_pages(&bad, &mut store),
@@ -694,6 +700,7 @@ fn blob_crash_is_cured_and_not_delivered() {
         nr_pages: 1,
         prot: 3,
         free_zero: false,
+        free_data: false,
     }];
     let mut store = tempfile::tempfile().expect("store");
     match p.dump_pages(&reqs, &mut store) {
@@ -748,6 +755,7 @@ fn zero_pages_are_freed_only_where_asked() {
             nr_pages: n,
             prot: 3,
             free_zero,
+            free_data: false,
         }]
     };
     let key = |runs: &[cryo::proto::PageRun]| -> Vec<(u64, u64, u32)> {
@@ -776,6 +784,89 @@ fn zero_pages_are_freed_only_where_asked() {
     assert_eq!(p.zero_freed(), 40 + 1040);
     let want: Vec<bool> = (0..n).map(|i| (40..52).contains(&i)).collect();
     assert_eq!(present_pages(pid, zeros, n), want);
+    p.cure().expect("cure");
+    detach_unchanged(&w, &before);
+}
+
+/// `free_data` makes the blob give a run's stored pages back to the kernel once the dumper
+/// has them in the page store, and log each range it freed: only in the runs that ask, never
+/// before the bytes are stored (each logged range's bytes are in the store at the offset
+/// given), nearly all of a long run. Written back from the store ([`Handback`] on drop), the
+/// task's memory reads as before and is resident again.
+#[test]
+fn stored_pages_are_freed_once_stored_and_written_back() {
+    let Some((_dir, w, before)) = seized_workload(32) else {
+        return;
+    };
+    let pid = w.pid();
+    let (ms, me, perm) = vma_of(&before.maps, w.get("mem"));
+    let half = (me - ms) / 2;
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).expect("mem");
+    let mut original = vec![0u8; (me - ms) as usize];
+    mem.read_exact_at(&mut original, ms).expect("read memory");
+    let present_before = present_pages(pid, ms, (me - ms) / 4096);
+    let mut p = Parasite::infect(pid, &before.maps).expect("infect");
+    p.set_direct_read_max(0);
+    let req = |vaddr, free_data| PageRunReq {
+        vaddr,
+        nr_pages: half / 4096,
+        prot: prot_of(&perm),
+        free_zero: false,
+        free_data,
+    };
+    let mut store = tempfile::tempfile().expect("store");
+    let runs = p
+        .dump_pages(&[req(ms, false), req(ms + half, true)], &mut store)
+        .expect("dump_pages");
+    let handed = p.take_handed_over();
+    assert!(p.take_handed_over().is_empty(), "taken twice");
+    let stored_upper: u64 = runs
+        .iter()
+        .filter(|r| r.vaddr >= ms + half)
+        .map(|r| r.nr_pages * 4096)
+        .sum();
+    let freed: u64 = handed.iter().map(|h| h.len).sum();
+    // All but the tail the drain had not reached when the blob finished (two pipes' worth,
+    // and the 2 MiB the blob frees a growing range up to).
+    assert!(
+        freed <= stored_upper && freed + (6 << 20) >= stored_upper,
+        "freed {freed} of {stored_upper} stored bytes"
+    );
+    let present = present_pages(pid, ms, (me - ms) / 4096);
+    assert_eq!(
+        present[..(half / 4096) as usize],
+        present_before[..(half / 4096) as usize],
+        "pages freed in the run that did not ask"
+    );
+    let mut bytes = Vec::new();
+    for h in &handed {
+        assert!(
+            h.vaddr >= ms + half && h.vaddr + h.len <= me,
+            "{h:?} outside the run"
+        );
+        assert_eq!((h.vaddr % 4096, h.len % 4096), (0, 0), "{h:?}");
+        let first = ((h.vaddr - ms) / 4096) as usize;
+        assert!(
+            present[first..first + (h.len / 4096) as usize]
+                .iter()
+                .all(|&p| !p),
+            "{h:?} still present"
+        );
+        bytes.resize(h.len as usize, 0);
+        store
+            .read_exact_at(&mut bytes, h.offset)
+            .expect("read store");
+        let at = (h.vaddr - ms) as usize;
+        assert!(
+            bytes == original[at..at + h.len as usize],
+            "{h:?}: the store holds other bytes"
+        );
+    }
+    drop(Handback::new(pid, &store, handed));
+    let mut now = vec![0u8; original.len()];
+    mem.read_exact_at(&mut now, ms).expect("read memory");
+    assert!(now == original, "memory differs after the write-back");
+    assert_eq!(present_pages(pid, ms, (me - ms) / 4096), present_before);
     p.cure().expect("cure");
     detach_unchanged(&w, &before);
 }
@@ -843,6 +934,7 @@ fn speed_1gib() {
         nr_pages: (me - ms) / 4096,
         prot: prot_of(&perm),
         free_zero: false,
+        free_data: false,
     }];
     // Where the page store goes: the null device (the parasite's side alone: zero check, crc,
     // vmsplice, pipe), tmpfs, and the test's temp dir (a disk file system, page cache).

@@ -17,7 +17,7 @@
 //! area, then stops on `int3`.
 
 /// Bumped on every incompatible change of this file.
-pub const ABI_VERSION: u64 = 4;
+pub const ABI_VERSION: u64 = 5;
 
 /// Written into `Ctl::status` by the dumper before a run; a blob that returns leaves another
 /// value, so a run that never reached the blob's epilogue is detected.
@@ -44,7 +44,9 @@ pub const CMD_MISC: u64 = 4;
 /// `out[0]` the number of `PageOut`s written, `out[1]` the bytes put into the pipe, `out[2]`
 /// and `out[3]` where to resume (request index, page within it) when the output array filled
 /// up, `out[4]` 1 when every request was handled, `out[5]` the pages freed by
-/// [`REQ_FREE_ZERO`].
+/// [`REQ_FREE_ZERO`]. `args[7]` is the target address of a [`Handover`] in the data area, or
+/// 0: with one, the stored pages of [`REQ_FREE_DATA`] requests are freed once the dumper has
+/// them in the page store, and logged there.
 pub const CMD_DUMP_PAGES: u64 = 5;
 /// Everything the dumper asks of a process but its pages and POSIX timers, in one run:
 /// `CMD_SIGACTIONS` at the start of the data area, `CMD_ITIMERS` at [`STATE_ITIMERS_OFF`],
@@ -146,6 +148,47 @@ pub const REQ_FREE_ZERO: u64 = 1;
 pub const FREE_ZERO_MIN_PAGES: u64 = 16;
 /// A run of zero pages is freed at every boundary of this many pages (2 MiB) it reaches.
 pub const FREE_ZERO_BATCH_PAGES: u64 = 512;
+
+/// [`PageReq::flags`]: the blob gives the request's stored (non-zero) pages back to the
+/// kernel (`MADV_DONTNEED`) once the dumper says they are in the page store
+/// ([`Handover::stored`]), and logs each range it freed in [`Handover::freed`], so that the
+/// dumper can write them back if the dump fails. The same memory as [`REQ_FREE_ZERO`] only;
+/// ignored without a `Handover`.
+pub const REQ_FREE_DATA: u64 = 2;
+/// A range of stored pages the blob freed is freed up to a boundary of this many bytes while
+/// it may still grow (2 MiB: whole transparent huge pages, which a partial free would only
+/// split, not free).
+pub const FREE_DATA_ALIGN: u64 = 2 << 20;
+/// Entries of [`Handover::freed`]: twice the runs the dumper lets one command output when it
+/// hands pages over, so that the log does not fill up (each run adds at most one range, plus
+/// one where a range the blob could not keep track of broke it); when it does, the blob stops
+/// freeing.
+pub const HANDOVER_ENTRIES: usize = 8192;
+
+/// The exchange of [`REQ_FREE_DATA`]: where the page store has got to, and what was freed.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Handover {
+    /// Bytes of this command's stream (from its start) that are in the page store. Written by
+    /// the dumper while the blob runs, read by the blob (volatile); it only grows.
+    pub stored: u64,
+    /// Entries used in `freed` (written by the blob).
+    pub n_freed: u64,
+    /// The ranges the blob freed, in stream order.
+    pub freed: [Freed; HANDOVER_ENTRIES],
+}
+
+/// One range of stored pages the blob freed.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct Freed {
+    /// Start address (page-aligned).
+    pub vaddr: u64,
+    /// Length in bytes (whole pages).
+    pub len: u64,
+    /// Offset of its bytes in the command's stream.
+    pub stream_off: u64,
+}
 
 /// A run of non-zero pages the blob put into the pipe, in pipe order.
 #[repr(C)]

@@ -1,8 +1,8 @@
 //! The parasite blob: code cryo's dumper runs inside a frozen task to read state only the task
 //! itself can read (signal actions, timers, alternate stack, umask, tid address) and to stream
 //! its memory pages into a pipe with vmsplice, without copying them through the dumper. Where
-//! the dumper allows it (`REQ_FREE_ZERO`), the all-zero pages it skips are given back to the
-//! kernel as it goes.
+//! the dumper allows it, the all-zero pages it skips (`REQ_FREE_ZERO`) and the pages it stored
+//! once they are in the page store (`REQ_FREE_DATA`) are given back to the kernel as it goes.
 //!
 //! It runs on a stack in the shared region, with every signal but the fault ones blocked, one
 //! command per start: the entry takes the control block in `rdi`, runs the command, and stops
@@ -258,11 +258,17 @@ struct Splicer {
     n_iov: usize,
     queued: u64,
     total: u64,
+    /// The pages pushed now are to be freed once stored ([`REQ_FREE_DATA`]).
+    free_data: bool,
+    hand: Hand,
 }
 
 impl Splicer {
     /// Queues `len` bytes at `addr` (merged with the previous iovec when contiguous).
     fn push(&mut self, addr: u64, len: u64) -> Result<(), Fail> {
+        if self.free_data {
+            self.hand.queue(addr, len, self.total + self.queued);
+        }
         if self.n_iov > 0 {
             let last = &mut self.iov[self.n_iov - 1];
             if last.base + last.len == addr {
@@ -333,6 +339,7 @@ impl Splicer {
                 });
             }
             self.total += n;
+            self.hand.release(false);
             while n > 0 {
                 let v = &mut self.iov[first];
                 if n >= v.len {
@@ -348,6 +355,121 @@ impl Splicer {
         self.n_iov = 0;
         self.queued = 0;
         Ok(())
+    }
+}
+
+/// Ranges of stored pages queued for [`REQ_FREE_DATA`]: at most this many (contiguous ones
+/// merge; the pipes hold 2 MiB, which is 512 runs of one page); when they are all used, the
+/// oldest is dropped unfreed.
+const PEND_MAX: usize = 512;
+
+/// The stored pages of [`REQ_FREE_DATA`] requests, freed once the dumper has them in the page
+/// store ([`Handover::stored`]) and logged in [`Handover::freed`].
+struct Hand {
+    /// The exchange with the dumper; null without one, or once its log is full.
+    h: *mut Handover,
+    /// Pushed ranges not freed yet, in stream order.
+    pend: [Freed; PEND_MAX],
+    n: usize,
+}
+
+impl Hand {
+    /// Queues `len` bytes at `addr`, at `stream_off` in the stream.
+    fn queue(&mut self, addr: u64, len: u64, stream_off: u64) {
+        if self.h.is_null() {
+            return;
+        }
+        if self.n > 0 {
+            let last = &mut self.pend[self.n - 1];
+            if last.vaddr + last.len == addr && last.stream_off + last.len == stream_off {
+                last.len += len;
+                return;
+            }
+        }
+        if self.n == PEND_MAX {
+            self.release(false);
+        }
+        if self.n == PEND_MAX {
+            self.pend.copy_within(1.., 0);
+            self.n -= 1;
+        }
+        self.pend[self.n] = Freed {
+            vaddr: addr,
+            len,
+            stream_off,
+        };
+        self.n += 1;
+    }
+
+    /// Frees what the page store has of the queued ranges: whole ranges, but the last one
+    /// only up to a [`FREE_DATA_ALIGN`] boundary while more may join it (`end` false).
+    fn release(&mut self, end: bool) {
+        if self.h.is_null() || self.n == 0 {
+            return;
+        }
+        // SAFETY: h points to the Handover in the data area (checked at the start); the dumper
+        // writes `stored` meanwhile, hence the volatile read.
+        let stored = unsafe { addr_of!((*self.h).stored).read_volatile() };
+        let mut done = 0;
+        for i in 0..self.n {
+            let e = self.pend[i];
+            let have = stored.saturating_sub(e.stream_off).min(e.len);
+            let take = if have == e.len && (i + 1 < self.n || end) {
+                e.len
+            } else {
+                ((e.vaddr + have) & !(FREE_DATA_ALIGN - 1)).saturating_sub(e.vaddr)
+            };
+            if take > 0 && !self.free(e.vaddr, take, e.stream_off) {
+                return;
+            }
+            if take == e.len {
+                done += 1;
+                continue;
+            }
+            self.pend[i] = Freed {
+                vaddr: e.vaddr + take,
+                len: e.len - take,
+                stream_off: e.stream_off + take,
+            };
+            break;
+        }
+        self.pend.copy_within(done..self.n, 0);
+        self.n -= done;
+    }
+
+    /// Frees one stored range and logs it. Returns false (and stops all freeing) when the log
+    /// is full; a range the kernel refuses to free is skipped, as it stays intact.
+    fn free(&mut self, addr: u64, len: u64, stream_off: u64) -> bool {
+        // SAFETY: h points to the Handover in the data area; only the blob writes its log.
+        let h = unsafe { &mut *self.h };
+        let n = h.n_freed as usize;
+        let merge = n > 0 && {
+            let last = &h.freed[n - 1];
+            last.vaddr + last.len == addr && last.stream_off + last.len == stream_off
+        };
+        if !merge && n >= HANDOVER_ENTRIES {
+            self.h = core::ptr::null_mut();
+            self.n = 0;
+            return false;
+        }
+        // SAFETY: the pages are this task's private anonymous memory (the dumper's promise
+        // with REQ_FREE_DATA), their bytes are in the page store, and the range goes into the
+        // log the dumper writes them back from if the dump fails.
+        let ret = unsafe { sys::syscall3(sys::NR_MADVISE, addr, len, sys::MADV_DONTNEED) };
+        if ret != 0 {
+            return true;
+        }
+        if merge {
+            h.freed[n - 1].len += len;
+        } else {
+            h.freed[n] = Freed {
+                vaddr: addr,
+                len,
+                stream_off,
+            };
+            h.n_freed += 1;
+        }
+        true
     }
 }
 
@@ -497,6 +619,10 @@ unsafe fn cmd_dump_pages(ctl: &mut Ctl) -> Result<(), Fail> {
         let reqs = reqs as *const PageReq;
         let outs = outs as *mut PageOut;
         let two = fd2 != NO_FD && ctl.args[6] != 0;
+        let h = ctl.args[7];
+        if h != 0 {
+            in_data(ctl, h, size_of::<Handover>() as u64)?;
+        }
         let mut sp = Splicer {
             fds: [fd, if two { fd2 } else { fd }],
             stripe: if two { ctl.args[6] } else { u64::MAX },
@@ -504,6 +630,12 @@ unsafe fn cmd_dump_pages(ctl: &mut Ctl) -> Result<(), Fail> {
             n_iov: 0,
             queued: 0,
             total: 0,
+            free_data: false,
+            hand: Hand {
+                h: h as *mut Handover,
+                pend: [Freed::default(); PEND_MAX],
+                n: 0,
+            },
         };
         let mut n_out = 0u64;
         let mut resume = None;
@@ -511,6 +643,7 @@ unsafe fn cmd_dump_pages(ctl: &mut Ctl) -> Result<(), Fail> {
         'reqs: for i in 0..n_req {
             // SAFETY: i < n_req, inside the checked area.
             let req = unsafe { reqs.add(i as usize).read() };
+            sp.free_data = req.flags & REQ_FREE_DATA != 0;
             let mut run: Option<OpenRun> = None;
             let mut zero = ZeroRun {
                 free: req.flags & REQ_FREE_ZERO != 0,
@@ -555,6 +688,7 @@ unsafe fn cmd_dump_pages(ctl: &mut Ctl) -> Result<(), Fail> {
             }
         }
         sp.flush()?;
+        sp.hand.release(true);
         ctl.out[0] = n_out;
         ctl.out[1] = sp.total;
         ctl.out[5] = freed;

@@ -6,9 +6,11 @@
 //! reading /proc/PID/pagemap.
 //!
 //! When the dump is to kill the process, the runs of its private anonymous memory are marked
-//! [`PageRunReq::free_zero`]: the parasite gives their all-zero pages back to the kernel as it
-//! finds them (they are not stored either way), so the page cache the page store fills comes
-//! partly from memory the process held instead of fresh memory (see `free_zero_allowed`).
+//! [`PageRunReq::free_zero`] and [`PageRunReq::free_data`]: the parasite gives their all-zero
+//! pages back to the kernel as it finds them (they are not stored either way), and their
+//! stored pages once they are in the page store, so the page cache the page store fills comes
+//! from memory the process held instead of fresh memory (see `free_zero_allowed`). Stored
+//! pages freed are written back from the page store if the dump fails (`handback`).
 
 use super::proc::{self, MapEntry, ProcError};
 use super::DumpError;
@@ -289,6 +291,7 @@ pub fn collect_vmas(
                 nr_pages: (end - start) / PAGE_SIZE,
                 prot: m.prot,
                 free_zero: false,
+                free_data: false,
             }));
             if free_zero_allowed(kind, m.shared) && runs.len() > first {
                 anon.push((m.start, first..runs.len()));
@@ -321,14 +324,15 @@ pub struct PageRuns {
 impl PageRuns {
     /// Marks the runs of private anonymous VMAs whose `VmFlags` (`vm_flags`: start address,
     /// flags, from [`proc::read_vm_flags`]) allow it (`FREE_ZERO_FLAGS`) as
-    /// [`PageRunReq::free_zero`].
-    pub fn mark_free_zero(&mut self, pid: i32, vm_flags: Vec<(u64, Vec<String>)>) {
+    /// [`PageRunReq::free_zero`] and [`PageRunReq::free_data`].
+    pub fn mark_freeable(&mut self, pid: i32, vm_flags: Vec<(u64, Vec<String>)>) {
         let flags: HashMap<u64, Vec<String>> = vm_flags.into_iter().collect();
         for (start, idx) in &self.anon {
             match flags.get(start) {
                 Some(f) if vm_flags_free_zero(f) => {
                     for r in &mut self.runs[idx.clone()] {
                         r.free_zero = true;
+                        r.free_data = true;
                     }
                 }
                 f => tracing::debug!(pid, start, flags = ?f, "zero pages of this mapping kept"),

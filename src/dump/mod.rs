@@ -16,6 +16,7 @@ pub mod fd_pipe;
 pub mod fd_tty;
 pub mod fd_unix;
 pub mod files;
+pub mod handback;
 pub mod mm;
 pub mod proc;
 pub mod seize;
@@ -171,6 +172,9 @@ pub struct DumpStats {
     /// Of those, pages the dumped process gave back to the kernel during the dump (a process
     /// the dump kills frees its all-zero anonymous pages as they are found).
     pub pages_freed: u64,
+    /// Of the pages stored, those the dumped process gave back to the kernel once they were in
+    /// the page store (a process the dump kills; written back if the dump fails).
+    pub pages_handed: u64,
     /// Bytes of page data written.
     pub page_bytes: u64,
     /// Processes in the tree (zombies included).
@@ -188,6 +192,7 @@ impl DumpStats {
         self.pages_stored += o.pages_stored;
         self.pages_zero += o.pages_zero;
         self.pages_freed += o.pages_freed;
+        self.pages_handed += o.pages_handed;
         self.page_bytes += o.page_bytes;
         self.pages_s += o.pages_s;
     }
@@ -330,6 +335,9 @@ fn dump_tree<'scope>(
         free_zero: !opts.leave_running,
     };
     let mut collected = collect_all(tracers, &procs, cx, &mut stats, write_fds)?;
+    // Dropped (writing the freed pages back) before `tree` detaches, unless disarmed after
+    // the kill.
+    let mut handbacks = Vec::with_capacity(collected.len());
     let mut entries = Vec::with_capacity(procs.len());
     for p in &procs {
         entries.push(match p.zombie {
@@ -346,9 +354,15 @@ fn dump_tree<'scope>(
             },
             None => {
                 let fds = fds_of(&all_fds, p.pid);
-                let (mut entry, tty_nr) = collected
+                let Collected {
+                    mut entry,
+                    tty_nr,
+                    handback,
+                    ..
+                } = collected
                     .remove(&p.pid)
                     .ok_or(DumpError::Gone { pid: p.pid })?;
+                handbacks.push(handback);
                 // A sharer's parent is in its group (share.rs): it shares its parent's.
                 entry.fs_shared = shares(p.pid, false);
                 entry.files_shared = shares(p.pid, true);
@@ -395,6 +409,8 @@ fn dump_tree<'scope>(
         tree.release()?;
     } else {
         tree.kill()?;
+        // Dead: their freed pages are nobody's any more.
+        handbacks.into_iter().for_each(handback::Handback::disarm);
         // Keep the freed PIDs free for the restore as long as the allocator allows: where it
         // was about to sweep through them, it goes on past them.
         let pids: Vec<i32> = procs
@@ -439,7 +455,7 @@ fn collect_all<'scope>(
     cx: Collecting<'scope>,
     stats: &mut DumpStats,
     meanwhile: impl FnOnce() -> Result<(), DumpError>,
-) -> Result<std::collections::BTreeMap<i32, (PstreeEntry, i32)>, DumpError> {
+) -> Result<std::collections::BTreeMap<i32, Collected>, DumpError> {
     let failed = std::sync::Arc::new(AtomicBool::new(false));
     let running = std::sync::Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
     let pending: Vec<_> = procs
@@ -471,9 +487,9 @@ fn collect_all<'scope>(
     }
     for job in pending {
         match job.wait() {
-            Ok(Some(Ok((entry, s, tty_nr)))) => {
-                stats.add_pages(&s);
-                out.insert(entry.pid, (entry, tty_nr));
+            Ok(Some(Ok(c))) => {
+                stats.add_pages(&c.stats);
+                out.insert(c.entry.pid, c);
             }
             Ok(Some(Err(e))) | Err(e) => {
                 first_err.get_or_insert(e);
@@ -574,8 +590,8 @@ struct Collecting<'a> {
 }
 
 /// Collects one live process and writes its images; returns its tree entry, its page
-/// figures and its controlling terminal (`tty_nr` of /proc/PID/stat, read frozen).
-fn collect(p: &SeizedProc, cx: Collecting<'_>) -> Result<(PstreeEntry, DumpStats, i32), DumpError> {
+/// figures, its controlling terminal and its freed pages ([`Collected`]).
+fn collect(p: &SeizedProc, cx: Collecting<'_>) -> Result<Collected, DumpError> {
     let Collecting {
         writer,
         progress,
@@ -652,15 +668,20 @@ fn collect(p: &SeizedProc, cx: Collecting<'_>) -> Result<(PstreeEntry, DumpStats
     stats.pages_scanned += zero_mapped;
     // Freeing saves memory, nothing more: without the flags, every zero page stays.
     match vm_flags.map(std::thread::JoinHandle::join) {
-        Some(Ok(Ok(flags))) => runs.mark_free_zero(pid, flags),
+        Some(Ok(Ok(flags))) => runs.mark_freeable(pid, flags),
         Some(Ok(Err(e))) => tracing::debug!(pid, error = %e, "no VmFlags: zero pages kept"),
         Some(Err(_)) => tracing::warn!(pid, "the smaps reader panicked: zero pages kept"),
         None => {}
     }
-    let stored = parasite.dump_pages_with_progress(&runs.runs, &mut pages.file, progress)?;
+    let stored = parasite.dump_pages_with_progress(&runs.runs, &mut pages.file, progress);
+    // Stored pages the blob freed are written back when this is dropped, which a failure
+    // anywhere before the kill does (here, or in dump_tree that keeps it).
+    let handback = handback::Handback::new(pid, &pages.file, parasite.take_handed_over());
+    let stored = stored?;
     crate::fault::point("dump:pages")?;
     stats.pages_s += pages_at.elapsed().as_secs_f64();
     stats.pages_freed = parasite.zero_freed();
+    stats.pages_handed = handback.pages();
     parasite.cure()?;
     crate::fault::point("dump:cured")?;
     with_writer(writer, |w| w.finish_pages(pages))?;
@@ -747,7 +768,23 @@ fn collect(p: &SeizedProc, cx: Collecting<'_>) -> Result<(PstreeEntry, DumpStats
         stopped: p.stopped,
         ..PstreeEntry::default()
     };
-    Ok((entry, stats, stat.tty_nr))
+    Ok(Collected {
+        entry,
+        stats,
+        tty_nr: stat.tty_nr,
+        handback,
+    })
+}
+
+/// What [`collect`] returns for one process.
+struct Collected {
+    entry: PstreeEntry,
+    /// Its page figures.
+    stats: DumpStats,
+    /// Its controlling terminal (`tty_nr` of /proc/PID/stat, read frozen).
+    tty_nr: i32,
+    /// Its stored pages that were freed, written back unless the dump reaches the kill.
+    handback: handback::Handback,
 }
 
 /// Registers, xsave, signal mask, private pending signals, rseq, robust list and name of one

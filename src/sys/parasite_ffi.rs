@@ -25,9 +25,13 @@ pub struct SharedMapping {
     len: usize,
 }
 
-// SAFETY: the mapping is plain memory owned by this value; access goes through &self/&mut self
-// methods that copy bytes, and the other process sharing it is stopped whenever we touch it.
+// SAFETY: the mapping is plain memory owned by this value; access goes through methods that
+// copy bytes, and the other process sharing it is stopped whenever we touch it.
 unsafe impl Send for SharedMapping {}
+// SAFETY: the copying methods are used by the thread that owns the parasite, never on bytes
+// another thread uses at the same time: the only value shared between threads is the counter
+// of `atomic_u64`, accessed atomically.
+unsafe impl Sync for SharedMapping {}
 
 impl SharedMapping {
     /// Maps `len` bytes of `fd` from offset 0, read-write and shared.
@@ -73,7 +77,7 @@ impl SharedMapping {
     }
 
     /// Copies `bytes` into the mapping at `off`.
-    pub fn write_bytes(&mut self, off: usize, bytes: &[u8]) -> SysResult<()> {
+    pub fn write_bytes(&self, off: usize, bytes: &[u8]) -> SysResult<()> {
         let p = self.range(off, bytes.len())?;
         // SAFETY: p..p+len is inside the mapping, which does not overlap `bytes` (a Rust
         // object of the dumper, never inside this fresh mapping).
@@ -82,7 +86,7 @@ impl SharedMapping {
     }
 
     /// Writes one value at `off` (no alignment needed).
-    pub fn write<T: Plain>(&mut self, off: usize, val: &T) -> SysResult<()> {
+    pub fn write<T: Plain>(&self, off: usize, val: &T) -> SysResult<()> {
         let p = self.range(off, std::mem::size_of::<T>())?;
         // SAFETY: in bounds (checked); unaligned write of plain data.
         unsafe { p.cast::<T>().write_unaligned(*val) };
@@ -94,6 +98,20 @@ impl SharedMapping {
         let p = self.range(off, std::mem::size_of::<T>())?;
         // SAFETY: in bounds (checked); T is plain data, valid for any bytes.
         Ok(unsafe { p.cast::<T>().read_unaligned() })
+    }
+}
+
+impl SharedMapping {
+    /// The 8-byte-aligned word at `off`, as an atomic: a value the dumper changes while the
+    /// other process runs and reads it.
+    pub fn atomic_u64(&self, off: usize) -> SysResult<&std::sync::atomic::AtomicU64> {
+        let p = self.range(off, 8)?;
+        if (p as usize) % 8 != 0 {
+            return Err(SysError::from_errno("shared region access", libc::EINVAL));
+        }
+        // SAFETY: 8 aligned bytes inside the mapping, which lives as long as &self; AtomicU64
+        // has the layout of u64, and every byte pattern is a valid value.
+        Ok(unsafe { &*p.cast::<std::sync::atomic::AtomicU64>() })
     }
 }
 
@@ -140,6 +158,21 @@ pub fn start_writeback(file: BorrowedFd<'_>, off: u64, len: u64) -> SysResult<()
         )
     };
     check("sync_file_range", ret as libc::c_long).map(drop)
+}
+
+/// fallocate(2) with `FALLOC_FL_KEEP_SIZE`: reserves the blocks of `[off, off + len)` of
+/// `file` without changing its size.
+pub fn preallocate(file: BorrowedFd<'_>, off: u64, len: u64) -> SysResult<()> {
+    // SAFETY: a plain syscall on an open fd; no memory is passed.
+    let ret = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_KEEP_SIZE,
+            off as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    check("fallocate", ret as libc::c_long).map(drop)
 }
 
 /// read(2) into `buf`.
