@@ -99,6 +99,12 @@ enum Cmd {
         /// Restore established TCP connections as closed sockets (their peers are not kept).
         #[arg(long = "tcp-close")]
         tcp_close: bool,
+        /// Leave the page store in the page cache. By default the pages of a big process (64
+        /// MiB or more) are dropped from it as they are placed, so the restore takes back the
+        /// memory it reads instead of fresh memory; keep them to restore one checkpoint again
+        /// and again without reading it from the disk.
+        #[arg(long = "keep-page-cache")]
+        keep_page_cache: bool,
         /// Restore into an existing namespace instead of cryo's own: `net:PATH` (a network
         /// namespace file such as /run/netns/NAME or /proc/PID/ns/net). Sockets are created
         /// and the network lock is handled there.
@@ -220,6 +226,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             pidfile,
             shell_job,
             tcp_close,
+            keep_page_cache,
             join_ns,
             sign_key,
             print_stats,
@@ -243,6 +250,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 shell_job,
                 sign_key,
                 tcp_close,
+                keep_page_cache,
             };
             let outcome =
                 restore(&opts).with_context(|| format!("restore from {} failed", dir.display()));

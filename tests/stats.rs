@@ -88,3 +88,83 @@ fn print_stats_figures_add_up() {
         show_output("restore", &out)
     );
 }
+
+/// Pages of `path` in the page cache, and pages in all (mincore on a mapping of it).
+fn cached_pages(path: &std::path::Path) -> (usize, usize) {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(path).expect("open page store");
+    let len = file.metadata().expect("stat").len() as usize;
+    let pages = len.div_ceil(4096);
+    // SAFETY: a new read-only shared mapping of an open file, chosen by the kernel; it is
+    // only passed to mincore (never read) and unmapped below.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(addr, libc::MAP_FAILED, "mmap {}", path.display());
+    let mut vec = vec![0u8; pages];
+    // SAFETY: addr..addr+len is the mapping made above; vec has a byte per page.
+    let r = unsafe { libc::mincore(addr, len, vec.as_mut_ptr()) };
+    // SAFETY: unmaps exactly the mapping made above.
+    unsafe { libc::munmap(addr, len) };
+    assert_eq!(r, 0, "mincore {}", path.display());
+    (vec.iter().filter(|&&b| b & 1 != 0).count(), pages)
+}
+
+/// A big process's page store is dropped from the page cache as its pages are placed (the
+/// restore reuses that memory), unless `--keep-page-cache`; either way the process passes its
+/// check.
+#[test]
+fn restore_drops_the_page_store_from_the_page_cache_unless_kept() {
+    let _serial = serial();
+    let test = "restore_drops_the_page_store_from_the_page_cache_unless_kept";
+    if !require_root(test) {
+        return;
+    }
+    let Some(bin) = workload_bin(test, "bigmem") else {
+        return;
+    };
+    require_cli();
+    let mut w = Workload::start(&bin, &["80", "0"]);
+    let images = images_dir();
+    dump_ok(&w, images.path(), &[]);
+    w.wait_killed_by_dump();
+    let store = std::fs::read_dir(images.path())
+        .expect("images dir")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("pages-"))
+        })
+        .expect("a page store of its own");
+    let (cached, pages) = cached_pages(&store);
+    if cached < pages * 9 / 10 {
+        // Reclaimed meanwhile: nothing to tell apart.
+        return skip(
+            test,
+            &format!("the page store was not cached after the dump ({cached} of {pages})"),
+        );
+    }
+    let result = restore_and_check_with(&w, images.path(), &["--keep-page-cache"]);
+    assert_eq!(result, "PASS", "kept\n{}", w.logs());
+    let (cached, _) = cached_pages(&store);
+    assert!(
+        cached >= pages * 9 / 10,
+        "{cached} of {pages} pages cached, kept"
+    );
+    w.reset_protocol();
+    let result = restore_and_check(&w, images.path());
+    assert_eq!(result, "PASS", "dropped\n{}", w.logs());
+    let (cached, _) = cached_pages(&store);
+    assert!(
+        cached <= pages / 10,
+        "{cached} of {pages} pages still cached"
+    );
+}

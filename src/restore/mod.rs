@@ -117,6 +117,8 @@ pub struct RestoreOpts {
     pub sign_key: Option<PathBuf>,
     /// Restore established TCP connections as closed sockets (`--tcp-close`).
     pub tcp_close: bool,
+    /// Leave the page store's pages in the page cache (`--keep-page-cache`; see `fill`).
+    pub keep_page_cache: bool,
 }
 
 /// How a restore ended.
@@ -478,6 +480,7 @@ impl Drop for NetLockGuard {
 /// Restores the checkpoint in `opts.dir`.
 pub fn restore(opts: &RestoreOpts) -> Result<RestoreOutcome, RestoreError> {
     let t0 = std::time::Instant::now();
+    fill::keep_page_cache(opts.keep_page_cache);
     let reader = ImageReader::open_with_key_file(&opts.dir, opts.sign_key.as_deref())?;
     let plan = tree::Plan::new(
         reader.read(ImageType::Pstree, None)?,

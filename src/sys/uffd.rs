@@ -216,6 +216,24 @@ impl FileWindow {
     }
 }
 
+/// posix_fadvise(2) `POSIX_FADV_DONTNEED`: drops the clean cached pages of `[offset, offset +
+/// len)` of `file` (dirty ones stay; a later read comes from the disk).
+pub fn drop_cached(file: BorrowedFd<'_>, offset: u64, len: u64) -> SysResult<()> {
+    // SAFETY: a plain syscall on an open fd; no memory is passed.
+    let ret = unsafe {
+        libc::posix_fadvise(
+            file.as_raw_fd(),
+            offset as libc::off_t,
+            len as libc::off_t,
+            libc::POSIX_FADV_DONTNEED,
+        )
+    };
+    if ret != 0 {
+        return Err(SysError::from_errno("posix_fadvise", ret));
+    }
+    Ok(())
+}
+
 impl Drop for FileWindow {
     fn drop(&mut self) {
         // SAFETY: unmaps exactly the mapping made in `map`; `bytes` borrows cannot outlive self.
