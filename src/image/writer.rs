@@ -92,7 +92,7 @@ pub struct Reserved {
 
 impl Reserved {
     /// Writes the file for `records` (the ones it was reserved for) in its place, and starts
-    /// the writeback of a big one. A big file is streamed ([`stream_records`]: the records'
+    /// the writeback of a big one. A big file is streamed (`stream_records`: the records'
     /// byte fields go to the file without a copy); a small one is encoded in memory and
     /// written at once.
     pub fn fill<M: prost::Message>(&mut self, records: &[M]) -> Result<(), ImageError> {
