@@ -871,6 +871,75 @@ fn stored_pages_are_freed_once_stored_and_written_back() {
     detach_unchanged(&w, &before);
 }
 
+/// A blob that crashes after it freed stored pages (here: on a page nobody mapped, after the
+/// whole big region) is cured at once, and the log of what it freed survives the cure: the
+/// pages are written back from the store.
+#[test]
+fn blob_crash_after_freeing_keeps_the_log_of_freed_pages() {
+    let Some((_dir, w, before)) = seized_workload(32) else {
+        return;
+    };
+    let pid = w.pid();
+    let (ms, me, perm) = vma_of(&before.maps, w.get("mem"));
+    // The first unmapped page above the region.
+    let mut gap = me;
+    for line in before.maps.lines() {
+        let (range, _) = line.split_once(' ').expect("maps line");
+        let (s, e) = range.split_once('-').expect("range");
+        let (s, e) = (
+            u64::from_str_radix(s, 16).expect("start"),
+            u64::from_str_radix(e, 16).expect("end"),
+        );
+        if s <= gap && gap < e {
+            gap = e;
+        }
+    }
+    assert!(
+        !before
+            .maps
+            .lines()
+            .any(|l| l.starts_with(&format!("{gap:x}-"))),
+        "no gap found above the region"
+    );
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).expect("mem");
+    let mut original = vec![0u8; (me - ms) as usize];
+    mem.read_exact_at(&mut original, ms).expect("read memory");
+    let mut p = Parasite::infect(pid, &before.maps).expect("infect");
+    p.set_direct_read_max(0);
+    let reqs = [
+        PageRunReq {
+            vaddr: ms,
+            nr_pages: (me - ms) / 4096,
+            prot: prot_of(&perm),
+            free_zero: false,
+            free_data: true,
+        },
+        PageRunReq {
+            vaddr: gap,
+            nr_pages: 1,
+            prot: 3,
+            free_zero: false,
+            free_data: true,
+        },
+    ];
+    let mut store = tempfile::tempfile().expect("store");
+    match p.dump_pages(&reqs, &mut store) {
+        Err(InfectError::Crashed { signal, addr, .. }) => {
+            assert_eq!((signal, addr), (libc::SIGSEGV, gap));
+        }
+        other => panic!("expected a crash, got {other:?}"),
+    }
+    let handed = p.take_handed_over();
+    let freed: u64 = handed.iter().map(|h| h.len).sum();
+    assert!(freed >= 16 << 20, "only {freed} bytes logged as freed");
+    drop(Handback::new(pid, &store, handed));
+    let mut now = vec![0u8; original.len()];
+    mem.read_exact_at(&mut now, ms).expect("read memory");
+    assert!(now == original, "memory differs after the write-back");
+    p.cure().expect("cure after crash");
+    detach_unchanged(&w, &before);
+}
+
 #[test]
 fn signal_during_run_is_held_back_and_requeued() {
     let Some((_dir, w, before)) = seized_workload(1) else {

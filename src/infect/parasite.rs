@@ -1224,6 +1224,9 @@ impl Parasite {
         if self.cured {
             return Ok(());
         }
+        // A page dump cut short (a crash of the blob, say) may have freed pages: its log goes
+        // with the region, so it is read first.
+        self.read_handover();
         self.cured = true;
         let pid = self.pid;
         let mut first: Option<InfectError> = None;
