@@ -24,6 +24,10 @@ pub const RESTORE_POINTS: &[&str] = &[
     "restore:detach",
 ];
 
+/// Reached only when a failed dump writes back the pages it freed (`dump::handback`): a
+/// fault there makes that write-back fail (tests/faults.rs, with the dump failing otherwise).
+pub const WRITE_BACK_POINT: &str = "dump:write-back";
+
 /// The steps around the network lock and TCP repair where a fault can be injected; reached
 /// only by a checkpoint with established TCP connections (tests/net.rs).
 pub const NET_POINTS: &[&str] = &[

@@ -454,3 +454,56 @@ fn failed_dump_writes_back_the_pages_it_freed() {
     );
     assert_eq!(restore_and_check(&w, images.path()), "PASS", "{}", w.logs());
 }
+
+/// If a failed dump cannot write back the pages it freed (injected: `dump:write-back`, with the
+/// dump failing on a full file system), the target is left stopped, not running on with zeros
+/// where its data was, and cryo says so.
+#[test]
+fn failed_write_back_leaves_the_target_stopped() {
+    let _serial = serial();
+    const TEST: &str = "failed_write_back_leaves_the_target_stopped";
+    if !require_root(TEST) {
+        return;
+    }
+    require_cli();
+    let Some(bin) = workload_bin(TEST, "bigmem") else {
+        return;
+    };
+    let tmpfs = match Tmpfs::mount("12m") {
+        Ok(t) => t,
+        Err(e) => return skip(TEST, &format!("cannot mount a tmpfs: {e}")),
+    };
+    let mut w = Workload::start(&bin, &["24", "8"]);
+    let pid = w.pid.to_string();
+    let out = cryo_with_fault(
+        cryo::fault::WRITE_BACK_POINT,
+        &[
+            "dump",
+            "-t",
+            &pid,
+            "-D",
+            tmpfs.path().to_str().expect("utf-8 path"),
+        ],
+    );
+    assert!(!out.status.success(), "{}", show_output("dump", &out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("No space left on device") && stderr.contains("left stopped"),
+        "{}",
+        show_output("dump", &out)
+    );
+    assert!(
+        wait_until(std::time::Duration::from_secs(5), || proc_state(w.pid)
+            == Some('T')),
+        "the target is not stopped: state {:?}",
+        proc_state(w.pid)
+    );
+    assert_eq!(tracer_pid(w.pid), Some(0), "the target is still traced");
+    // Ours to end: it must not run on.
+    cryo::sys::proc_ctl::kill(w.pid, libc::SIGKILL).expect("kill");
+    let status = w.wait_exit();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL)
+    );
+}

@@ -3,7 +3,8 @@
 //! process dies. A [`Handback`] keeps them (the ranges and a handle on the page store) and,
 //! unless the dump reaches the kill and disarms it, writes them back into the still-frozen
 //! process through /proc/PID/mem when it is dropped: a dump that fails after the pages went
-//! leaves the process's memory as it was (resident again, with the same bytes).
+//! leaves the process's memory as it was (resident again, with the same bytes). Should that
+//! fail too, the process is left stopped rather than run on with zeros for data.
 //!
 //! [`PageRunReq::free_data`]: crate::infect::PageRunReq::free_data
 
@@ -76,6 +77,21 @@ impl Drop for Handback {
     }
 }
 
+/// Processes whose freed memory could not be written back, to be stopped once detached.
+static TO_STOP: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+
+/// Sends SIGSTOP to every process whose freed memory could not be written back. Called by the
+/// dump once it has detached them: a SIGSTOP sent while they are traced would end in a
+/// ptrace stop that the detach lets go.
+pub fn stop_unrestored() {
+    let pids = std::mem::take(&mut *TO_STOP.lock().unwrap_or_else(|p| p.into_inner()));
+    for pid in pids {
+        if let Err(e) = crate::sys::proc_ctl::kill(pid, libc::SIGSTOP) {
+            tracing::error!(pid, error = %e, "could not stop the process");
+        }
+    }
+}
+
 /// Logs the outcome of [`write_back`].
 fn report(pid: i32, r: io::Result<u64>) {
     match r {
@@ -88,18 +104,24 @@ fn report(pid: i32, r: io::Result<u64>) {
         Err(e) if e.raw_os_error() == Some(libc::ESRCH) || e.kind() == io::ErrorKind::NotFound => {
             tracing::debug!(pid, error = %e, "process gone before its memory was written back")
         }
-        Err(e) => tracing::error!(
-            pid,
-            error = %e,
-            "memory freed by the failed dump could not all be written back: the process may \
-             read zeros where its data was"
-        ),
+        Err(e) => {
+            // Running on would let it compute with zeros where its data was: it is stopped
+            // instead, for its owner to decide (see `stop_unrestored`).
+            TO_STOP.lock().unwrap_or_else(|p| p.into_inner()).push(pid);
+            tracing::error!(
+                pid,
+                error = %e,
+                "memory freed by the failed dump could not all be written back: the process \
+                 is left stopped, as it would read zeros where its data was"
+            )
+        }
     }
 }
 
 /// Copies each range's bytes from `store` into the process's memory. Goes on past a failed
 /// range (so that as much as possible is back) and reports the first failure.
 fn write_back(pid: i32, store: &File, ranges: &[HandedOver]) -> io::Result<u64> {
+    crate::fault::point(crate::fault::WRITE_BACK_POINT).map_err(io::Error::other)?;
     let mem = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

@@ -234,10 +234,13 @@ pub fn dump(opts: &DumpOpts) -> Result<DumpStats, DumpError> {
         .clamp(2, MAX_TRACERS);
     // The tracer threads live in this scope; everything they hold is detached or dead (and the
     // writer committed or abandoned) by the time it ends.
-    std::thread::scope(|s| {
+    let res = std::thread::scope(|s| {
         let tracers = Tracers::start(s, workers);
         dump_tree(opts, &tracers, &writer, &progress, &files)
-    })
+    });
+    // Everything is detached now: a process whose memory could not be written back stops.
+    handback::stop_unrestored();
+    res
 }
 
 /// Dumps the tree of `opts.pid` with `tracers` into `writer`.
