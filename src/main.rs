@@ -32,9 +32,10 @@ struct LogArgs {
 #[derive(Subcommand)]
 enum Cmd {
     /// Freeze a process and write its state to an images directory; it is killed afterwards
-    /// unless --leave-running. A process to be killed gives its memory over to the images as
-    /// they are written (so the dump needs no memory beyond the process's), and gets it back
-    /// if the dump fails.
+    /// unless --leave-running.
+    ///
+    /// A process to be killed gives its memory over to the images as they are written (so the
+    /// dump needs no memory beyond the process's), and gets it back if the dump fails.
     Dump {
         /// PID of the process to dump.
         #[arg(short = 't', long = "tree", value_name = "PID")]
