@@ -507,3 +507,30 @@ fn failed_write_back_leaves_the_target_stopped() {
         Some(libc::SIGKILL)
     );
 }
+
+/// A tree dump that fails after several of its processes gave their stored pages over (at the
+/// cure of the sixth process of ten, collected two at a time) writes every one of them back:
+/// the whole tree passes its own check (each process verifies its memory).
+#[test]
+fn failed_tree_dump_writes_back_every_process() {
+    let _serial = serial();
+    const TEST: &str = "failed_tree_dump_writes_back_every_process";
+    if !require_root(TEST) {
+        return;
+    }
+    require_cli();
+    let Some(bin) = workload_bin(TEST, "memtree") else {
+        return;
+    };
+    // 10 processes with 20 MiB each: enough for each to free its pages.
+    let mut w = Workload::start(&bin, &["3", "2", "20"]);
+    let images = images_dir();
+    let out = dump_with_fault("dump:cured@6", w.pid, images.path());
+    assert!(!out.status.success(), "{}", show_output("dump", &out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let written_back = stderr.matches("written back from the page store").count();
+    assert!(written_back >= 5, "{}", show_output("dump", &out));
+    assert!(w.original_running(), "the root died\n{}", w.logs());
+    assert_eq!(w.check(), "PASS", "{}", w.logs());
+    w.wait_exit();
+}
