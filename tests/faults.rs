@@ -78,11 +78,7 @@ fn fingerprint(pid: i32) -> Fingerprint {
 fn failed_dump_at_every_step_leaves_the_target_intact() {
     let _serial = serial();
     const TEST: &str = "failed_dump_at_every_step_leaves_the_target_intact";
-    if !require_root(TEST) {
-        return;
-    }
-    require_cli();
-    let Some(bin) = workload_bin(TEST, "full_state") else {
+    let Some(bin) = prepare(TEST, "full_state") else {
         return;
     };
     let mut w = Workload::start(&bin, &[]);
@@ -177,11 +173,7 @@ fn failed_restore_at_every_step_leaves_nothing_behind() {
 fn failed_dump_of_threads_leaves_every_thread_intact() {
     let _serial = serial();
     const TEST: &str = "failed_dump_of_threads_leaves_every_thread_intact";
-    if !require_root(TEST) {
-        return;
-    }
-    require_cli();
-    let Some(bin) = workload_bin(TEST, "threads") else {
+    let Some(bin) = prepare(TEST, "threads") else {
         return;
     };
     let mut w = Workload::start(&bin, &[]);
@@ -293,11 +285,7 @@ fn rss_around_failed_dump(w: &mut Workload) -> (u64, u64) {
 fn failed_dump_frees_only_zero_pages_of_a_target_it_was_to_kill() {
     let _serial = serial();
     const TEST: &str = "failed_dump_frees_only_zero_pages_of_a_target_it_was_to_kill";
-    if !require_root(TEST) {
-        return;
-    }
-    require_cli();
-    let Some(bin) = workload_bin(TEST, "bigmem") else {
+    let Some(bin) = prepare(TEST, "bigmem") else {
         return;
     };
     const ZERO_KIB: u64 = 8 << 10;
@@ -382,11 +370,7 @@ fn failed_dump_frees_only_zero_pages_of_a_target_it_was_to_kill() {
 fn failed_dump_writes_back_the_pages_it_freed() {
     let _serial = serial();
     const TEST: &str = "failed_dump_writes_back_the_pages_it_freed";
-    if !require_root(TEST) {
-        return;
-    }
-    require_cli();
-    let Some(bin) = workload_bin(TEST, "bigmem") else {
+    let Some(bin) = prepare(TEST, "bigmem") else {
         return;
     };
     const ZERO_KIB: u64 = 8 << 10;
@@ -462,11 +446,7 @@ fn failed_dump_writes_back_the_pages_it_freed() {
 fn failed_write_back_leaves_the_target_stopped() {
     let _serial = serial();
     const TEST: &str = "failed_write_back_leaves_the_target_stopped";
-    if !require_root(TEST) {
-        return;
-    }
-    require_cli();
-    let Some(bin) = workload_bin(TEST, "bigmem") else {
+    let Some(bin) = prepare(TEST, "bigmem") else {
         return;
     };
     let tmpfs = match Tmpfs::mount("12m") {
@@ -515,11 +495,7 @@ fn failed_write_back_leaves_the_target_stopped() {
 fn failed_tree_dump_writes_back_every_process() {
     let _serial = serial();
     const TEST: &str = "failed_tree_dump_writes_back_every_process";
-    if !require_root(TEST) {
-        return;
-    }
-    require_cli();
-    let Some(bin) = workload_bin(TEST, "memtree") else {
+    let Some(bin) = prepare(TEST, "memtree") else {
         return;
     };
     // 10 processes with 20 MiB each: enough for each to free its pages.

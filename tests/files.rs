@@ -6,18 +6,7 @@
 mod common;
 
 use common::*;
-use std::path::PathBuf;
 use std::time::Duration;
-
-/// Common preamble: root, a CLI with the subcommands, the workload binary.
-fn prepare(test: &str, workload: &str) -> Option<PathBuf> {
-    if !require_root(test) {
-        return None;
-    }
-    let bin = workload_bin(test, workload)?;
-    require_cli();
-    Some(bin)
-}
 
 /// Starts `workload`, dumps it (killing it), restores it and returns its check's result.
 fn dump_restore_check(test: &str, workload: &str, args: &[&str]) -> Option<String> {

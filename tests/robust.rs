@@ -16,16 +16,6 @@ use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-/// Common preamble of the dump/restore tests: root, a CLI with the subcommands, the workload.
-fn prepare(test: &str, workload: &str) -> Option<PathBuf> {
-    if !require_root(test) {
-        return None;
-    }
-    let bin = workload_bin(test, workload)?;
-    require_cli();
-    Some(bin)
-}
-
 fn mode(path: &Path) -> u32 {
     fs::symlink_metadata(path)
         .expect("stat")

@@ -10,18 +10,8 @@ use common::*;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
-
-/// Common preamble of the dump/restore tests: root, a CLI with the subcommands, the workload.
-fn prepare(test: &str, workload: &str) -> Option<PathBuf> {
-    if !require_root(test) {
-        return None;
-    }
-    let bin = workload_bin(test, workload)?;
-    require_cli();
-    Some(bin)
-}
 
 /// Writes `data` into the FIFO at `path` once some process has it open for reading; `abort`
 /// is polled meanwhile (e.g. to notice a restore that died).

@@ -13,13 +13,9 @@ use common::*;
 fn print_stats_figures_add_up() {
     let _serial = serial();
     let test = "print_stats_figures_add_up";
-    if !require_root(test) {
-        return;
-    }
-    let Some(bin) = workload_bin(test, "bigmem") else {
+    let Some(bin) = prepare(test, "bigmem") else {
         return;
     };
-    require_cli();
     let mut w = Workload::start(&bin, &["80", "2"]);
     let images = images_dir();
     let dump = dump_ok(&w, images.path(), &["--print-stats"]);
@@ -124,13 +120,9 @@ fn cached_pages(path: &std::path::Path) -> (usize, usize) {
 fn restore_drops_the_page_store_from_the_page_cache_unless_kept() {
     let _serial = serial();
     let test = "restore_drops_the_page_store_from_the_page_cache_unless_kept";
-    if !require_root(test) {
-        return;
-    }
-    let Some(bin) = workload_bin(test, "bigmem") else {
+    let Some(bin) = prepare(test, "bigmem") else {
         return;
     };
-    require_cli();
     let mut w = Workload::start(&bin, &["80", "0"]);
     let images = images_dir();
     dump_ok(&w, images.path(), &[]);

@@ -9,14 +9,6 @@ use cryo::sys::ptrace;
 use std::path::Path;
 use std::time::Duration;
 
-fn prepare(test: &str, name: &str) -> Option<std::path::PathBuf> {
-    if !require_root(test) {
-        return None;
-    }
-    require_cli();
-    workload_bin(test, name)
-}
-
 /// Reaps the processes of a dumped tree adopted by this test process and waits until their
 /// PIDs are free.
 fn reap_tree(pids: &[i32]) {

@@ -177,6 +177,17 @@ pub fn workload_bin(test: &str, name: &str) -> Option<PathBuf> {
     }
 }
 
+/// The usual start of a test that dumps: skips (returning None) unless root and unless the
+/// workload could be built; checks that cryo's binary exists.
+pub fn prepare(test: &str, workload: &str) -> Option<PathBuf> {
+    if !require_root(test) {
+        return None;
+    }
+    let bin = workload_bin(test, workload)?;
+    require_cli();
+    Some(bin)
+}
+
 /// Fails the test unless the cryo binary has the subcommands the tests drive.
 pub fn require_cli() {
     let help = cryo_output(&["--help"], TIMEOUT);
