@@ -788,6 +788,30 @@ fn zero_pages_are_freed_only_where_asked() {
     detach_unchanged(&w, &before);
 }
 
+/// `len` bytes of `pid`'s memory from `addr` (/proc/PID/mem).
+fn read_memory(pid: i32, addr: u64, len: u64) -> Vec<u8> {
+    let mut bytes = vec![0u8; len as usize];
+    std::fs::File::open(format!("/proc/{pid}/mem"))
+        .expect("mem")
+        .read_exact_at(&mut bytes, addr)
+        .expect("read memory");
+    bytes
+}
+
+/// Writes the `handed` ranges of `pid` back from `store` ([`Handback`] on drop) and checks
+/// that its memory from `addr` reads `original` again.
+fn write_back_and_check(
+    pid: i32,
+    store: &std::fs::File,
+    handed: Vec<cryo::infect::parasite::HandedOver>,
+    addr: u64,
+    original: &[u8],
+) {
+    drop(Handback::new(pid, store, handed));
+    let now = read_memory(pid, addr, original.len() as u64);
+    assert!(now == original, "memory differs after the write-back");
+}
+
 /// `free_data` makes the blob give a run's stored pages back to the kernel once the dumper
 /// has them in the page store, and log each range it freed: only in the runs that ask, never
 /// before the bytes are stored (each logged range's bytes are in the store at the offset
@@ -801,9 +825,7 @@ fn stored_pages_are_freed_once_stored_and_written_back() {
     let pid = w.pid();
     let (ms, me, perm) = vma_of(&before.maps, w.get("mem"));
     let half = (me - ms) / 2;
-    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).expect("mem");
-    let mut original = vec![0u8; (me - ms) as usize];
-    mem.read_exact_at(&mut original, ms).expect("read memory");
+    let original = read_memory(pid, ms, me - ms);
     let present_before = present_pages(pid, ms, (me - ms) / 4096);
     let mut p = Parasite::infect(pid, &before.maps).expect("infect");
     p.set_direct_read_max(0);
@@ -862,10 +884,7 @@ fn stored_pages_are_freed_once_stored_and_written_back() {
             "{h:?}: the store holds other bytes"
         );
     }
-    drop(Handback::new(pid, &store, handed));
-    let mut now = vec![0u8; original.len()];
-    mem.read_exact_at(&mut now, ms).expect("read memory");
-    assert!(now == original, "memory differs after the write-back");
+    write_back_and_check(pid, &store, handed, ms, &original);
     assert_eq!(present_pages(pid, ms, (me - ms) / 4096), present_before);
     p.cure().expect("cure");
     detach_unchanged(&w, &before);
@@ -901,9 +920,7 @@ fn blob_crash_after_freeing_keeps_the_log_of_freed_pages() {
             .any(|l| l.starts_with(&format!("{gap:x}-"))),
         "no gap found above the region"
     );
-    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).expect("mem");
-    let mut original = vec![0u8; (me - ms) as usize];
-    mem.read_exact_at(&mut original, ms).expect("read memory");
+    let original = read_memory(pid, ms, me - ms);
     let mut p = Parasite::infect(pid, &before.maps).expect("infect");
     p.set_direct_read_max(0);
     let reqs = [
@@ -932,10 +949,7 @@ fn blob_crash_after_freeing_keeps_the_log_of_freed_pages() {
     let handed = p.take_handed_over();
     let freed: u64 = handed.iter().map(|h| h.len).sum();
     assert!(freed >= 16 << 20, "only {freed} bytes logged as freed");
-    drop(Handback::new(pid, &store, handed));
-    let mut now = vec![0u8; original.len()];
-    mem.read_exact_at(&mut now, ms).expect("read memory");
-    assert!(now == original, "memory differs after the write-back");
+    write_back_and_check(pid, &store, handed, ms, &original);
     p.cure().expect("cure after crash");
     detach_unchanged(&w, &before);
 }

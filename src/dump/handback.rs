@@ -100,8 +100,12 @@ fn report(pid: i32, r: io::Result<u64>) {
             bytes,
             "memory freed by the failed dump written back from the page store"
         ),
-        // Killed meanwhile (by someone else): no memory to give back.
-        Err(e) if e.raw_os_error() == Some(libc::ESRCH) || e.kind() == io::ErrorKind::NotFound => {
+        // Killed meanwhile (by someone else): no memory to give back. /proc/PID/mem of a
+        // process whose memory is gone writes nothing (WriteZero), which is not an error.
+        Err(e)
+            if e.raw_os_error() == Some(libc::ESRCH)
+                || matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::WriteZero) =>
+        {
             tracing::debug!(pid, error = %e, "process gone before its memory was written back")
         }
         Err(e) => {

@@ -708,16 +708,22 @@ impl Parasite {
             return;
         };
         let base = (region.data_off + HANDOVER_OFF) as usize;
-        let n: u64 = match region.map.read(base + 8) {
+        let n: u64 = match region
+            .map
+            .read(base + std::mem::offset_of!(abi::Handover, n_freed))
+        {
             Ok(n) => n,
             Err(e) => {
                 tracing::error!(pid, error = %e, "cannot read the log of freed pages");
                 return;
             }
         };
-        let size = std::mem::size_of::<abi::Freed>();
+        let (log, size) = (
+            base + std::mem::offset_of!(abi::Handover, freed),
+            std::mem::size_of::<abi::Freed>(),
+        );
         for k in 0..(n as usize).min(abi::HANDOVER_ENTRIES) {
-            match region.map.read::<abi::Freed>(base + 16 + k * size) {
+            match region.map.read::<abi::Freed>(log + k * size) {
                 Ok(f) => self.handed.push(HandedOver {
                     vaddr: f.vaddr,
                     len: f.len,
@@ -985,14 +991,17 @@ impl Parasite {
             }
             let (rfd, wfd) = self.open_pipe()?;
             let (rfd2, wfd2) = self.open_pipe()?;
+            // The Handover's counter, and where the blob counts the ranges it logs.
+            let stored_off = std::mem::offset_of!(abi::Handover, stored);
+            let n_freed_off = std::mem::offset_of!(abi::Handover, n_freed);
             let (data, map, hand_off) = {
                 let region = self.region.as_ref().ok_or(InfectError::Cured { pid })?;
                 let hand_off = (region.data_off + HANDOVER_OFF) as usize;
                 if hand {
-                    // stored = 0, n_freed = 0.
                     region
                         .map
-                        .write(hand_off, &[0u64; 2])
+                        .write(hand_off + stored_off, &0u64)
+                        .and_then(|()| region.map.write(hand_off + n_freed_off, &0u64))
                         .map_err(|source| InfectError::Sys {
                             pid,
                             step: "writing the parasite's handover block",
@@ -1004,7 +1013,7 @@ impl Parasite {
             debug_assert!(outs_off + cap * out_size <= HANDOVER_OFF);
             let stored = if hand {
                 Some(
-                    map.atomic_u64(hand_off)
+                    map.atomic_u64(hand_off + stored_off)
                         .map_err(|source| InfectError::Sys {
                             pid,
                             step: "sharing the page store's progress",

@@ -265,6 +265,9 @@ impl Source<'_> {
 /// (`UFFDIO_COPY` allocates and copies on the calling thread's CPU): 1 GiB took 0.58 s on one
 /// thread here, with the other CPU idle.
 const PARALLEL_FILL_FROM: u64 = 64 << 20;
+/// At most this many threads fill one process.
+const MAX_FILL_THREADS: usize = 4;
+
 /// A process with at least this many bytes of pages has them dropped from the page cache as
 /// they are placed, unless [`keep_page_cache`] said otherwise. The memory the page cache gave
 /// back is what the next pages are placed in: on this VM fresh memory costs a host fault per
@@ -280,8 +283,6 @@ static KEEP_PAGE_CACHE: std::sync::atomic::AtomicBool = std::sync::atomic::Atomi
 pub fn keep_page_cache(keep: bool) {
     KEEP_PAGE_CACHE.store(keep, std::sync::atomic::Ordering::Relaxed);
 }
-/// At most this many threads fill one process.
-const MAX_FILL_THREADS: usize = 4;
 
 /// Bytes `from..to` of run `run` (an index into the pagemap), to be filled by one thread.
 #[derive(Clone, Copy)]
